@@ -1,0 +1,11 @@
+"""The data engine: BraTS NIfTI cohorts to versioned, sharded TFRecords.
+
+ITK (under antspyx) picks its thread count when it first runs, and results
+differ in the last digits between thread counts.  Pinning one thread per
+worker process here, before anything imports ``ants``, makes N4 output
+byte-reproducible; Beam supplies the parallelism across patients instead.
+"""
+
+import os
+
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"

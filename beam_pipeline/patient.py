@@ -1,0 +1,192 @@
+"""Preprocessing of one patient: NIfTI files in, one schema record out.
+
+Stages, each named in the error a bad patient is reported with:
+load -> validate -> mask -> crop -> n4 -> normalize -> encode.
+Everything here is plain numpy on one patient, so it runs (and is tested)
+without Beam; ``pipeline.py`` only fans it out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import posixpath
+import time
+
+import numpy as np
+
+from beam_pipeline import n4
+from beam_pipeline.discovery import PatientSource
+from shared import labels, layouts, schema, volume_ops
+from shared.nifti_io import load_array, parse_nifti, read_bytes
+
+AFFINE_TOLERANCE = 1e-3
+
+
+class PatientError(Exception):
+    """A patient that cannot be turned into a record, with the stage and file."""
+
+    def __init__(self, stage: str, reason: str, file: str = ""):
+        super().__init__(f"{stage}: {reason}" + (f" ({file})" if file else ""))
+        self.stage, self.reason, self.file = stage, reason, file
+
+
+@dataclasses.dataclass
+class Loaded:
+    arrays: dict[str, np.ndarray]  # channel -> float32 volume (seg: its stored labels)
+    affines: dict[str, np.ndarray]
+    names: dict[str, str]  # channel -> file basename
+
+
+@dataclasses.dataclass
+class Result:
+    record: schema.PatientRecord
+    seconds: dict[str, float]  # per stage
+    warnings: list[str]
+
+
+def load(source: PatientSource) -> Loaded:
+    """Read every file, checking it is the file whose checksum was fingerprinted."""
+    arrays, affines, names = {}, {}, {}
+    for channel, path in source.files.items():
+        name = posixpath.basename(path)
+        try:
+            data = read_bytes(path)
+        except Exception as exc:
+            raise PatientError("load", f"cannot read: {exc}", name) from exc
+        if source.sha256 and hashlib.sha256(data).hexdigest() != source.sha256.get(path):
+            raise PatientError("load", "file changed since the run started (checksum differs)", name)
+        try:
+            image = parse_nifti(data, name)
+            arrays[channel] = load_array(image, name)
+        except ValueError as exc:
+            raise PatientError("load", str(exc), name) from exc
+        affines[channel] = image.affine
+        names[channel] = name
+    return Loaded(arrays, affines, names)
+
+
+def validate(loaded: Loaded, convention: str) -> None:
+    """Shapes and affines agree, voxels finite, labels known."""
+    first = next(iter(loaded.arrays))
+    shape, affine = loaded.arrays[first].shape, loaded.affines[first]
+    for channel, array in loaded.arrays.items():
+        name = loaded.names[channel]
+        if array.ndim != 3:
+            raise PatientError("validate", f"expected a 3-D volume, got shape {array.shape}", name)
+        if array.shape != shape:
+            raise PatientError("validate", f"shape {array.shape} differs from {shape} of {loaded.names[first]}", name)
+        if not np.allclose(loaded.affines[channel], affine, atol=AFFINE_TOLERANCE):
+            raise PatientError("validate", f"affine differs from that of {loaded.names[first]}", name)
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise PatientError("validate", f"{bad} NaN or Inf voxels", name)
+    seg = loaded.arrays.get(layouts.SEGMENTATION)
+    if seg is not None:
+        unexpected = labels.unexpected_labels(seg, convention)
+        if unexpected:
+            raise PatientError(
+                "validate",
+                f"unexpected label values {unexpected} (convention {convention} allows "
+                f"{sorted(labels.LABEL_CONVENTIONS[convention])})",
+                loaded.names[layouts.SEGMENTATION],
+            )
+
+
+def brain_mask(volumes: list[np.ndarray], method: str, spacing) -> np.ndarray:
+    if method == "nonzero":
+        return volume_ops.nonzero_brain_mask(volumes)
+    if method == "ants_get_mask":
+        ants = n4._ants()
+        mask = np.zeros(volumes[0].shape, dtype=bool)
+        for v in volumes:
+            mask |= ants.get_mask(ants.from_numpy(v, spacing=tuple(spacing))).numpy() > 0
+        return mask
+    raise ValueError(f"unknown brain_mask method {method!r}")
+
+
+def crop_box(mask: np.ndarray, crop_cfg) -> volume_ops.Box:
+    if crop_cfg["mode"] == "fixed":
+        return volume_ops.fixed_box(crop_cfg["box"], mask.shape)
+    if crop_cfg["mode"] == "centered":
+        return volume_ops.centered_box(mask, tuple(crop_cfg["size"]))
+    raise ValueError(f"unknown crop mode {crop_cfg['mode']!r}")
+
+
+class _Stages:
+    """Times each stage and turns any exception into a PatientError naming it."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def run(self, stage: str, file: str, fn, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        except PatientError:
+            raise
+        except Exception as exc:
+            raise PatientError(stage, f"{type(exc).__name__}: {exc}", file) from exc
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _normalized_channel(stages, name, volume, mask, cfg, spacing) -> np.ndarray:
+    if cfg["n4"]["enabled"]:
+        params = n4.N4Params.from_config(cfg["n4"])
+        volume = stages.run("n4", name, lambda: n4.correct(volume, mask, spacing, params)[0])
+    return stages.run("normalize", name, volume_ops.zscore, volume, mask)
+
+
+def _one_hot_mask(seg, convention, box, image_grid, warnings) -> np.ndarray:
+    if seg is None:  # unlabelled cohort (validation data): no classes
+        return np.zeros(image_grid + (0,), dtype=np.uint8)
+    classes = labels.to_classes(seg, convention)
+    cropped = volume_ops.crop(classes, box)
+    lost = int(np.count_nonzero(classes)) - int(np.count_nonzero(cropped))
+    if lost:
+        warnings.append(f"{lost} tumour voxels fall outside the crop box {box}")
+    return labels.one_hot(cropped)
+
+
+def preprocess(source: PatientSource, cfg) -> Result:
+    """Run every stage on one patient; raises PatientError naming stage and file."""
+    stages, warnings = _Stages(), []
+    modalities = tuple(cfg["modalities"])
+    convention = layouts.get_layout(cfg["layout"]).label_convention
+
+    loaded = stages.run("load", "", load, source)
+    stages.run("validate", "", validate, loaded, convention)
+    first = loaded.names[modalities[0]]
+    affine = loaded.affines[modalities[0]]
+    spacing = volume_ops.voxel_spacing(affine)
+    volumes = [loaded.arrays[m] for m in modalities]
+
+    mask = stages.run("mask", first, brain_mask, volumes, cfg["brain_mask"], spacing)
+    if mask.sum() < cfg["min_brain_voxels"]:
+        raise PatientError("mask", f"empty brain: {int(mask.sum())} non-zero voxels "
+                           f"(fewer than {cfg['min_brain_voxels']})", first)
+    box = stages.run("crop", first, crop_box, mask, cfg["crop"])
+    mask_c = volume_ops.crop(mask, box)
+    channels = [
+        _normalized_channel(stages, loaded.names[m], volume_ops.crop(v, box), mask_c, cfg, spacing)
+        for m, v in zip(modalities, volumes)
+    ]
+    image = np.stack(channels, axis=-1).astype(schema.IMAGE_DTYPE)
+    seg_name = loaded.names.get(layouts.SEGMENTATION, "")
+    onehot = stages.run("encode", seg_name, _one_hot_mask,
+                        loaded.arrays.get(layouts.SEGMENTATION), convention, box, image.shape[:3], warnings)
+    record = schema.PatientRecord(
+        patient_id=source.patient_id,
+        grade=source.grade,
+        label_convention=convention,
+        channels=modalities,
+        image=image,
+        mask=onehot,
+        crop_box=box,
+        original_shape=tuple(int(s) for s in volumes[0].shape),
+        affine=np.asarray(affine, dtype=np.float64),
+        source_files=tuple(loaded.names[c] for c in source.files),
+        source_sha256=tuple(source.sha256.get(p, "") for p in source.files.values()),
+    )
+    return Result(record=record, seconds=stages.seconds, warnings=warnings)

@@ -1,0 +1,45 @@
+"""Preprocess a BraTS cohort into a versioned, sharded TFRecord dataset.
+
+Locally, on all cores:
+    python -m beam_pipeline.preprocess --input=/data/MICCAI_BraTS2020_TrainingData \
+        --output_dir=/data/datasets --config=configs/preprocess/brats2020.py \
+        --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
+
+On Google Cloud Dataflow (see README.md, "Running on Dataflow"):
+    python -m beam_pipeline.preprocess --input=gs://bucket/BraTS2020 \
+        --output_dir=gs://bucket/datasets --config=configs/preprocess/brats2020.py \
+        --runner=DataflowRunner --project=my-project --region=europe-west4 \
+        --temp_location=gs://bucket/tmp --setup_file=./setup.py
+
+Flags this module does not define are handed to Beam's PipelineOptions.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from beam_pipeline import launch
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/preprocess/brats2020.py", "Preprocessing config file (get_config()); "
+    "fields can be overridden as --config.field=value.", lock_config=True)
+_INPUT = flags.DEFINE_string("input", None, "Cohort root folder holding one folder per patient (local or gs://).")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Where datasets go: <output_dir>/<name>/<version_id>/.")
+_STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any patient fails.")
+flags.mark_flags_as_required(["input", "output_dir"])
+
+
+def main(beam_args):
+    launch.configure_logging()
+    summary = launch.run(_CONFIG.value.to_dict(), _INPUT.value, _OUTPUT.value, beam_args[1:])
+    print(launch.format_summary(summary))
+    if _STRICT.value and summary.failures:
+        raise SystemExit(f"--strict: {summary.failed_patients} patient(s) failed")
+
+
+def parse_flags(argv):
+    """absl takes its own flags; everything else goes on to Beam."""
+    return flags.FLAGS(argv, known_only=True)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,32 @@
+"""Package for local installs and for Dataflow workers (``--setup_file ./setup.py``).
+
+Dataflow installs ``install_requires`` on every worker; antspyx ships
+manylinux wheels, so no compiler is needed there.  For faster worker start,
+build the SDK container in ``Dockerfile`` instead (see BUILD_NOTES.md).
+"""
+
+import setuptools
+
+setuptools.setup(
+    name="brats-unet-engine",
+    version="0.1.0",
+    description="BraTS preprocessing-to-TFRecord data engine (Apache Beam) and 3D U-Net trainer",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["beam_pipeline*", "trainer*", "shared*", "configs*"]),
+    install_requires=[
+        "apache-beam>=2.77,<2.78",
+        "tensorflow>=2.21,<2.22",
+        "antspyx>=0.6.3,<0.7",
+        "nibabel>=5.4,<6",
+        "numpy>=2.0,<2.4",
+        "scipy>=1.13,<1.16",
+        "scikit-learn>=1.9,<2",
+        "absl-py>=2,<3",
+        "ml-collections>=1.1,<2",
+        "protobuf>=6.31.1,<7",
+    ],
+    extras_require={
+        "gcp": ["apache-beam[gcp]>=2.77,<2.78"],
+        "test": ["pytest>=8"],
+    },
+)

@@ -1,0 +1,129 @@
+"""How each BraTS release names its folders and files.
+
+A layout turns a patient folder's file listing into one path per modality
+(plus the segmentation), and explains precisely what is missing when it
+cannot, so the data engine and prediction can reject a patient with a reason
+that names the file a researcher has to fix.
+
+The project calls the four modalities by their BraTS 2020 names (flair, t1,
+t1ce, t2) whatever the release; BraTS 2023 files (t2f, t1n, t1c, t2w) are
+mapped onto them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import posixpath
+import re
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+SEGMENTATION = "seg"
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """File naming of one BraTS release."""
+
+    name: str
+    patient_dir: str  # regular expression a patient folder name must match
+    separator: str  # between the patient id and the modality token
+    tokens: dict[str, str]  # canonical modality (and "seg") -> file token
+    label_convention: str
+    grade_table: str | None = None  # CSV in the cohort root with a Grade column
+    misnamed_seg_globs: tuple[str, ...] = ()
+
+    def is_patient_dir(self, name: str) -> bool:
+        return re.fullmatch(self.patient_dir, name) is not None
+
+    def expected_name(self, patient_id: str, channel: str, extension: str = ".nii.gz") -> str:
+        return f"{patient_id}{self.separator}{self.tokens[channel]}{extension}"
+
+
+LAYOUTS: dict[str, Layout] = {
+    "brats2020": Layout(
+        name="brats2020",
+        patient_dir=r"BraTS20_(Training|Validation)_\d+",
+        separator="_",
+        tokens={"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2", "seg": "seg"},
+        label_convention="brats2020",
+        grade_table="name_mapping.csv",
+        misnamed_seg_globs=("*_Segm.nii", "*_Segm.nii.gz", "*seg*.nii*"),
+    ),
+    "brats2021": Layout(
+        name="brats2021",
+        patient_dir=r"BraTS2021_\d+",
+        separator="_",
+        tokens={"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2", "seg": "seg"},
+        label_convention="brats2020",
+    ),
+    "brats2023_gli": Layout(
+        name="brats2023_gli",
+        patient_dir=r"BraTS-GLI-\d+-\d+",
+        separator="-",
+        tokens={"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"},
+        label_convention="brats2023",
+    ),
+}
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown layout {name!r}; known: {sorted(LAYOUTS)}") from None
+
+
+@dataclasses.dataclass
+class FileMatch:
+    """Result of matching one patient folder: paths found and what is missing."""
+
+    paths: dict[str, str]
+    missing: dict[str, str]  # channel -> human-readable reason
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def match_patient_files(
+    layout: Layout,
+    patient_id: str,
+    paths: list[str],
+    channels: tuple[str, ...],
+) -> FileMatch:
+    """Pick the file of each channel among a patient folder's ``paths``.
+
+    ``.nii.gz`` and ``.nii`` are both accepted (the Kaggle mirror of BraTS 2020
+    is uncompressed).  A missing segmentation with a likely misnamed candidate
+    (BraTS 2020 case 355 ships ``W39_1998.09.19_Segm.nii``) is reported with
+    the rename that would fix it.
+    """
+    by_name = {posixpath.basename(p): p for p in paths}
+    found: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for channel in channels:
+        names = [layout.expected_name(patient_id, channel, ext) for ext in NIFTI_EXTENSIONS]
+        hit = next((by_name[n] for n in names if n in by_name), None)
+        if hit is not None:
+            found[channel] = hit
+            continue
+        reason = f"no file named {names[0]} or {names[1]}"
+        if channel == SEGMENTATION:
+            expected = set(found.values()) | {
+                layout.expected_name(patient_id, c, e) for c in layout.tokens for e in NIFTI_EXTENSIONS
+            }
+            candidates = sorted(
+                n for n in by_name
+                if n not in expected
+                and any(fnmatch.fnmatch(n, g) for g in layout.misnamed_seg_globs)
+            )
+            if candidates:
+                reason += (
+                    f"; found {', '.join(candidates)}, which looks like a misnamed segmentation:"
+                    f" rename it to {names[1] if candidates[0].endswith('.nii') else names[0]}"
+                    " to include this patient"
+                )
+        missing[channel] = reason
+    return FileMatch(paths=found, missing=missing)

@@ -1,0 +1,127 @@
+"""The dataset manifest: what a dataset version holds and how to check it.
+
+A version directory ``<output_dir>/<name>/<version_id>/`` holds shards,
+``errors.jsonl`` and ``manifest.json``.  The manifest is written last, so its
+presence marks a complete version, and it is deterministic (no timestamps),
+so its own checksum identifies the data a model was trained on.
+
+``version_id`` fingerprints everything that decides the bytes: the checksums
+of every input file, the preprocessing config and the schema/code version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import posixpath
+
+from apache_beam.io.filesystems import FileSystems
+
+from shared import __version__ as CODE_VERSION
+from shared.nifti_io import read_bytes, sha256_of, write_bytes
+from shared.schema import SCHEMA_VERSION
+
+MANIFEST_NAME = "manifest.json"
+ERRORS_NAME = "errors.jsonl"
+FORMAT = "brats-tfrecord-dataset/1"
+SPLITS = ("train", "val")
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def version_id(input_checksums: dict, config: dict) -> str:
+    """16 hex digits of sha256 over inputs, config and the schema/code version."""
+    payload = canonical_json(
+        {
+            "inputs": input_checksums,
+            "config": config,
+            "schema_version": SCHEMA_VERSION,
+            "code_version": CODE_VERSION,
+        }
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord.gz"
+
+
+def join(*parts: str) -> str:
+    return FileSystems.join(*parts) if "://" in parts[0] else posixpath.join(*parts)
+
+
+def manifest_path(dataset_dir: str) -> str:
+    return join(dataset_dir, MANIFEST_NAME)
+
+
+def is_complete(dataset_dir: str) -> bool:
+    return FileSystems.exists(manifest_path(dataset_dir))
+
+
+def write_manifest(dataset_dir: str, manifest: dict) -> None:
+    write_bytes(manifest_path(dataset_dir), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_manifest(dataset_dir: str) -> dict:
+    path = manifest_path(dataset_dir)
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{path} not found: not a dataset version directory, or its run did not finish")
+    manifest = json.loads(read_bytes(path))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def manifest_sha256(dataset_dir: str) -> str:
+    return hashlib.sha256(read_bytes(manifest_path(dataset_dir))).hexdigest()
+
+
+def shard_paths(dataset_dir: str, manifest: dict, split: str) -> list[str]:
+    return [join(dataset_dir, s["file"]) for s in manifest["splits"][split]["shards"]]
+
+
+@dataclasses.dataclass
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def verify(dataset_dir: str, manifest: dict | None = None) -> list[Problem]:
+    """Every way the directory differs from its manifest (empty list: it verifies).
+
+    Checks each listed shard's size and sha256, the patient and record counts,
+    and that no shard file lies there that the manifest does not list.
+    """
+    try:
+        manifest = manifest or read_manifest(dataset_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        return [Problem(manifest_path(dataset_dir), str(exc))]
+    problems: list[Problem] = []
+    listed = set()
+    for split, info in manifest["splits"].items():
+        records = 0
+        for shard in info["shards"]:
+            path = join(dataset_dir, shard["file"])
+            listed.add(shard["file"])
+            records += shard["records"]
+            if not FileSystems.exists(path):
+                problems.append(Problem(path, "listed in the manifest but missing"))
+                continue
+            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            if size != shard["bytes"]:
+                problems.append(Problem(path, f"{size} bytes, manifest says {shard['bytes']}"))
+            elif sha256_of(path) != shard["sha256"]:
+                problems.append(Problem(path, "sha256 differs from the manifest"))
+        if records != len(info["patients"]):
+            problems.append(Problem(dataset_dir, f"{split}: {records} records for {len(info['patients'])} patients"))
+    pattern = join(dataset_dir, "*.tfrecord*")
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        if posixpath.basename(metadata.path) not in listed:
+            problems.append(Problem(metadata.path, "shard not listed in the manifest"))
+    return problems

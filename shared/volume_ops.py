@@ -1,0 +1,117 @@
+"""Volume operations that training data and prediction must apply identically.
+
+Boxes are ``((start0, stop0), (start1, stop1), (start2, stop2))`` in voxel
+indices of the source grid.  A box may reach outside the volume (for scans
+smaller than the crop size); cropping pads with zeros there and uncropping
+drops those voxels, so :func:`uncrop` is the exact inverse of :func:`crop`
+on the voxels the box covers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def nonzero_brain_mask(volumes: list[np.ndarray]) -> np.ndarray:
+    """Voxels non-zero in any modality.
+
+    BraTS volumes are skull-stripped with background exactly 0, so this is the
+    brain, at no cost (``ants.get_mask`` takes seconds per volume).
+    """
+    mask = np.zeros(volumes[0].shape, dtype=bool)
+    for volume in volumes:
+        mask |= volume != 0
+    return mask
+
+
+def bounding_box(mask: np.ndarray) -> Box:
+    """Smallest box holding every true voxel; raises on an empty mask."""
+    if not mask.any():
+        raise ValueError("mask is empty")
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def centered_box(mask: np.ndarray, size: tuple[int, int, int]) -> Box:
+    """A box of ``size`` centred on the mask's bounding box.
+
+    The box is shifted back inside the volume where it fits, so it only
+    reaches outside (and pads) when the volume is smaller than ``size``.
+    """
+    box = []
+    for (lo, hi), extent, dim in zip(bounding_box(mask), size, mask.shape):
+        start = (lo + hi) // 2 - extent // 2
+        if extent <= dim:
+            start = min(max(start, 0), dim - extent)
+        else:
+            start = -((extent - dim) // 2)
+        box.append((int(start), int(start + extent)))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def fixed_box(box, shape: tuple[int, ...]) -> Box:
+    """Validate a configured box against a volume shape."""
+    box = tuple((int(a), int(b)) for a, b in box)
+    if len(box) != 3 or any(b <= a for a, b in box):
+        raise ValueError(f"crop box {box} is not three (start, stop) pairs with stop > start")
+    for (a, b), dim in zip(box, shape[:3]):
+        if b <= 0 or a >= dim:
+            raise ValueError(f"crop box {box} lies outside the volume of shape {tuple(shape[:3])}")
+    return box  # type: ignore[return-value]
+
+
+def _slices(box: Box, shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Source and destination slices of the part of ``box`` inside ``shape``."""
+    src, dst = [], []
+    for (a, b), dim in zip(box, shape[:3]):
+        lo, hi = max(a, 0), min(b, dim)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - a, hi - a))
+    return tuple(src), tuple(dst)
+
+
+def crop(volume: np.ndarray, box: Box) -> np.ndarray:
+    """Cut ``box`` out of ``volume`` (extra trailing axes kept), zero-padding outside."""
+    out_shape = tuple(b - a for a, b in box) + volume.shape[3:]
+    src, dst = _slices(box, volume.shape)
+    if all(d.stop - d.start == o for d, o in zip(dst, out_shape)):
+        return volume[src].copy()
+    out = np.zeros(out_shape, dtype=volume.dtype)
+    out[dst] = volume[src]
+    return out
+
+
+def uncrop(cropped: np.ndarray, box: Box, original_shape, fill=0) -> np.ndarray:
+    """Place a cropped volume back into a volume of ``original_shape``."""
+    out = np.full(tuple(original_shape[:3]) + cropped.shape[3:], fill, dtype=cropped.dtype)
+    src, dst = _slices(box, original_shape)
+    out[src] = cropped[dst]
+    return out
+
+
+def zscore(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over the brain; background set to 0 (float32).
+
+    Statistics over brain voxels only: including the background, as the seeds
+    did, makes the result depend on how much air the crop box holds.
+    """
+    values = volume[mask].astype(np.float64)
+    if values.size == 0:
+        raise ValueError("empty brain mask")
+    std = values.std()
+    if not np.isfinite(std) or std == 0:
+        raise ValueError("constant intensity inside the brain (standard deviation 0)")
+    out = np.zeros(volume.shape, dtype=np.float32)
+    out[mask] = ((values - values.mean()) / std).astype(np.float32)
+    return out
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis, from a NIfTI affine."""
+    return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
