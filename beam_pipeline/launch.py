@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import threading
 import time
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import discovery, sharding, splits
-from beam_pipeline.pipeline import NAMESPACE, Plan, build
+from beam_pipeline.pipeline import NAMESPACE, STAGING, Plan, build
 from shared import labels, layouts
 from shared.manifest import is_complete, join, read_manifest, version_id
 
@@ -106,10 +108,53 @@ def run(cfg: dict, input_dir: str, output_dir: str, beam_args: list[str], echo=p
         echo("This version is already complete; nothing to do.")
         return summary_from_manifest(plan.dataset_dir, time.time() - start, True)
     options = PipelineOptions(beam_args)
-    with beam.Pipeline(options=options) as root:
-        build(root, plan)
+    with ProgressReporter(join(plan.dataset_dir, STAGING), len(plan.sources), echo):
+        with beam.Pipeline(options=options) as root:
+            build(root, plan)
     result = root.result  # set by the context manager after wait_until_finish
     return summary_from_manifest(plan.dataset_dir, time.time() - start, False, _metrics(result))
+
+
+class ProgressReporter:
+    """Prints how many patients are done while the job runs, from the staging area.
+
+    Workers stage one file per finished patient (``.example``, or ``.failed``
+    with the reason), so counting them works on every runner, including
+    multi-process ones whose workers cannot print to this terminal.
+    """
+
+    def __init__(self, staging_dir: str, total: int, echo, interval: float = 5.0):
+        self._staging, self._total, self._echo, self._interval = staging_dir, total, echo, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._start = time.time()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _count(self) -> tuple[int, int]:
+        try:
+            names = [m.path for m in FileSystems.match([join(self._staging, "*")])[0].metadata_list]
+        except Exception:  # nothing staged yet
+            return 0, 0
+        return sum(n.endswith(".example") for n in names), sum(n.endswith(".failed") for n in names)
+
+    def _loop(self):
+        last = None
+        while not self._stop.wait(self._interval):
+            done, failed = self._count()
+            if (done, failed) != last and done + failed:
+                elapsed = time.time() - self._start
+                left = self._total - done - failed
+                eta = f", about {elapsed / (done + failed) * left:.0f} s left" if left > 0 else ""
+                self._echo(f"  [{done + failed}/{self._total}] patients preprocessed ({failed} failed), "
+                           f"{elapsed:.0f} s{eta}")
+                last = (done, failed)
 
 
 def _progress_printer(echo):
@@ -141,5 +186,10 @@ def format_summary(summary: Summary) -> str:
     return "\n".join(lines)
 
 
-def configure_logging(level=logging.INFO) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(message)s")
+def configure_logging() -> None:
+    """Our progress lines at INFO; Beam's and TensorFlow's chatter only from WARNING."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("beam_pipeline").setLevel(logging.INFO)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)

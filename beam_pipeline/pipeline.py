@@ -73,7 +73,9 @@ class PreprocessPatient(beam.DoFn):
             data = schema.encode(result.record)
         except patient_lib.PatientError as exc:
             log.warning("patient %s failed at %s: %s", source.patient_id, exc.stage, exc)
-            yield {"ok": False, "failure": Failure(source.patient_id, exc.stage, exc.file, exc.reason).to_json()}
+            failure = Failure(source.patient_id, exc.stage, exc.file, exc.reason).to_json()
+            write_bytes(join(self._staging, f"{source.patient_id}.failed"), canonical_json(failure).encode())
+            yield {"ok": False, "failure": failure}
             return
         temp = staged + ".tmp"
         write_bytes(temp, data)
@@ -153,13 +155,16 @@ class WriteManifest(beam.DoFn):
         write_bytes(join(plan.dataset_dir, ERRORS_NAME),
                     "".join(canonical_json(f) + "\n" for f in failures).encode())
         write_manifest(plan.dataset_dir, build_manifest(plan, shards, failures, warnings))
-        staged = [o["staged"] for o in outcomes if o["ok"]]
-        if staged:
-            FileSystems.delete(staged)
-        staging = join(plan.dataset_dir, STAGING)
-        if "://" not in staging and FileSystems.exists(staging):
-            FileSystems.delete([staging])
+        clear_staging(join(plan.dataset_dir, STAGING))
         yield len(failures)
+
+
+def clear_staging(staging: str) -> None:
+    leftovers = [m.path for m in FileSystems.match([join(staging, "*")])[0].metadata_list]
+    if leftovers:
+        FileSystems.delete(leftovers)
+    if "://" not in staging and FileSystems.exists(staging):
+        FileSystems.delete([staging])
 
 
 def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict) -> dict:
