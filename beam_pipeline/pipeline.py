@@ -121,7 +121,7 @@ class WriteShard(beam.DoFn):
     def process(self, keyed):
         (split, index), entries = keyed
         staged = sorted((key, path, pid) for key, path, pid in entries if path)
-        info = sharding.write_shard(self._dir, split, index, self._counts[split],
+        info = sharding.write_shard(self._dir, join(self._dir, STAGING), split, index, self._counts[split],
                                     [(key, path) for key, path, _ in staged])
         info["patients"] = [pid for _, _, pid in staged]
         Metrics.counter(NAMESPACE, "shards_written").inc()

@@ -3,7 +3,8 @@
 ``WriteToTFRecord(num_shards=N)`` gives no reproducible membership or order,
 so each patient's salted hash picks a range of the hash space (its shard) and
 orders it within; the shard is written under a temporary name and renamed,
-so a crash never leaves a half-written file under a final name.
+so a crash never leaves a half-written file under a final name (temporary
+files live in the staging area, which a finished run clears).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def record_bytes_estimate(crop_size, channels: int, classes: int) -> int:
     return voxels * (2 * channels + classes) + 4096
 
 
-def write_shard(dataset_dir: str, split: str, index: int, count: int, staged: list[tuple[int, str]]) -> dict:
+def write_shard(dataset_dir: str, staging_dir: str, split: str, index: int, count: int,
+                staged: list[tuple[int, str]]) -> dict:
     """Concatenate staged records (sorted by key) into one GZIP TFRecord shard.
 
     Returns the shard's manifest entry.  TFRecordWriter's gzip stream carries
@@ -50,7 +52,7 @@ def write_shard(dataset_dir: str, split: str, index: int, count: int, staged: li
 
     name = shard_name(split, index, count)
     final = join(dataset_dir, name)
-    temp = join(dataset_dir, f".tmp-{uuid.uuid4().hex}-{name}")
+    temp = join(staging_dir, f"{uuid.uuid4().hex}-{name}")  # cleared with the staging area
     with tf.io.TFRecordWriter(temp, options=tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
         for _, path in sorted(staged):
             writer.write(read_bytes(path))

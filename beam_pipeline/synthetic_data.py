@@ -27,16 +27,17 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
-import gzip
 import io
 import math
 import os
 from typing import Callable, Sequence
 
-import nibabel as nib
 import numpy as np
-from apache_beam.io.filesystems import CompressionTypes, FileSystems
+from apache_beam.io.filesystems import FileSystems
 from scipy import ndimage
+
+from shared.nifti_io import nifti_bytes as shared_nifti_bytes
+from shared.nifti_io import write_bytes
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 SEG_LABELS = (0, 1, 2, 4)
@@ -608,16 +609,8 @@ def synthesize(
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray, compressed: bool = True) -> bytes:
-    """NIfTI-1 bytes of ``array``; gzipped with mtime=0 so equal volumes give equal bytes.
-
-    qform and sform codes are 1 (scanner) so readers get the affine back.
-    """
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    data = image.to_bytes()
-    return gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0) if compressed else data
+    """NIfTI bytes as the project writes them, at a fast gzip level (cohorts are large)."""
+    return shared_nifti_bytes(array, affine, compress=compressed, level=_GZIP_LEVEL)
 
 
 def _ensure_dir(path: str) -> None:
@@ -631,10 +624,7 @@ def _ensure_dir(path: str) -> None:
             raise
 
 
-def _write(path: str, data: bytes) -> None:
-    """Write bytes as they are; Beam would otherwise gzip ``.gz`` paths a second time."""
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(data)
+_write = write_bytes
 
 
 def patient_paths(output_dir: str, patient_id: str, compressed: bool = True) -> dict[str, str]:

@@ -52,10 +52,15 @@ def load_array(image: nib.Nifti1Image, name: str, dtype=np.float32) -> np.ndarra
         raise ValueError(f"cannot read voxels of {name}: {type(exc).__name__}: {exc}") from exc
 
 
-def nifti_bytes(array: np.ndarray, affine: np.ndarray, header=None, compress: bool = True) -> bytes:
-    """Serialise a volume as NIfTI-1 bytes, gzipped without a timestamp."""
+def nifti_bytes(array: np.ndarray, affine: np.ndarray, header=None, compress: bool = True,
+                level: int = 6) -> bytes:
+    """Serialise a volume as NIfTI-1 bytes, gzipped without a timestamp.
+
+    qform and sform codes are set to 1 (scanner) so readers get the affine back.
+    """
     image = nib.Nifti1Image(array, affine, header=header)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
     data = image.to_bytes()
-    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
+    return gzip.compress(data, compresslevel=level, mtime=0) if compress else data

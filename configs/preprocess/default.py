@@ -41,7 +41,7 @@ def get_config():
     c.split.num_folds = 0  # >1: k-fold assignment of training patients in the manifest
 
     c.shards = ml_collections.ConfigDict()
-    c.shards.target_mb = 256  # raw record bytes per shard; far below the 1 GiB limit
+    c.shards.target_mb = 256.0  # raw record bytes per shard; far below the 1 GiB limit
 
     c.runtime = ml_collections.ConfigDict()  # not fingerprinted
     c.runtime.isolate = True  # run each patient in a subprocess: a native crash in N4 becomes a dead letter
