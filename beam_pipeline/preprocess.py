@@ -1,4 +1,4 @@
-"""Preprocess a BraTS cohort into a versioned, sharded TFRecord dataset.
+r"""Preprocess a BraTS cohort into a versioned, sharded TFRecord dataset.
 
 Locally, on all cores:
     python -m beam_pipeline.preprocess --input=/data/MICCAI_BraTS2020_TrainingData \
@@ -30,7 +30,10 @@ flags.mark_flags_as_required(["input", "output_dir"])
 
 def main(beam_args):
     launch.configure_logging()
-    summary = launch.run(_CONFIG.value.to_dict(), _INPUT.value, _OUTPUT.value, beam_args[1:])
+    try:
+        summary = launch.run(_CONFIG.value.to_dict(), _INPUT.value, _OUTPUT.value, beam_args[1:])
+    except (FileNotFoundError, ValueError) as exc:  # bad input folder, layout or config value
+        raise SystemExit(f"error: {exc}") from None
     print(launch.format_summary(summary))
     if _STRICT.value and summary.failures:
         raise SystemExit(f"--strict: {summary.failed_patients} patient(s) failed")
@@ -38,7 +41,12 @@ def main(beam_args):
 
 def parse_flags(argv):
     """absl takes its own flags; everything else goes on to Beam."""
-    return flags.FLAGS(argv, known_only=True)
+    try:
+        return flags.FLAGS(argv, known_only=True)
+    except (AttributeError, KeyError) as exc:
+        raise SystemExit(f"error in flags: the config has no field {str(exc).strip(chr(34) + chr(39))!r}\nPass --help for the flags.") from None
+    except (flags.Error, TypeError, ValueError) as exc:
+        raise SystemExit(f"error in flags: {exc}\nPass --help for the flags.") from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""BraTS 2020 training data (official .nii.gz or the Kaggle mirror's .nii).
+r"""BraTS 2020 training data (official .nii.gz or the Kaggle mirror's .nii).
 
     python -m beam_pipeline.preprocess --config=configs/preprocess/brats2020.py \
         --input=/data/MICCAI_BraTS2020_TrainingData --output_dir=/data/datasets \

@@ -1,4 +1,4 @@
-"""BraTS 2021 (1251 cases, ``BraTS2021_00000`` folders, labels 0/1/2/4, no grades).
+r"""BraTS 2021 (1251 cases, ``BraTS2021_00000`` folders, labels 0/1/2/4, no grades).
 
     python -m beam_pipeline.preprocess --config=configs/preprocess/brats2021.py \
         --input=/data/BraTS2021_Training_Data --output_dir=/data/datasets \

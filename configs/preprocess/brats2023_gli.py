@@ -1,4 +1,4 @@
-"""BraTS 2023 glioma (``BraTS-GLI-00000-000`` folders, t1n/t1c/t2w/t2f, ET is label 3).
+r"""BraTS 2023 glioma (``BraTS-GLI-00000-000`` folders, t1n/t1c/t2w/t2f, ET is label 3).
 
 Modalities keep the project's names: flair=t2f, t1=t1n, t1ce=t1c, t2=t2w.
 

@@ -1,4 +1,4 @@
-"""Defaults shared by every preprocessing config (BraTS 2020 layout, 4 channels).
+r"""Defaults shared by every preprocessing config (BraTS 2020 layout, 4 channels).
 
     python -m beam_pipeline.preprocess --config=configs/preprocess/default.py \
         --input=/data/MICCAI_BraTS2020_TrainingData --output_dir=/data/datasets

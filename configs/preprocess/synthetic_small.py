@@ -1,4 +1,4 @@
-"""Small synthetic cohorts (demo and tests): volumes of any size, centred crop.
+r"""Small synthetic cohorts (demo and tests): volumes of any size, centred crop.
 
     python -m beam_pipeline.synthetic --output_dir=/tmp/synth --num_patients=8 --shape=64,64,64
     python -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \

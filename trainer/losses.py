@@ -1,0 +1,61 @@
+"""Segmentation losses over one-hot masks and softmax probabilities.
+
+Everything is cast to float32 first: under a ``mixed_float16`` policy the
+Dice sums run over millions of voxels and would overflow float16 (max 65504),
+and uint8 masks from the TFRecords must not be multiplied as integers.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+EPSILON = 1e-7
+
+
+def _as_float32(y_true, y_pred):
+    return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
+
+
+def soft_dice_loss(y_true, y_pred, smooth: float = 1e-5, include_background: bool = False):
+    """1 - mean over classes of the soft Dice, pooled over batch and space.
+
+    Pooling over the whole batch (rather than per sample) keeps classes that
+    are absent from one crop from producing 0/0 noise; background is left out
+    by default because it dominates the volume and would mask tumour errors.
+    """
+    y_true, y_pred = _as_float32(y_true, y_pred)
+    if not include_background:
+        y_true, y_pred = y_true[..., 1:], y_pred[..., 1:]
+    axes = tuple(range(len(y_true.shape) - 1))  # all but the class axis
+    intersection = ops.sum(y_true * y_pred, axis=axes)
+    denominator = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
+    dice = (2.0 * intersection + smooth) / (denominator + smooth)
+    return 1.0 - ops.mean(dice)
+
+
+def cross_entropy_loss(y_true, y_pred):
+    """Categorical cross-entropy on probabilities, mean over voxels.
+
+    Probabilities are clipped to [1e-7, 1] so a confident wrong voxel costs a
+    large but finite loss instead of inf/NaN.
+    """
+    y_true, y_pred = _as_float32(y_true, y_pred)
+    y_pred = ops.clip(y_pred, EPSILON, 1.0)
+    return ops.mean(-ops.sum(y_true * ops.log(y_pred), axis=-1))
+
+
+def dice_ce_loss(y_true, y_pred):
+    """Dice + CE (the default): Dice handles imbalance, CE gives smooth early gradients."""
+    return soft_dice_loss(y_true, y_pred) + cross_entropy_loss(y_true, y_pred)
+
+
+_LOSSES = {"ce": cross_entropy_loss, "dice": soft_dice_loss, "dice_ce": dice_ce_loss}
+LOSS_NAMES = tuple(_LOSSES)
+
+
+def get_loss(name: str):
+    """The loss function for a config name: "ce", "dice" or "dice_ce"."""
+    try:
+        return _LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSS_NAMES)}") from None

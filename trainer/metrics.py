@@ -1,0 +1,128 @@
+"""Epoch-level Dice metrics for BraTS regions and classes.
+
+Each metric sums intersections and volumes over every batch of the epoch and
+divides once at the end, so the reported Dice is that of the whole epoch's
+voxels, not a mean of noisy per-batch ratios (a batch with no enhancing tumour
+would otherwise count as 0 or 1 at random).  Predictions are hard labels
+(argmax), matching how BraTS scores submissions.  Regions and class names come
+from :mod:`shared.labels`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from shared.labels import CLASS_NAMES, NUM_CLASSES, REGION_NAMES, REGIONS
+
+
+def _member_mask(y, members, num_classes: int):
+    """float32 mask of voxels whose argmax class is in ``members``.
+
+    Argmax over float32 works the same for one-hot uint8 truth and float16
+    probabilities.
+    """
+    labels = ops.argmax(ops.cast(y, "float32"), axis=-1)
+    hit = ops.zeros_like(labels, dtype="bool")
+    for cls in members:
+        if not 0 <= cls < num_classes:
+            raise ValueError(f"class {cls} outside 0..{num_classes - 1}")
+        hit = ops.logical_or(hit, ops.equal(labels, cls))
+    return ops.cast(hit, "float32")
+
+
+def _dice(intersection, pred_sum, true_sum):
+    """2I/(P+T), defined as 1.0 when both prediction and truth are empty."""
+    denominator = pred_sum + true_sum
+    return ops.where(
+        denominator > 0, 2.0 * intersection / ops.maximum(denominator, 1.0), ops.ones_like(denominator)
+    )
+
+
+class _MaskDice(keras.metrics.Metric):
+    """Accumulated Dice of the voxels whose class is in ``members``."""
+
+    def __init__(self, members, name, num_classes: int = NUM_CLASSES, **kwargs):
+        super().__init__(name=name, dtype="float32", **kwargs)
+        self.members = tuple(int(c) for c in members)
+        self.num_classes = num_classes
+        self.intersection = self.add_variable((), initializer="zeros", dtype="float32", name="intersection")
+        self.pred_sum = self.add_variable((), initializer="zeros", dtype="float32", name="pred_sum")
+        self.true_sum = self.add_variable((), initializer="zeros", dtype="float32", name="true_sum")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        # sample_weight is ignored: Dice is a set overlap, not a per-sample mean.
+        t = _member_mask(y_true, self.members, self.num_classes)
+        p = _member_mask(y_pred, self.members, self.num_classes)
+        self.intersection.assign_add(ops.sum(t * p))
+        self.pred_sum.assign_add(ops.sum(p))
+        self.true_sum.assign_add(ops.sum(t))
+
+    def result(self):
+        return _dice(self.intersection, self.pred_sum, self.true_sum)
+
+    def get_config(self):
+        return {"name": self.name, "num_classes": self.num_classes}
+
+
+class RegionDice(_MaskDice):
+    """Dice of a BraTS region ("WT", "TC", "ET"), named ``dice_wt`` etc."""
+
+    def __init__(self, region: str, name: str | None = None, **kwargs):
+        if region not in REGIONS:
+            raise ValueError(f"unknown region {region!r}; choose one of {list(REGION_NAMES)}")
+        super().__init__(REGIONS[region], name=name or f"dice_{region.lower()}", **kwargs)
+        self.region = region
+
+    def get_config(self):
+        return {**super().get_config(), "region": self.region}
+
+
+class ClassDice(_MaskDice):
+    """Dice of one training class, named ``dice_<class name>`` (e.g. dice_edema)."""
+
+    def __init__(self, class_id: int, name: str | None = None, **kwargs):
+        if not 0 <= class_id < len(CLASS_NAMES):
+            raise ValueError(f"class_id {class_id} outside 0..{len(CLASS_NAMES) - 1}")
+        super().__init__((class_id,), name=name or f"dice_{CLASS_NAMES[class_id]}", **kwargs)
+        self.class_id = class_id
+
+    def get_config(self):
+        return {**super().get_config(), "class_id": self.class_id}
+
+
+class MeanRegionDice(keras.metrics.Metric):
+    """Mean of the WT, TC and ET epoch Dice (each accumulated separately).
+
+    It owns its own region accumulators so it does not depend on the other
+    metrics being present in the compile list.
+    """
+
+    def __init__(self, name: str = "dice_mean", num_classes: int = NUM_CLASSES, **kwargs):
+        super().__init__(name=name, dtype="float32", **kwargs)
+        self.num_classes = num_classes
+        self.regions = [RegionDice(r, num_classes=num_classes) for r in REGION_NAMES]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        for metric in self.regions:
+            metric.update_state(y_true, y_pred)
+
+    def result(self):
+        return ops.mean(ops.stack([m.result() for m in self.regions]))
+
+    def reset_state(self):
+        for metric in self.regions:
+            metric.reset_state()
+
+    def get_config(self):
+        return {"name": self.name, "num_classes": self.num_classes}
+
+
+def training_metrics() -> list:
+    """Metrics for ``model.compile``: region Dice, their mean, tumour-class Dice, accuracy."""
+    return [
+        *(RegionDice(r) for r in REGION_NAMES),
+        MeanRegionDice(),
+        *(ClassDice(c) for c in range(1, NUM_CLASSES)),
+        keras.metrics.CategoricalAccuracy(name="accuracy"),
+    ]
