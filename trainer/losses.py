@@ -7,7 +7,11 @@ and uint8 masks from the TFRecords must not be multiplied as integers.
 
 from __future__ import annotations
 
+import keras
 from keras import ops
+
+# Registered so a saved .keras model reloads with its compiled loss.
+_serializable = keras.saving.register_keras_serializable(package="trainer")
 
 EPSILON = 1e-7
 
@@ -16,6 +20,7 @@ def _as_float32(y_true, y_pred):
     return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
 
 
+@_serializable
 def soft_dice_loss(y_true, y_pred, smooth: float = 1e-5, include_background: bool = False):
     """1 - mean over classes of the soft Dice, pooled over batch and space.
 
@@ -33,6 +38,7 @@ def soft_dice_loss(y_true, y_pred, smooth: float = 1e-5, include_background: boo
     return 1.0 - ops.mean(dice)
 
 
+@_serializable
 def cross_entropy_loss(y_true, y_pred):
     """Categorical cross-entropy on probabilities, mean over voxels.
 
@@ -44,6 +50,7 @@ def cross_entropy_loss(y_true, y_pred):
     return ops.mean(-ops.sum(y_true * ops.log(y_pred), axis=-1))
 
 
+@_serializable
 def dice_ce_loss(y_true, y_pred):
     """Dice + CE (the default): Dice handles imbalance, CE gives smooth early gradients."""
     return soft_dice_loss(y_true, y_pred) + cross_entropy_loss(y_true, y_pred)

@@ -15,6 +15,9 @@ from keras import ops
 
 from shared.labels import CLASS_NAMES, NUM_CLASSES, REGION_NAMES, REGIONS
 
+# Registered so a saved .keras model reloads with its compiled metrics.
+_serializable = keras.saving.register_keras_serializable(package="trainer")
+
 
 def _member_mask(y, members, num_classes: int):
     """float32 mask of voxels whose argmax class is in ``members``.
@@ -65,6 +68,7 @@ class _MaskDice(keras.metrics.Metric):
         return {"name": self.name, "num_classes": self.num_classes}
 
 
+@_serializable
 class RegionDice(_MaskDice):
     """Dice of a BraTS region ("WT", "TC", "ET"), named ``dice_wt`` etc."""
 
@@ -78,6 +82,7 @@ class RegionDice(_MaskDice):
         return {**super().get_config(), "region": self.region}
 
 
+@_serializable
 class ClassDice(_MaskDice):
     """Dice of one training class, named ``dice_<class name>`` (e.g. dice_edema)."""
 
@@ -91,6 +96,7 @@ class ClassDice(_MaskDice):
         return {**super().get_config(), "class_id": self.class_id}
 
 
+@_serializable
 class MeanRegionDice(keras.metrics.Metric):
     """Mean of the WT, TC and ET epoch Dice (each accumulated separately).
 

@@ -1,0 +1,23 @@
+# Custom SDK container for Dataflow workers: antspyx, TensorFlow and this
+# project preinstalled, so workers start without pip-installing anything.
+#
+#   docker build -t europe-west4-docker.pkg.dev/MY_PROJECT/brats/beam-worker:0.1.0 .
+#   docker push europe-west4-docker.pkg.dev/MY_PROJECT/brats/beam-worker:0.1.0
+#   python -m beam_pipeline.preprocess ... --runner=DataflowRunner \
+#       --sdk_container_image=europe-west4-docker.pkg.dev/MY_PROJECT/brats/beam-worker:0.1.0 \
+#       --experiments=use_runner_v2
+#
+# The base image's Beam version and Python must match the launcher's (2.77.0, 3.11).
+FROM apache/beam_python3.11_sdk:2.77.0
+
+WORKDIR /opt/brats
+COPY requirements.txt constraints.txt setup.py ./
+RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt "apache-beam[gcp]==2.77.0"
+COPY shared ./shared
+COPY beam_pipeline ./beam_pipeline
+COPY trainer ./trainer
+COPY configs ./configs
+RUN pip install --no-cache-dir --no-deps .
+
+# One ITK thread per worker process: byte-reproducible N4 (beam_pipeline/__init__.py sets it too).
+ENV ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1

@@ -1,0 +1,49 @@
+r"""The default: an nnU-Net-style 3D U-Net (instance norm, leaky ReLU, 32->320 filters).
+
+    python -m trainer.train --config=configs/train/unet3d.py --workdir=runs/exp1 \
+        --config.data_dir=/data/datasets/brats2020/<version_id> --config.batch_size=2
+
+Any field can be overridden as --config.field=value (e.g. --config.precision=float32).
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.data_dir = ""  # a dataset version directory written by beam_pipeline.preprocess (required)
+    c.verify_data = True  # refuse a directory whose shards do not match its manifest
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "nnunet"  # seed | nnunet | tiny (trainer/model.py); other model fields override it
+    c.patch_size = (128, 128, 128)  # each side divisible by 2**(depth-1)
+    c.batch_size = 2
+    c.epochs = 300
+    c.steps_per_epoch = 250
+    c.val_every = 1  # epochs between validations
+
+    c.loss = "dice_ce"  # ce | dice | dice_ce
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"  # adam | adamw | sgd
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "cosine"  # constant | cosine | polynomial
+    c.optimizer.weight_decay = 0.0
+
+    c.precision = "auto"  # auto (mixed_float16 on GPU, float32 on CPU) | float32 | mixed_float16 | mixed_bfloat16
+    c.jit_compile = False  # XLA
+    c.require_gpu = False  # exit before training if no GPU is visible
+    c.seed = 0
+    c.deterministic = False  # tf op determinism (slower)
+    c.early_stopping_patience = 0  # epochs without a better val dice_mean; 0 disables
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.foreground_share = 0.33  # share of patches centred on tumour
+    c.augment.flips = True
+    c.augment.rotation = False  # random 90-degree axial rotations
+    c.augment.intensity_scale = 0.1  # per channel, +-
+    c.augment.intensity_shift = 0.1
+
+    c.data = ml_collections.ConfigDict()
+    c.data.shuffle_buffer = 16
+    c.data.cache = False  # keep serialised records in memory after the first epoch
+    return c

@@ -1,0 +1,40 @@
+r"""Train a 3D U-Net on a versioned BraTS TFRecord dataset.
+
+    python -m trainer.train --config=configs/train/unet3d.py --workdir=runs/exp1 \
+        --config.data_dir=/data/datasets/brats2020/<version_id> --config.batch_size=2
+
+Re-running the same command after an interruption resumes from the last
+finished epoch.  With TF_CONFIG set, each worker runs this same command
+(MultiWorkerMirroredStrategy).
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from trainer import training
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/train/unet3d.py",
+    "Training config file (get_config()); fields can be overridden as --config.field=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, lineage, checkpoints, logs, final model.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        outcome = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except training.LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    dice = ", ".join(f"{k[len('val_dice_'):].upper()} {v:.3f}" for k, v in outcome.val_metrics.items()
+                     if k.startswith("val_dice_") and k[len("val_dice_"):] in ("wt", "tc", "et", "mean"))
+    print(f"Done: {outcome.epochs_run} epoch(s), model in {outcome.model_path}"
+          + (f"; validation Dice {dice}" if dice else ""))
+
+
+if __name__ == "__main__":
+    app.run(main)
