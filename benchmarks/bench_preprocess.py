@@ -198,13 +198,15 @@ class ProcessTreeMonitor:
         for key, p in self._tracked.items():
             cpu = p["cpu"] - self._baseline.get(key, 0.0)
             parent = pids.get(p["ppid"])
-            if "sdk_worker_main" in p["cmd"]:
-                role = "beam_sdk_worker"
-            elif parent is not None and "sdk_worker_main" in parent["cmd"]:
+            if p["cmd"].startswith("/bin/sh"):
+                role = "shell"  # Beam starts each SDK worker through `sh -c`
+            elif parent is not None and "sdk_worker_main" in parent["cmd"] and not parent["cmd"].startswith("/bin/sh"):
                 role = "isolation_subprocess"  # forked ProcessPoolExecutor child of a worker
+            elif "sdk_worker_main" in p["cmd"]:
+                role = "beam_sdk_worker"
             else:
                 role = "other"
-            out.append({"pid": p["pid"], "ppid": p["ppid"], "cmd": p["cmd"][:100], "role": role, "cpu_s": round(cpu, 1),
+            out.append({"pid": p["pid"], "ppid": p["ppid"], "role": role, "cpu_s": round(cpu, 1),
                         "alive_s": [round(p["first_s"], 1), round(p.get("last_s", p["first_s"]), 1)]})
         return sorted(out, key=lambda p: -p["cpu_s"])
 

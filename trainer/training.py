@@ -164,7 +164,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
                     jit_compile=cfg["jit_compile"])
     cfg["num_val_patients"] = info.num_val
     history = net.fit(train_ds, epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
-                      validation_data=val_ds, validation_freq=cfg["val_every"], verbose=2 if chief else 0,
+                      validation_data=val_ds, validation_freq=cfg["val_every"], verbose="auto" if chief else 0,
                       callbacks=_callbacks(cfg, workdir, chief, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = os.path.join(workdir, "model.keras")
