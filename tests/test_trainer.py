@@ -139,3 +139,37 @@ def test_an_unverifiable_dataset_is_refused_with_the_cli(tiny_dataset, tmp_path)
                                 f"--workdir={tmp_path / 'run'}", "--config.no_such_field=1"],
                                cwd=ROOT, capture_output=True, text=True)
     assert bad_field.returncode != 0 and "no_such_field" in bad_field.stderr
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_together_on_localhost(tiny_dataset, tmp_path):
+    import json
+
+    workers = [f"localhost:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers},
+                                                     "task": {"type": "worker", "index": index}}),
+                   CUDA_VISIBLE_DEVICES="")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "trainer.train", "--config=configs/train/tiny_cpu.py", f"--workdir={tmp_path}",
+             f"--config.data_dir={tiny_dataset.dataset_dir}", "--config.patch_size=16,16,16",
+             "--config.epochs=1", "--config.steps_per_epoch=2", "--config.batch_size=4"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert "2 replica(s)" in outputs[0]
+    assert (tmp_path / "model.keras").exists() and (tmp_path / "history.csv").exists()
+    assert (tmp_path / "worker_1").exists() and not (tmp_path / "worker_1" / "model.keras").exists()

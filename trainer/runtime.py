@@ -47,6 +47,7 @@ def cluster_spec() -> dict | None:
 def strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirrored under TF_CONFIG, Mirrored across several GPUs, else the default."""
     if cluster_spec():
+        allow_multi_worker_fit()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(gpus()) > 1:
         return tf.distribute.MirroredStrategy()
@@ -66,3 +67,45 @@ def is_chief() -> bool:
 def task_index() -> int:
     spec = cluster_spec()
     return int(spec["task"].get("index", 0)) if spec else 0
+
+
+def allow_multi_worker_fit() -> None:
+    """Work around Keras 3 failing ``fit`` under MultiWorkerMirroredStrategy.
+
+    Before the first step Keras builds its metrics from one batch, which it
+    obtains by reducing the per-replica batch across workers; that eager
+    reduce cannot convert a PerReplica value and raises (keras-team/keras
+    issue 20585, open since Keras 3.0).  The build only needs shapes, so this
+    takes the local replica's batch instead.  Each step's logs are then
+    reduced with ``axis=0``, which fails for scalars; they are reduced as
+    whole values.  Applied only under TF_CONFIG.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer.TensorFlowTrainer, "_multi_worker_patch", False):
+        return
+    original = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def build_from_local_batch(self, iterator=None, data_batch=None):
+        if iterator is None or self._distribute_strategy is None:
+            return original(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            data_batch = tf.nest.map_structure(
+                lambda x: self._distribute_strategy.experimental_local_results(x)[0]
+                if isinstance(x, tf.distribute.DistributedValues) else x, batch)
+            break
+        with self._distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    original_reduce = tf_trainer.reduce_per_replica
+
+    def reduce_scalars_without_axis(values, strategy, reduction):
+        # Keras reduces every log with axis=0, which fails for scalar metric values.
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original_reduce(values, strategy, reduction)
+
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = build_from_local_batch
+    tf_trainer.reduce_per_replica = reduce_scalars_without_axis
+    tf_trainer.TensorFlowTrainer._multi_worker_patch = True

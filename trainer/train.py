@@ -30,8 +30,8 @@ def main(argv):
     except training.LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    dice = ", ".join(f"{k[len('val_dice_'):].upper()} {v:.3f}" for k, v in outcome.val_metrics.items()
-                     if k.startswith("val_dice_") and k[len("val_dice_"):] in ("wt", "tc", "et", "mean"))
+    dice = ", ".join(f"{name.upper()} {outcome.val_metrics[f'val_dice_{name}']:.3f}"
+                     for name in ("wt", "tc", "et", "mean") if f"val_dice_{name}" in outcome.val_metrics)
     print(f"Done: {outcome.epochs_run} epoch(s), model in {outcome.model_path}"
           + (f"; validation Dice {dice}" if dice else ""))
 
