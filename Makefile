@@ -24,13 +24,15 @@ test: venv  ## the fast suite (slow tests skipped)
 test-all: venv  ## everything, slow tests included
 	$(PY) -m pytest -q tests
 
-demo: venv  ## synthetic cohort -> versioned TFRecord dataset, verified and listed
+demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes of CPU training
 	rm -rf $(DEMO)
 	$(PY) -m beam_pipeline.synthetic --output_dir=$(DEMO)/cohort --num_patients=8 --shape=96,96,80
 	$(PY) -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \
 	    --config.crop.size=64,64,64 --input=$(DEMO)/cohort --output_dir=$(DEMO)/datasets $(BEAM_LOCAL)
 	$(PY) -m beam_pipeline.verify --dataset_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
+	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
+	    --config.data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
 
 bench-preprocess: venv  ## seed recipe vs this pipeline at 240x240x155 (prints JSON)
 	$(PY) benchmarks/bench_preprocess.py

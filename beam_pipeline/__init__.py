@@ -9,3 +9,4 @@ byte-reproducible; Beam supplies the parallelism across patients instead.
 import os
 
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # workers import TF only to write records: keep its start-up chatter out

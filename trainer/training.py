@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import keras
@@ -127,6 +128,13 @@ def _callbacks(cfg, workdir: str, chief: bool, echo, extra=()):
     return cbs + list(extra)
 
 
+def _verbosity(chief: bool) -> int:
+    """A progress bar in a terminal, one line per epoch in logs, nothing on other workers."""
+    if not chief:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Outcome:
     """Train on the dataset ``cfg['data_dir']`` names; resumable in ``workdir``."""
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
@@ -164,7 +172,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
                     jit_compile=cfg["jit_compile"])
     cfg["num_val_patients"] = info.num_val
     history = net.fit(train_ds, epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
-                      validation_data=val_ds, validation_freq=cfg["val_every"], verbose="auto" if chief else 0,
+                      validation_data=val_ds, validation_freq=cfg["val_every"], verbose=_verbosity(chief),
                       callbacks=_callbacks(cfg, workdir, chief, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = os.path.join(workdir, "model.keras")
