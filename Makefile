@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv test test-all demo bench-preprocess clean
+.PHONY: venv test test-all demo bench-preprocess bench-input bench-train clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -36,6 +36,12 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 
 bench-preprocess: venv  ## seed recipe vs this pipeline at 240x240x155 (prints JSON)
 	$(PY) benchmarks/bench_preprocess.py
+
+bench-input: venv  ## tf.data vs the seeds' NIfTI generator (prints JSON)
+	$(PY) benchmarks/bench_input.py
+
+bench-train: venv  ## step time of the seed and default U-Nets, float32 vs mixed precision (prints JSON)
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench_data .pytest_cache
