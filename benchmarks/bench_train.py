@@ -64,8 +64,8 @@ if ROOT not in sys.path:  # run as a script from anywhere
 BATCH = 2
 CHANNELS = 4
 LEARNING_RATE = 1e-3
-COMBO_BUDGET_S = 240
-TOTAL_BUDGET_S = 840
+COMBO_BUDGET_S = 300
+TOTAL_BUDGET_S = 900
 KILL_MARGIN_S = 120  # past its budget a child is killed (build time, a step that ran long)
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
@@ -114,6 +114,38 @@ def default_memory_limit_gb() -> float:
     except (OSError, StopIteration, ValueError):
         return 0.0
     return round(0.8 * kib / 2**20, 1)
+
+
+def system_busy_cpu() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat; idle and iowait excluded)."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]] + [0] * 8
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle(max_wait_s: float, busy_cores: float = 0.25, window_s: float = 3.0) -> float:
+    """Waits up to ``max_wait_s`` until other processes use under ``busy_cores`` cores; returns seconds waited."""
+    start = time.perf_counter()
+    while max_wait_s > 0:
+        before = system_busy_cpu()
+        time.sleep(window_s)
+        busy = (system_busy_cpu() - before) / window_s
+        waited = time.perf_counter() - start
+        if busy < busy_cores or waited >= max_wait_s:
+            if waited > window_s + 0.5 or busy >= busy_cores:
+                log(f"    waited {waited:.0f} s for the machine to be idle (now {busy:.2f} cores busy)")
+            break
+    return round(time.perf_counter() - start, 1)
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its finished children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def mixed_policy() -> str:
@@ -351,7 +383,7 @@ def predicted_step(results: list[dict], preset_name: str, size: int, policy: str
 
 
 def sweep(presets, sizes, policies, steps: int, combo_budget_s: float, total_budget_s: float,
-          memory_limit_gb: float) -> list[dict]:
+          memory_limit_gb: float, idle_wait_s: float = 0.0) -> list[dict]:
     """Every policy x size x preset (float32 first); progress on stderr.
 
     A combination is skipped, with the reason recorded, if its predicted
@@ -379,6 +411,10 @@ def sweep(presets, sizes, policies, steps: int, combo_budget_s: float, total_bud
             result["error"] = f"skipped, not measured: the total budget of {total_budget_s:.0f} s is spent"
             log(f"{tag}: {result['error']}")
             continue
+        waited = wait_for_idle(idle_wait_s)
+        deadline += waited  # waiting for others does not count against the budget
+        if waited > 5:
+            result["idle_wait_s"] = waited
         log(f"{tag}: 1 warm-up + up to {steps} timed steps within {budget:.0f} s")
         result.update(run_child(preset_name, size, policy, steps, budget, memory_limit_gb))
         if "error" in result:
@@ -419,6 +455,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--memory_limit_gb", type=float, default=default_memory_limit_gb(),
                         help="resident-memory cap of each combination's process in GiB, past which it is "
                              "killed and recorded as out of memory; 0 for none (default: 80%% of MemTotal)")
+    parser.add_argument("--idle_wait_s", type=float, default=120,
+                        help="before each combination, wait up to this long for other processes to leave the "
+                             "cores idle; not counted in the budgets (default 120; 0 to skip)")
     parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -434,8 +473,12 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     presets = [p for p in args.presets.split(",") if p]
     log(f"device: {device['physical_devices']}, CPU {device['cpu']['model']} x{device['cpu']['cores']}")
+    busy0, own0 = system_busy_cpu(), own_cpu()
     results = sweep(presets, sizes, policies, args.steps, args.combo_budget_s, args.total_budget_s,
-                    args.memory_limit_gb)
+                    args.memory_limit_gb, args.idle_wait_s)
+    device["other_processes_cpu_s"] = round(system_busy_cpu() - busy0 - (own_cpu() - own0), 1)
+    device["other_processes_note"] = ("CPU seconds the rest of the machine used during the sweep; "
+                                      "near 0 means nothing else competed for the cores")
     out = {
         "benchmark": "bench_train",
         "method": (f"build_unet((None,None,None,{CHANNELS}), preset) under the precision policy; Adam "
@@ -446,6 +489,8 @@ def main(argv=None) -> int:
         "channels_note": "both presets take 4 channels (the seeds used 3: +432 parameters for the seed preset, only its first conv changes)",
         "batch_size": BATCH,
         "steps": args.steps,
+        "budgets": {"combo_s": args.combo_budget_s, "total_s": args.total_budget_s,
+                    "memory_limit_gb": args.memory_limit_gb, "idle_wait_s": args.idle_wait_s},
         "device": device,
         "mixed_policy": mixed,
         "results": results,

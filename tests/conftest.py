@@ -19,18 +19,23 @@ IN_PROCESS = ["--runner=FnApiRunner"]
 MULTI_PROCESS = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
-def tiny_config(**overrides) -> dict:
-    """The synthetic config shrunk for 48x48x40 volumes, as a plain dict."""
-    cfg = synthetic_small.get_config()
-    cfg.crop.size = (32, 32, 32)
-    cfg.min_brain_voxels = 200
+def override(cfg, overrides: dict):
+    """Set dotted config fields (``{"crop.size": (32, 32, 32)}``) as --config.x=... would."""
     for dotted, value in overrides.items():
         node = cfg
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node[p]
         node[leaf] = value
-    return cfg.to_dict()
+    return cfg
+
+
+def tiny_config(**overrides) -> dict:
+    """The synthetic config shrunk for 48x48x40 volumes, as a plain dict."""
+    cfg = synthetic_small.get_config()
+    cfg.crop.size = (32, 32, 32)
+    cfg.min_brain_voxels = 200
+    return override(cfg, overrides).to_dict()
 
 
 def run_pipeline(input_dir, output_dir, beam_args=IN_PROCESS, **overrides) -> launch.Summary:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from configs.train import tiny_cpu
 from shared import schema
-from tests.conftest import ROOT
+from tests.conftest import ROOT, override
 from trainer import data, training
 
 
@@ -24,13 +24,7 @@ def _cfg(dataset_dir, **overrides):
     cfg.data_dir = dataset_dir
     cfg.patch_size = (16, 16, 16)
     cfg.epochs, cfg.steps_per_epoch = 2, 3
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+    return override(cfg, overrides)
 
 
 def test_validation_stream_parses_the_records_the_pipeline_wrote(tiny_dataset):

@@ -128,6 +128,23 @@ def _callbacks(cfg, workdir: str, chief: bool, echo, extra=()):
     return cbs + list(extra)
 
 
+def _save_final(net, workdir: str, chief: bool) -> str:
+    """Save the model as .keras and as a SavedModel; every worker must take part.
+
+    Under MultiWorkerMirroredStrategy, reading variables for saving runs
+    collective ops, so a chief saving alone waits forever for the others.
+    Non-chief workers save into their scratch folder and delete it afterwards.
+    """
+    target = workdir if chief else os.path.join(workdir, f"worker_{runtime.task_index()}", "final")
+    tf.io.gfile.makedirs(target)
+    model_path = os.path.join(target, "model.keras")
+    net.save(model_path)
+    net.export(os.path.join(target, "saved_model"), verbose=False)
+    if not chief:
+        tf.io.gfile.rmtree(target)
+    return os.path.join(workdir, "model.keras")
+
+
 def _verbosity(chief: bool) -> int:
     """A progress bar in a terminal, one line per epoch in logs, nothing on other workers."""
     if not chief:
@@ -175,10 +192,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
                       validation_data=val_ds, validation_freq=cfg["val_every"], verbose=_verbosity(chief),
                       callbacks=_callbacks(cfg, workdir, chief, echo if chief else (lambda *_: None),
                                            extra_callbacks))
-    model_path = os.path.join(workdir, "model.keras")
-    if chief:
-        net.save(model_path)
-        net.export(os.path.join(workdir, "saved_model"), verbose=False)
+    model_path = _save_final(net, workdir, chief)
     last = {k: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")}
     return Outcome(workdir=workdir, policy=policy, epochs_run=len(history.history.get("loss", [])),
                    val_metrics=last, history_csv=os.path.join(workdir, "history.csv"), model_path=model_path)
