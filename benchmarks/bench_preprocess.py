@@ -318,11 +318,6 @@ def log_correlation(estimated: np.ndarray, truth: np.ndarray, where: np.ndarray)
     return float(np.corrcoef(np.log(estimated[where]), np.log(truth[where]))[0, 1])
 
 
-def dir_bytes(path: str) -> int:
-    """Total size of the files under ``path``."""
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
 # --------------------------------------------------------------------------
 # (a) The seed recipe, in its own process
 # --------------------------------------------------------------------------
@@ -371,18 +366,21 @@ def seed_worker(cohort: str, out_dir: str, patient_ids: list[str], result_path: 
         onehot = np.eye(4, dtype=np.uint8)[mask_uint8]
         os.makedirs(images_dir, exist_ok=True)
         os.makedirs(masks_dir, exist_ok=True)
-        for mod in MODALITIES:
-            nib.save(nib.Nifti1Image(processed[mod], np.eye(4)), f"{images_dir}/BraTS20_Training_{number}_{mod}.nii")
-        nib.save(nib.Nifti1Image(onehot, np.eye(4)), f"{masks_dir}/BraTS20_Training_{number}_seg.nii")
+        written = [f"{images_dir}/BraTS20_Training_{number}_{mod}.nii" for mod in MODALITIES]
+        for mod, path in zip(MODALITIES, written):
+            nib.save(nib.Nifti1Image(processed[mod], np.eye(4)), path)
+        written.append(f"{masks_dir}/BraTS20_Training_{number}_seg.nii")
+        nib.save(nib.Nifti1Image(onehot, np.eye(4)), written[-1])
         wall += time.perf_counter() - t0
         cpu_s += cpu() - c0
+        size = sum(os.path.getsize(path) for path in written)  # measured now: nothing can have moved them yet
 
         brain = np.zeros(originals[MODALITIES[0]].shape, bool)
         for mod in MODALITIES:
             brain |= originals[mod] != 0
         quality = {mod: log_correlation(estimated[mod], true_bias(cohort, pid, mod)[SEED_CROP], brain & fields_ok[mod])
                    for mod in MODALITIES}
-        results.append({"patient": pid, "wall_s": wall, "cpu_s": cpu_s, "n4_quality": quality,
+        results.append({"patient": pid, "wall_s": wall, "cpu_s": cpu_s, "bytes": size, "n4_quality": quality,
                         "dtypes": [str(processed["t1"].dtype), str(onehot.dtype)],
                         "shapes": [list(processed["t1"].shape), list(onehot.shape)]})
         print(f"[seed worker] {pid}: {wall:.1f} s wall, {cpu_s:.1f} s CPU, "
@@ -416,7 +414,7 @@ def run_seed_recipe(cohort: str, workdir: str, patient_ids: list[str]) -> dict:
     return {
         "wall_s_per_patient": round(sum(p["wall_s"] for p in per) / n, 1),
         "cpu_s_per_patient": round(sum(p["cpu_s"] for p in per) / n, 1),
-        "bytes_per_patient": dir_bytes(out_root) / n,
+        "bytes_per_patient": sum(p["bytes"] for p in per) / n,
         "n4_quality": round(float(np.mean(quality)), 4),
         "n4_quality_per_modality": {m: round(float(np.mean([p["n4_quality"][m] for p in per])), 4)
                                     for m in MODALITIES},
@@ -463,8 +461,17 @@ def run_pipeline(cfg: dict, cohort: str, out_dir: str, workers: int) -> dict:
     log(f"(b) pipeline, {workers} worker(s), isolate={cfg['runtime']['isolate']} -> {out_dir}")
     watch = os.path.join(out_dir, cfg["name"], "*", "_staging", "*.example")
     wait_for_idle(IDLE_WAIT_S)
+    error = None
     with ProcessTreeMonitor(watch_glob=watch) as monitor:
-        summary = launch.run(cfg, cohort, out_dir, args, echo=lambda m: log("  " + m))
+        try:
+            summary = launch.run(cfg, cohort, out_dir, args, echo=lambda m: log("  " + m))
+        except Exception as exc:  # a bundle that failed outside the dead-letter handling fails the job
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+    if error:
+        log(f"  the {workers}-worker job failed: {error}")
+        out = monitor.summary()
+        out["failures"] = [{"patient": "*", "stage": "job", "reason": error}]
+        return out
     if summary.already_complete:
         raise RuntimeError(f"{out_dir} already held this version; the run measured nothing")
     written = sum(summary.patients.values())
@@ -653,7 +660,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cohort_seed", type=int, default=0, help="Random seed of the synthetic cohort.")
     parser.add_argument("--compressed", action=argparse.BooleanOptionalAction, default=False,
                         help="Cohort files as .nii.gz; default .nii like the Kaggle mirror the seeds read.")
-    parser.add_argument("--retries", type=int, default=1,
+    parser.add_argument("--retries", type=int, default=2,
                         help="Re-run a pipeline measurement (fresh directory) this many times if patients fail.")
     parser.add_argument("--idle_wait_s", type=float, default=300.0,
                         help="Before each timed phase wait up to this long for other processes to leave the CPUs idle.")

@@ -1,6 +1,6 @@
 """Training-step speed of the 3D U-Net presets by patch size and precision.
 
-    python benchmarks/bench_train.py [--sizes=64,128] [--presets=seed,nnunet] [--steps=3]
+    python benchmarks/bench_train.py [--sizes=64,128] [--presets=seed,nnunet] [--steps=2]
 
 Progress goes to stderr; one JSON object, the results, goes to stdout.
 
@@ -38,7 +38,18 @@ steps, or only its warm-up time as an upper bound), and the child is killed
 combination whose step time, predicted from the same preset and precision at
 a smaller size times the voxel ratio, makes warm-up + one step overrun its
 budget is skipped, and the prediction is recorded (clearly marked as not
-measured).  Once ``--total_budget_s`` is spent, the rest are skipped.
+measured), unless its memory, predicted the same way, exceeds the cap: such
+a run fails fast, so it is run to record the real error.  Once
+``--total_budget_s`` is spent, the rest are skipped.  Before each
+combination the sweep waits (up to ``--idle_wait_s``, not counted in the
+budgets) for other processes to leave the cores idle, and every row reports
+the CPU seconds the rest of the machine used while it ran
+(``other_processes_cpu_s``: near 0 means the timing is clean).
+
+Memory: a child whose resident memory passes ``--memory_limit_gb`` (default
+85% of MemTotal) is killed and recorded as out of memory, and every child
+sets its ``oom_score_adj`` to 1000, so an overrun never reaches other
+processes on the machine.
 """
 
 from __future__ import annotations
@@ -66,6 +77,7 @@ CHANNELS = 4
 LEARNING_RATE = 1e-3
 COMBO_BUDGET_S = 300
 TOTAL_BUDGET_S = 900
+RSS_BASE_MB = 1000  # resident memory of a built model before its first step, about
 KILL_MARGIN_S = 120  # past its budget a child is killed (build time, a step that ran long)
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
@@ -107,13 +119,13 @@ def device_info() -> dict:
 
 
 def default_memory_limit_gb() -> float:
-    """80% of MemTotal in GiB (0: unknown, no cap)."""
+    """85% of MemTotal in GiB (0: unknown, no cap)."""
     try:
         with open("/proc/meminfo") as handle:
             kib = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal"))
     except (OSError, StopIteration, ValueError):
         return 0.0
-    return round(0.8 * kib / 2**20, 1)
+    return round(0.85 * kib / 2**20, 1)
 
 
 def system_busy_cpu() -> float:
@@ -172,7 +184,7 @@ def random_batch(size: int, num_classes: int, seed: int = 0):
 
 
 def build_and_compile(preset_name: str, policy: str):
-    """The preset's U-Net under ``policy``, compiled as the brief says (Adam 1e-3, dice_ce, no metrics)."""
+    """The preset's U-Net under ``policy``, compiled with Adam 1e-3, dice_ce and no metrics."""
     import keras
 
     from trainer.losses import get_loss
@@ -382,6 +394,22 @@ def predicted_step(results: list[dict], preset_name: str, size: int, policy: str
     return ref["median_step_s"] * (size / ref["patch"]) ** 3, ref["patch"]
 
 
+def predicted_rss_mb(results: list[dict], preset_name: str, size: int, policy: str) -> int | None:
+    """Peak resident MiB at ``size`` scaled from the largest smaller size measured (same preset and policy).
+
+    Activations grow with the voxel count on top of a fixed base (the
+    interpreter, TensorFlow, weights and optimizer state: ~1 GiB here), so
+    base + (peak - base) x (size / measured size)^3.
+    """
+    smaller = [r for r in results if r["preset"] == preset_name and r["precision"] == policy
+               and r["patch"] < size and r.get("peak_rss_mb") and "warmup_step_s" in r]
+    if not smaller:
+        return None
+    ref = max(smaller, key=lambda r: r["patch"])
+    base = min(RSS_BASE_MB, ref["peak_rss_mb"])
+    return int(base + (ref["peak_rss_mb"] - base) * (size / ref["patch"]) ** 3)
+
+
 def sweep(presets, sizes, policies, steps: int, combo_budget_s: float, total_budget_s: float,
           memory_limit_gb: float, idle_wait_s: float = 0.0) -> list[dict]:
     """Every policy x size x preset (float32 first); progress on stderr.
@@ -391,24 +419,32 @@ def sweep(presets, sizes, policies, steps: int, combo_budget_s: float, total_bud
     """
     results = []
     deadline = time.perf_counter() + total_budget_s
+    cap_mb = memory_limit_gb * 1024 if memory_limit_gb > 0 else float("inf")
     combos = [(p, s, q) for q in policies for s in sizes for p in presets]
     for i, (preset_name, size, policy) in enumerate(combos, 1):
         result = {"preset": preset_name, "patch": size, "precision": policy}
         results.append(result)
+        tag = f"[{i}/{len(combos)}] {preset_name} {size}^3 {policy}"
         remaining = deadline - time.perf_counter() - KILL_MARGIN_S
+        if remaining < 30:
+            result["error"] = f"skipped, not measured: the total budget of {total_budget_s:.0f} s is spent"
+            log(f"{tag}: {result['error']}")
+            continue
         budget = min(combo_budget_s, remaining)
         guess = predicted_step(results, preset_name, size, policy)
-        tag = f"[{i}/{len(combos)}] {preset_name} {size}^3 {policy}"
-        if guess and 2 * guess[0] > budget:
+        memory = predicted_rss_mb(results, preset_name, size, policy)
+        if memory and memory > cap_mb:  # fails fast: run it, so the error is measured, not guessed
+            result["predicted_peak_rss_mb"] = memory
+            log(f"{tag}: predicted ~{memory / 1024:.0f} GiB resident, over the {memory_limit_gb} GiB cap; "
+                "running it to confirm")
+        elif guess and 2 * guess[0] > budget:
             result["predicted_step_s"] = round(guess[0], 1)
             result["predicted_volumes_per_s"] = round(BATCH / guess[0], 4)
+            if memory:
+                result["predicted_peak_rss_mb"] = memory
             result["error"] = (f"skipped, not measured: predicted ~{guess[0]:.0f} s/step ({guess[1]}^3 median x "
                                f"{(size / guess[1]) ** 3:.0f} voxels); warm-up + 1 step would exceed the "
                                f"{budget:.0f} s budget")
-            log(f"{tag}: {result['error']}")
-            continue
-        if remaining < 30:
-            result["error"] = f"skipped, not measured: the total budget of {total_budget_s:.0f} s is spent"
             log(f"{tag}: {result['error']}")
             continue
         waited = wait_for_idle(idle_wait_s)
@@ -416,12 +452,15 @@ def sweep(presets, sizes, policies, steps: int, combo_budget_s: float, total_bud
         if waited > 5:
             result["idle_wait_s"] = waited
         log(f"{tag}: 1 warm-up + up to {steps} timed steps within {budget:.0f} s")
+        busy0, own0 = system_busy_cpu(), own_cpu()
         result.update(run_child(preset_name, size, policy, steps, budget, memory_limit_gb))
+        result["other_processes_cpu_s"] = round(system_busy_cpu() - busy0 - (own_cpu() - own0), 1)
         if "error" in result:
             log(f"    failed: {result['error']}")
         elif result.get("median_step_s"):
             log(f"    median {result['median_step_s']:.2f} s/step, {result['volumes_per_s']:.3f} volumes/s, "
-                f"{result['parameters']:,} parameters, peak {result['peak_rss_mb']} MB")
+                f"{result['parameters']:,} parameters, peak {result['peak_rss_mb']} MB, "
+                f"other processes used {result['other_processes_cpu_s']} CPU s meanwhile")
         else:
             log(f"    no timed step fit the budget (warm-up {result.get('warmup_step_s')} s)")
     return results
@@ -446,7 +485,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precisions", default="",
                         help="comma-separated Keras policies (default: float32 plus mixed_bfloat16 on CPU, "
                              "mixed_float16 on GPU)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (default 3)")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="timed steps after one warm-up step (default 2, so the default sweep stays near "
+                             "15 minutes on 2 cores)")
     parser.add_argument("--combo_budget_s", type=float, default=COMBO_BUDGET_S,
                         help="seconds of warm-up + timed steps per combination; fewer timed steps are run "
                              f"when they would not fit (default {COMBO_BUDGET_S})")
@@ -454,10 +495,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"seconds for the whole sweep; later combinations are skipped (default {TOTAL_BUDGET_S})")
     parser.add_argument("--memory_limit_gb", type=float, default=default_memory_limit_gb(),
                         help="resident-memory cap of each combination's process in GiB, past which it is "
-                             "killed and recorded as out of memory; 0 for none (default: 80%% of MemTotal)")
-    parser.add_argument("--idle_wait_s", type=float, default=120,
+                             "killed and recorded as out of memory; 0 for none (default: 85%% of MemTotal)")
+    parser.add_argument("--idle_wait_s", type=float, default=60,
                         help="before each combination, wait up to this long for other processes to leave the "
-                             "cores idle; not counted in the budgets (default 120; 0 to skip)")
+                             "cores idle; not counted in the budgets (default 60; 0 to skip)")
     parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
