@@ -36,13 +36,27 @@ measures, side by side:
     volume and brain mask with the config's N4 parameters, as the pipeline
     calls it.
 
-CPU accounting: ``getrusage`` only sees descendants that were waited for, and
-Beam kills the isolation subprocesses at teardown without reaping them, so
-this script also samples ``/proc`` for every descendant while a run lasts.
-Both figures are reported; the per-patient CPU uses the larger (each is a
-lower bound).  ``other_cpu_s`` is CPU the rest of the machine used during a
-phase (``/proc/stat`` busy time minus ours): if it is large, something else
-competed for the cores and the timings are inflated.
+CPU accounting: ``getrusage(RUSAGE_CHILDREN)`` only sees descendants that
+were waited for (an isolation subprocess that Beam kills and orphans would
+escape it), so this script also samples ``/proc`` for every descendant while
+a run lasts.  Both figures are reported (``cpu_s_rusage``,
+``cpu_s_process_tree``); ``cpu_s`` is the larger, each being a lower bound.
+
+Shared machines: before each timed phase the script waits (``--idle_wait_s``)
+for other processes to leave the CPUs idle, and ``other_cpu_s`` is the CPU
+the rest of the machine used during a phase (``/proc/stat`` busy time minus
+ours); a phase where it exceeds 10 % of the wall time is listed under
+``warnings``, its timings being inflated.
+
+Failed patients: with ``runtime.isolate`` Beam forks a worker process that
+runs gRPC threads, and the forked child sometimes dies at start-up (abseil
+mutex check, "skipping fork() handlers" in the log), losing patients or the
+whole job.  A pipeline measurement with failures is re-run in a fresh
+directory (``--retries``) and the failed attempts are kept under
+``failed_attempts``.  ``processes`` lists every descendant (SDK worker,
+isolation subprocess) with its CPU, and ``patient_record_staged_at_s`` when
+each patient's record appeared: together they show start-up cost, how
+patients were spread over the workers and the serial tail (shards, manifest).
 """
 
 from __future__ import annotations

@@ -136,6 +136,7 @@ def test_strict_exits_non_zero_and_prints_the_summary(bad_cohort, tmp_path):
     assert relaxed.returncode == 0 and "already complete" in relaxed.stdout
 
 
+@pytest.mark.slow  # isolation forks after gRPC threads start; that fork can die on its own (BUILD_NOTES)
 def test_a_native_crash_is_isolated_to_its_patient(tiny_cohort, tmp_path, monkeypatch):
     real = n4.estimate_bias
     victim = synthetic_data.patient_id_for(2)

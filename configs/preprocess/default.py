@@ -44,6 +44,9 @@ def get_config():
     c.shards.target_mb = 256.0  # raw record bytes per shard; far below the 1 GiB limit
 
     c.runtime = ml_collections.ConfigDict()  # not fingerprinted
-    c.runtime.isolate = True  # run each patient in a subprocess: a native crash in N4 becomes a dead letter
+    # Run patients in a subprocess so a native crash in N4 becomes a dead letter.
+    # Off by default: Beam forks that subprocess while gRPC threads run, and
+    # the fork sometimes dies (grpc/grpc#37642), losing patients or the job.
+    c.runtime.isolate = False
     c.runtime.timeout_s = 1800  # per patient, with isolate; 0 disables
     return c
