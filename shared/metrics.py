@@ -1,0 +1,358 @@
+"""BraTS scores for one patient and summaries over a cohort (numpy and scipy only).
+
+Every number the project reports (evaluation CSVs, summaries, prediction
+JSONs) comes from here, so a Dice in one report means the same thing as a Dice
+in another.  The conventions follow the BraTS 2017-2020 challenges as nnU-Net
+re-implements them (see :data:`CONVENTION`); the official 2023+ package differs
+by dropping regions that are empty in both, so every report carries the
+sentence in :data:`CONVENTION`.
+
+Inputs are class-index volumes in the internal convention of
+:mod:`shared.labels` (0 background, 1 necrotic core, 2 oedema, 3 enhancing);
+regions come from :data:`shared.labels.REGIONS`.  No TensorFlow here: the
+evaluator, the predictor, the Beam job and a notebook can all import it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from shared.labels import CLASS_NAMES, NUM_CLASSES, REGION_NAMES, REGIONS
+from shared.volume_ops import bounding_box, crop
+
+# Diagonal of the 240x240x155 BraTS grid at 1 mm: the HD95 of a region that
+# exists in only one of prediction and truth (the largest distance possible).
+EMPTY_HD95 = 373.12866
+
+CONVENTION = (
+    "BraTS 2017-2020 conventions: regions WT={1,2,3}, TC={1,3}, ET={3} of the classes "
+    "(1 necrotic core, 2 oedema, 3 enhancing); Dice 1 and HD95 0 mm when prediction and "
+    f"truth are both empty, Dice 0 and HD95 {EMPTY_HD95} mm when exactly one is empty, and "
+    "such cases are kept in every mean; HD95 is the larger of the two directed 95th "
+    "percentiles of surface-to-surface distances in mm (6-connected surfaces, voxel spacing "
+    "aware); sensitivity is 1 when truth and prediction are both empty and 0 when only the "
+    "truth is empty; specificity is 1 when the truth has no background voxel; std is the "
+    "population standard deviation (ddof=0)."
+)
+
+# Tumour classes scored on their own, by the names shared.labels gives them.
+TUMOUR_CLASSES: dict[str, tuple[int, ...]] = {
+    CLASS_NAMES[c]: (c,) for c in range(1, NUM_CLASSES)
+}
+# Everything scored per patient: the three regions, then the three classes.
+STRUCTURES: dict[str, tuple[int, ...]] = {**REGIONS, **TUMOUR_CLASSES}
+
+# Surfaces are taken with 6-connectivity, as MedPy and nnU-Net do.
+_SURFACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)
+
+
+def _as_bool(mask) -> np.ndarray:
+    return np.asarray(mask).astype(bool, copy=False)
+
+
+def _check_same_shape(a: np.ndarray, b: np.ndarray, what: str = "prediction and truth") -> None:
+    """Refuse mismatched shapes: broadcasting would score the wrong voxels silently."""
+    if a.shape != b.shape:
+        raise ValueError(f"{what} differ in shape: {a.shape} vs {b.shape}")
+
+
+def confusion_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
+    """True/false positives/negatives of two boolean masks of the same shape."""
+    pred, truth = _as_bool(pred), _as_bool(truth)
+    _check_same_shape(pred, truth)
+    tp = int(np.count_nonzero(pred & truth))
+    predicted, actual = int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
+    fp, fn = predicted - tp, actual - tp
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": truth.size - tp - fp - fn}
+
+
+def _dice_of(c: dict[str, int]) -> float:
+    total = 2 * c["tp"] + c["fp"] + c["fn"]
+    return 1.0 if total == 0 else 2.0 * c["tp"] / total
+
+
+def _sensitivity_of(c: dict[str, int]) -> float:
+    positives = c["tp"] + c["fn"]
+    if positives == 0:
+        return 0.0 if c["fp"] else 1.0
+    return c["tp"] / positives
+
+
+def _specificity_of(c: dict[str, int]) -> float:
+    negatives = c["tn"] + c["fp"]
+    return 1.0 if negatives == 0 else c["tn"] / negatives
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice overlap 2|P∩T| / (|P|+|T|); 1.0 when both masks are empty (BraTS)."""
+    return _dice_of(confusion_counts(pred, truth))
+
+
+def _crop_to_union(pred: np.ndarray, truth: np.ndarray, margin: int = 1):
+    """Both masks cut to the box around their union, widened by ``margin``.
+
+    Distances between surfaces never leave that box, and the one-voxel zero
+    margin keeps erosion at the box edge the same as in the full volume, so the
+    result is identical while a 240x240x155 scan shrinks to the tumour's size.
+    """
+    box = bounding_box(pred | truth)
+    box = tuple((lo - margin, hi + margin) for lo, hi in box)
+    return crop(pred, box), crop(truth, box)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of the mask with at least one 6-neighbour outside it."""
+    eroded = ndimage.binary_erosion(mask, structure=_SURFACE_STRUCTURE, border_value=0)
+    return mask ^ eroded
+
+
+def surface_distances(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)):
+    """Directed surface distances in mm: (prediction→truth, truth→prediction).
+
+    Both masks must be non-empty.  Exposed so tests and notebooks can look at
+    the whole distribution, not just its 95th percentile.
+    """
+    pred, truth = _crop_to_union(_as_bool(pred), _as_bool(truth))
+    sampling = tuple(float(s) for s in spacing)
+    surf_pred, surf_truth = _surface(pred), _surface(truth)
+    to_truth = ndimage.distance_transform_edt(~surf_truth, sampling=sampling)
+    to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=sampling)
+    return to_truth[surf_pred], to_pred[surf_truth]
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
+    """95% Hausdorff distance in mm, with the BraTS values for empty masks.
+
+    The larger of the two directed 95th percentiles, so a prediction cannot
+    hide missed tumour by being right about a small part of it.
+    """
+    pred, truth = _as_bool(pred), _as_bool(truth)
+    _check_same_shape(pred, truth)
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if not has_pred and not has_truth:
+        return 0.0
+    if has_pred != has_truth:
+        return EMPTY_HD95
+    p_to_t, t_to_p = surface_distances(pred, truth, spacing)
+    return float(max(np.percentile(p_to_t, 95), np.percentile(t_to_p, 95)))
+
+
+def sensitivity(pred: np.ndarray, truth: np.ndarray) -> float:
+    """TP / (TP + FN): the share of the true tumour that was found.
+
+    With no true tumour there is nothing to find; the score then mirrors Dice
+    (1.0 if the prediction is empty too, 0.0 otherwise) so a model that invents
+    tumour is not rewarded on those patients.
+    """
+    return _sensitivity_of(confusion_counts(pred, truth))
+
+
+def specificity(pred: np.ndarray, truth: np.ndarray) -> float:
+    """TN / (TN + FP): the share of the true background left unlabelled.
+
+    A truth with no background (never the case for a brain scan) gives 1.0:
+    there was no background to mislabel.
+    """
+    return _specificity_of(confusion_counts(pred, truth))
+
+
+def voxel_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in mL (1 mL = 1000 mm³)."""
+    return float(np.prod([float(s) for s in spacing])) / 1000.0
+
+
+def volume_ml(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
+    """Volume of a boolean mask in mL."""
+    return int(np.count_nonzero(mask)) * voxel_ml(spacing)
+
+
+def _check_classes(classes: np.ndarray) -> None:
+    """Refuse values outside 0..NUM_CLASSES-1 (e.g. a source label 4 not mapped to 3)."""
+    if classes.size and (int(classes.min()) < 0 or int(classes.max()) >= NUM_CLASSES):
+        raise ValueError(
+            f"class values must lie in 0..{NUM_CLASSES - 1}, got {int(classes.min())}..{int(classes.max())}"
+            " (map source labels with shared.labels.to_classes first)"
+        )
+
+
+def _class_counts(classes: np.ndarray) -> np.ndarray:
+    """Voxels per class 0..NUM_CLASSES-1 in one pass (bincount beats six isin calls)."""
+    classes = np.asarray(classes)
+    _check_classes(classes)
+    return np.bincount(classes.ravel().astype(np.int64), minlength=NUM_CLASSES)
+
+
+def volumes_ml(classes: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Volume in mL of each region (WT, TC, ET) and tumour class (by CLASS_NAMES)."""
+    counts = _class_counts(classes)
+    per_voxel = voxel_ml(spacing)
+    return {name: float(counts[list(members)].sum()) * per_voxel for name, members in STRUCTURES.items()}
+
+
+def _tumour_box(pred_classes: np.ndarray, truth_classes: np.ndarray):
+    """Index slices around all tumour voxels of both volumes (one voxel wider, inside the volume)."""
+    tumour = (pred_classes > 0) | (truth_classes > 0)
+    if not tumour.any():
+        return tuple(slice(0, 0) for _ in tumour.shape)
+    return tuple(slice(max(lo - 1, 0), min(hi + 1, dim))
+                 for (lo, hi), dim in zip(bounding_box(tumour), tumour.shape))
+
+
+def _overlap_scores(pred: np.ndarray, truth: np.ndarray, spacing, outside: int) -> dict[str, float]:
+    """Dice, HD95, sensitivity and specificity of masks cut to the tumour box.
+
+    ``outside`` voxels beyond the box are background in both, so they only add
+    true negatives.
+    """
+    counts = confusion_counts(pred, truth)
+    counts["tn"] += outside
+    return {
+        "dice": _dice_of(counts),
+        "hd95": hd95(pred, truth, spacing),
+        "sensitivity": _sensitivity_of(counts),
+        "specificity": _specificity_of(counts),
+    }
+
+
+def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Every per-patient number, as one flat dict (one CSV row).
+
+    For each structure S in WT, TC, ET, necrotic_core, edema, enhancing:
+    ``dice_S``, ``hd95_S``, ``sensitivity_S``, ``specificity_S``,
+    ``volume_pred_S_ml``, ``volume_truth_S_ml``.  The ET region and the
+    enhancing class are the same voxels; both are kept so region and class
+    tables read on their own, and their scores are computed once.  Everything
+    is computed inside the box around the tumour voxels of both volumes (a
+    full scan takes ~10x longer and gives the same numbers).
+    """
+    pred_classes, truth_classes = np.asarray(pred_classes), np.asarray(truth_classes)
+    _check_same_shape(pred_classes, truth_classes, "predicted and true class volumes")
+    if len(tuple(spacing)) != pred_classes.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a volume of shape {pred_classes.shape}")
+    _check_classes(pred_classes)
+    _check_classes(truth_classes)
+    box = _tumour_box(pred_classes, truth_classes)
+    pred_box, truth_box = pred_classes[box], truth_classes[box]
+    outside = pred_classes.size - pred_box.size
+    pred_volumes, truth_volumes = volumes_ml(pred_box, spacing), volumes_ml(truth_box, spacing)
+    done: dict[tuple[int, ...], dict[str, float]] = {}
+    row: dict[str, float] = {}
+    for name, members in STRUCTURES.items():
+        if members not in done:
+            done[members] = _overlap_scores(
+                np.isin(pred_box, members), np.isin(truth_box, members), spacing, outside
+            )
+        row.update({f"{metric}_{name}": value for metric, value in done[members].items()})
+        row[f"volume_pred_{name}_ml"] = pred_volumes[name]
+        row[f"volume_truth_{name}_ml"] = truth_volumes[name]
+    return row
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _numeric_columns(rows: Iterable[dict], id_key: str) -> list[str]:
+    """Numeric columns in order of first appearance (the CSV's order)."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != id_key and _is_number(value):
+                columns.setdefault(key, None)
+    return list(columns)
+
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    """mean, std (ddof=0), median, q1, q3, min, max and n of the finite values.
+
+    NaN (a metric a patient could not be scored on) is left out and not
+    counted in n, so one failure does not turn a whole column into NaN.
+    """
+    array = np.asarray([float(v) for v in values], dtype=np.float64)
+    array = array[np.isfinite(array)]
+    if array.size == 0:
+        nan = float("nan")
+        return {"mean": nan, "std": nan, "median": nan, "q1": nan, "q3": nan, "min": nan, "max": nan, "n": 0}
+    q1, median, q3 = np.percentile(array, [25, 50, 75])
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "median": float(median),
+        "q1": float(q1),
+        "q3": float(q3),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "n": int(array.size),
+    }
+
+
+def _extremes(rows: list[dict], column: str, id_key: str) -> tuple[dict, dict] | None:
+    """(best, worst) rows by ``column`` as {"id", "dice"}; first one wins ties."""
+    scored = [(row.get(id_key), float(row[column])) for row in rows
+              if _is_number(row.get(column)) and math.isfinite(float(row[column]))]
+    if not scored:
+        return None
+    best = max(scored, key=lambda item: item[1])
+    worst = min(scored, key=lambda item: item[1])
+    return {"id": best[0], "dice": best[1]}, {"id": worst[0], "dice": worst[1]}
+
+
+def summarize(rows: list[dict], id_key: str = "patient") -> dict:
+    """Cohort summary of per-patient rows (e.g. from :func:`score_patient`).
+
+    Returns ``{"convention", "n", "metrics": {column: describe(...)},
+    "best": {region: {"id", "dice"}}, "worst": {region: {"id", "dice"}}}``;
+    best and worst are by ``dice_<region>`` for WT, TC and ET, so the cases
+    worth looking at are named in the report.
+    """
+    rows = list(rows)
+    summary: dict = {
+        "convention": CONVENTION,
+        "n": len(rows),
+        "metrics": {column: describe([row[column] for row in rows if _is_number(row.get(column))])
+                    for column in _numeric_columns(rows, id_key)},
+        "best": {},
+        "worst": {},
+    }
+    for region in REGION_NAMES:
+        found = _extremes(rows, f"dice_{region}", id_key)
+        if found:
+            summary["best"][region], summary["worst"][region] = found
+    return summary
+
+
+def _mean_std(stats: dict | None, digits: int) -> str:
+    if not stats or stats["n"] == 0:
+        return "-"
+    return f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f}"
+
+
+def _median(stats: dict | None, digits: int) -> str:
+    if not stats or stats["n"] == 0:
+        return "-"
+    return f"{stats['median']:.{digits}f}"
+
+
+def _who(entry: dict | None) -> str:
+    return "-" if not entry else f"{entry['id']} ({entry['dice']:.3f})"
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a fixed-width text table, one row per region, plus the convention."""
+    metrics = summary.get("metrics", {})
+    header = ("region", "Dice mean±std", "Dice median", "HD95 mm mean±std", "HD95 median", "best (Dice)", "worst (Dice)")
+    lines = [header]
+    for region in REGION_NAMES:
+        d, h = metrics.get(f"dice_{region}"), metrics.get(f"hd95_{region}")
+        lines.append((region, _mean_std(d, 3), _median(d, 3), _mean_std(h, 2), _median(h, 2),
+                      _who(summary.get("best", {}).get(region)), _who(summary.get("worst", {}).get(region))))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    text.append(f"n = {summary.get('n', 0)} patients")
+    text.append(f"Conventions: {summary.get('convention', CONVENTION)}")
+    return "\n".join(text)
