@@ -127,3 +127,43 @@ def match_patient_files(
                 )
         missing[channel] = reason
     return FileMatch(paths=found, missing=missing)
+
+
+def match_any_layout(
+    patient_id: str,
+    paths: list[str],
+    channels: tuple[str, ...],
+    preferred: str | None = None,
+) -> tuple[Layout | None, FileMatch]:
+    """Match a folder of unknown release: the preferred layout first, then the others.
+
+    Prediction and the web app accept a patient from any release (and files
+    renamed by hand, as long as each ends in ``<separator><token>.nii[.gz]``),
+    so a model trained on BraTS 2020 can segment a BraTS 2023 case.  Returns
+    the first layout that finds every channel, or ``(None, <preferred's match>)``
+    whose ``missing`` says what is absent.
+    """
+    order = ([preferred] if preferred in LAYOUTS else []) + [n for n in LAYOUTS if n != preferred]
+    first_match = None
+    for name in order:
+        layout = LAYOUTS[name]
+        match = match_patient_files(layout, patient_id, paths, channels)
+        if match.complete:
+            return layout, match
+        loose = _match_by_token(layout, paths, channels)
+        if loose is not None:
+            return layout, loose
+        first_match = first_match or match
+    return None, first_match
+
+
+def _match_by_token(layout: Layout, paths: list[str], channels: tuple[str, ...]) -> FileMatch | None:
+    """Each channel's single file whose name ends with the layout's token, or None."""
+    found = {}
+    for channel in channels:
+        suffixes = tuple(f"{layout.separator}{layout.tokens[channel]}{ext}".lower() for ext in NIFTI_EXTENSIONS)
+        hits = [p for p in paths if posixpath.basename(p).lower().endswith(suffixes)]
+        if len(hits) != 1:
+            return None
+        found[channel] = hits[0]
+    return FileMatch(paths=found, missing={})

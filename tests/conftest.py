@@ -55,3 +55,22 @@ def tiny_dataset(tiny_cohort, tmp_path_factory):
     """The tiny cohort preprocessed once, in-process (shared: never modify it)."""
     out = tmp_path_factory.mktemp("datasets")
     return run_pipeline(tiny_cohort, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
+    """A tiny U-Net trained for a few steps on the tiny dataset (its model.keras; shared: never modify it).
+
+    Its quality does not matter: prediction and evaluation tests check shapes,
+    geometry, labels and reports, not Dice.
+    """
+    from configs.train import tiny_cpu
+    from trainer import training
+
+    cfg = tiny_cpu.get_config()
+    cfg.data_dir = tiny_dataset.dataset_dir
+    cfg.patch_size = (16, 16, 16)
+    cfg.epochs, cfg.steps_per_epoch = 1, 2
+    workdir = tmp_path_factory.mktemp("run")
+    outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None)
+    return pathlib.Path(outcome.model_path)

@@ -17,6 +17,7 @@ import time
 import keras
 import tensorflow as tf
 
+from shared import manifest as manifest_lib
 from shared.labels import REGION_NAMES
 from trainer import data, losses, metrics, model as model_lib, runtime
 
@@ -39,8 +40,11 @@ class Outcome:
 
 def _check_lineage(workdir: str, info: data.DatasetInfo) -> dict:
     """Record which data this run trains on; refuse to resume onto other data."""
-    lineage = {"data_dir": info.data_dir, "version_id": info.version_id, "manifest_sha256": info.manifest_sha256,
-               "channels": list(info.channels), "num_train": info.num_train, "num_val": info.num_val}
+    data_dir = info.data_dir if "://" in info.data_dir else os.path.abspath(info.data_dir)
+    lineage = {"data_dir": data_dir, "version_id": info.version_id, "manifest_sha256": info.manifest_sha256,
+               "channels": list(info.channels), "num_train": info.num_train, "num_val": info.num_val,
+               # a copy, so prediction can repeat the preprocessing where the dataset is not reachable
+               "preprocess": manifest_lib.read_manifest(info.data_dir)["config"]}
     path = os.path.join(workdir, LINEAGE)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:

@@ -1,0 +1,86 @@
+"""Evaluation: a model on its dataset's split, and NIfTI predictions against ground truth."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+
+from shared import metrics
+from tests.conftest import ROOT
+from trainer import evaluation, prediction
+
+
+def test_model_on_its_validation_split_gives_the_table(tiny_model, tiny_dataset, tmp_path):
+    predictor = prediction.load_predictor(str(tiny_model))
+    rows, failures = evaluation.score_model(predictor, tiny_dataset.dataset_dir, "val", echo=lambda *_: None)
+    assert not failures and len(rows) == tiny_dataset.patients["val"]
+    report = evaluation.write_report(rows, failures, str(tmp_path), {"split": "val"})
+    table = evaluation.format_report(report)
+    for region in ("WT", "TC", "ET"):
+        assert region in table
+    assert "373.12866" in table  # the conventions are stated
+    with open(tmp_path / "scores.csv") as f:
+        scored = list(csv.DictReader(f))
+    assert {r["patient"] for r in scored} == {r["patient"] for r in rows}
+    assert {"dice_WT", "hd95_ET", "volume_pred_TC_ml"} <= set(scored[0])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metrics"]["dice_WT"]["n"] == len(rows) and summary["about"] == {"split": "val"}
+
+
+def _copy_truth_as_predictions(cohort, pred_dir, pids):
+    pred_dir.mkdir()
+    for pid in pids:
+        shutil.copy(cohort / pid / f"{pid}_seg.nii.gz", pred_dir / f"{pid}.nii.gz")
+
+
+def test_ground_truth_scored_against_itself_is_perfect(tiny_cohort, tmp_path):
+    pids = sorted(p.name for p in tiny_cohort.iterdir() if p.name.startswith("BraTS20"))
+    _copy_truth_as_predictions(tiny_cohort, tmp_path / "preds", pids[:-1])
+    rows, failures = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
+    assert len(rows) == len(pids) - 1
+    for row in rows:
+        for region in ("WT", "TC", "ET"):
+            assert row[f"dice_{region}"] == 1.0 and row[f"hd95_{region}"] == 0.0
+    assert [(f["patient"], f["stage"]) for f in failures] == [(pids[-1], "prediction")]
+
+
+def test_a_prediction_of_the_wrong_shape_is_named(tiny_cohort, tmp_path):
+    pid = "BraTS20_Training_002"
+    (tmp_path / "preds").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), tmp_path / "preds" / f"{pid}.nii.gz")
+    rows, failures = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
+    bad = [f for f in failures if f["patient"] == pid][0]
+    assert bad["file"] == f"{pid}.nii.gz" and "differs from the ground truth" in bad["reason"]
+
+
+def test_prediction_from_raw_files_scores_like_the_record(tiny_model, tiny_cohort, tmp_path):
+    """predict (raw NIfTI) -> evaluate --pred_dir equals evaluate --model on the same patient."""
+    predictor = prediction.load_predictor(str(tiny_model))
+    pid = "BraTS20_Training_001"
+    source, convention = prediction.source_from_folder(str(tiny_cohort / pid), predictor)
+    pred = prediction.predict_patient(predictor, source, convention)
+    prediction.write_outputs(pred, str(tmp_path / "preds"), predictor, pictures=False)
+    rows, _ = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
+    truth = nib.load(tiny_cohort / pid / f"{pid}_seg.nii.gz")
+    from shared import labels
+
+    expected = metrics.score_patient(pred.classes, labels.to_classes(np.asarray(truth.dataobj), "brats2020"),
+                                     (1.0, 1.0, 1.0))
+    assert [r for r in rows if r["patient"] == pid][0]["dice_WT"] == expected["dice_WT"]
+
+
+def test_evaluate_cli_prints_the_table(tiny_cohort, tmp_path):
+    pids = sorted(p.name for p in tiny_cohort.iterdir() if p.name.startswith("BraTS20"))
+    _copy_truth_as_predictions(tiny_cohort, tmp_path / "preds", pids)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", f"--pred_dir={tmp_path}/preds", f"--truth_dir={tiny_cohort}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1.000±0.000" in result.stdout and f"n = {len(pids)} patients" in result.stdout
+    assert (tmp_path / "preds" / "evaluation" / "scores.csv").exists()

@@ -1,0 +1,181 @@
+"""Prediction: sliding window, outputs in the patient's own space, bad input, Beam."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from beam_pipeline import synthetic_data
+from shared import layouts
+from tests.conftest import IN_PROCESS, ROOT, TINY_SHAPE
+from trainer import batch_predict, inference, prediction
+
+
+def _pointwise(batch):
+    """A 'model' whose answer at a voxel depends only on that voxel: softmax of (x, -x)."""
+    x = batch[..., :1]
+    e = np.exp(np.concatenate([x, -x], axis=-1))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("shape", [(37, 29, 21), (10, 40, 16)])
+@pytest.mark.parametrize("tta", ["none", "all"])
+def test_sliding_window_over_a_volume_not_a_multiple_of_the_patch(shape, tta):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=shape + (2,)).astype(np.float32)
+    calls = []
+
+    def predict(batch):
+        calls.append(batch.shape)
+        return _pointwise(batch)
+
+    probs = inference.sliding_window(predict, image, (16, 16, 16), overlap=0.5, batch_size=2, tta=tta)
+    assert probs.shape == shape + (2,)
+    np.testing.assert_allclose(probs, _pointwise(image[None])[0], rtol=1e-5, atol=1e-6)
+    assert all(c[1:4] == (16, 16, 16) for c in calls)
+
+
+def test_windows_cover_the_axis_with_the_overlap_asked():
+    for dim, patch in [(37, 16), (16, 16), (155, 128), (240, 128), (5, 16)]:
+        starts = inference.window_starts(dim, patch, 0.5)
+        assert starts[0] == 0 and starts[-1] == max(dim - patch, 0)
+        assert all(b - a <= patch // 2 for a, b in zip(starts, starts[1:]))
+
+
+def test_gaussian_weights_peak_in_the_centre_and_never_vanish():
+    w = inference.gaussian_weights((16, 12, 8))
+    assert w.shape == (16, 12, 8) and w.min() > 0
+    assert np.unravel_index(w.argmax(), w.shape) in {(7, 5, 3), (8, 6, 4), (7, 6, 4), (8, 5, 3)}
+    assert w[0, 0, 0] < 0.01
+
+
+def test_flip_sets():
+    assert inference.flip_sets("none") == [()]
+    assert len(inference.flip_sets("axes")) == 4 and len(set(inference.flip_sets("all"))) == 8
+    with pytest.raises(ValueError, match="unknown tta"):
+        inference.flip_sets("rot90")
+
+
+def _patient_dir(tiny_cohort, pid="BraTS20_Training_001"):
+    return str(tiny_cohort / pid)
+
+
+def test_prediction_is_written_in_the_source_geometry(tiny_model, tiny_cohort, tmp_path):
+    predictor = prediction.load_predictor(str(tiny_model))
+    source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), predictor)
+    pred = prediction.predict_patient(predictor, source, convention, tta="axes")
+    paths = prediction.write_outputs(pred, str(tmp_path), predictor)
+
+    src = nib.load(source.files["flair"])
+    out = nib.load(paths["segmentation"])
+    assert out.shape == src.shape == TINY_SHAPE
+    np.testing.assert_allclose(out.affine, src.affine)
+    assert np.issubdtype(out.get_data_dtype(), np.integer)
+    values = set(np.unique(np.asarray(out.dataobj)).tolist())
+    assert values <= {0, 1, 2, 4}  # BraTS 2020 numbering: enhancing written back as 4
+    report = json.loads(open(paths["volumes"]).read())
+    assert set(report["volumes_ml"]) >= {"WT", "TC", "ET"} and report["labels"]["enhancing"] == 4
+    assert report["dataset_version_id"] == predictor.version_id
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert open(paths["gif"], "rb").read(6) == b"GIF89a"
+
+
+def test_the_same_preprocessing_as_the_dataset(tiny_model, tiny_dataset):
+    predictor = prediction.load_predictor(str(tiny_model))
+    manifest = json.loads(open(os.path.join(tiny_dataset.dataset_dir, "manifest.json")).read())
+    assert predictor.preprocess_cfg == manifest["config"]
+    assert predictor.window == (16, 16, 16)
+    assert prediction.load_predictor(str(tiny_model), window="volume").window == (32, 32, 32)
+
+
+def test_lineage_copy_serves_when_the_dataset_is_gone(tiny_model, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model.parent, run, ignore=shutil.ignore_patterns("checkpoints", "saved_model", "tensorboard"))
+    lineage = json.loads((run / "lineage.json").read_text())
+    lineage["data_dir"] = str(tmp_path / "moved")
+    (run / "lineage.json").write_text(json.dumps(lineage))
+    predictor = prediction.load_predictor(str(run / "model.keras"))
+    assert predictor.data_dir is None and predictor.version_id == lineage["version_id"]
+
+
+def test_a_model_whose_channels_do_not_match_is_refused(tiny_model, tmp_path):
+    from trainer import model as model_lib
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model.parent, run, ignore=shutil.ignore_patterns("checkpoints", "saved_model", "tensorboard"))
+    model_lib.build_unet((None, None, None, 3), model_lib.preset("tiny")).save(run / "model.keras")
+    with pytest.raises(prediction.ModelError, match="takes 3 input channels.*gives 4"):
+        prediction.load_predictor(str(run / "model.keras"))
+
+
+def _bad_cohort(tiny_cohort, root):
+    """Two good patients and one of each kind of bad input."""
+    for pid in ("BraTS20_Training_001", "BraTS20_Training_002", "BraTS20_Training_003",
+                "BraTS20_Training_004", "BraTS20_Training_005"):
+        shutil.copytree(tiny_cohort / pid, root / pid)
+    os.remove(root / "BraTS20_Training_003" / "BraTS20_Training_003_t1ce.nii.gz")  # missing modality
+    (root / "BraTS20_Training_004" / "BraTS20_Training_004_t2.nii.gz").write_bytes(b"not a nifti file")
+    small = nib.Nifti1Image(np.ones((20, 20, 20), np.float32), np.eye(4))  # shape disagrees
+    nib.save(small, root / "BraTS20_Training_005" / "BraTS20_Training_005_t1.nii.gz")
+    return sorted(str(p) for p in root.iterdir())
+
+
+def _check_bad_cohort_summary(summary, out):
+    assert [d["patient"] for d in summary.predicted] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    failures = {f["patient"]: f for f in summary.failures}
+    assert failures["BraTS20_Training_003"]["stage"] == "discover"
+    assert "t1ce" in failures["BraTS20_Training_003"]["reason"]
+    assert failures["BraTS20_Training_004"]["file"] == "BraTS20_Training_004_t2.nii.gz"
+    assert "NIfTI" in failures["BraTS20_Training_004"]["reason"]
+    assert failures["BraTS20_Training_005"]["stage"] == "validate"
+    assert "shape" in failures["BraTS20_Training_005"]["reason"]
+    lines = (out / "errors.jsonl").read_text().splitlines()
+    assert sorted(json.loads(l)["patient"] for l in lines) == sorted(failures)
+
+
+def test_bad_patients_are_reported_and_the_rest_predicted(tiny_model, tiny_cohort, tmp_path):
+    folders = _bad_cohort(tiny_cohort, tmp_path / "in")
+    options = batch_predict.Options(str(tiny_model), str(tmp_path / "out"), pictures=False)
+    summary = batch_predict.predict_local(options, folders, echo=lambda *_: None)
+    _check_bad_cohort_summary(summary, tmp_path / "out")
+
+
+def test_beam_runinference_gives_the_same_segmentations(tiny_model, tiny_cohort, tmp_path):
+    folders = _bad_cohort(tiny_cohort, tmp_path / "in")
+    local = batch_predict.Options(str(tiny_model), str(tmp_path / "local"), pictures=False)
+    batch_predict.predict_local(local, folders[:2], echo=lambda *_: None)
+    beam = batch_predict.Options(str(tiny_model), str(tmp_path / "beam"), pictures=False)
+    summary = batch_predict.predict_beam(beam, folders, IN_PROCESS)
+    _check_bad_cohort_summary(summary, tmp_path / "beam")
+    for pid in ("BraTS20_Training_001", "BraTS20_Training_002"):
+        assert (tmp_path / "beam" / f"{pid}.nii.gz").read_bytes() == (tmp_path / "local" / f"{pid}.nii.gz").read_bytes()
+
+
+def test_a_brats2023_folder_is_read_by_a_brats2020_model(tiny_model, tiny_cohort, tmp_path):
+    layout = layouts.get_layout("brats2023_gli")
+    folder = tmp_path / "BraTS-GLI-00001-000"
+    folder.mkdir()
+    for modality in layouts.MODALITIES:
+        shutil.copy(tiny_cohort / "BraTS20_Training_001" / f"BraTS20_Training_001_{modality}.nii.gz",
+                    folder / layout.expected_name(folder.name, modality))
+    predictor = prediction.load_predictor(str(tiny_model))
+    source, convention = prediction.source_from_folder(str(folder), predictor)
+    assert convention == "brats2023" and set(source.files) == set(layouts.MODALITIES)
+    pred = prediction.predict_patient(predictor, source, convention)
+    assert set(np.unique(pred.stored_labels).tolist()) <= {0, 1, 2, 3}
+
+
+def test_cli_refuses_a_missing_model_with_a_clear_message(tiny_cohort, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.predict", f"--model={tmp_path}/nope.keras",
+         f"--input={_patient_dir(tiny_cohort)}", f"--output_dir={tmp_path}/out"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "nope.keras does not exist" in result.stderr

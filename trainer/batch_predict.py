@@ -1,0 +1,243 @@
+"""Predict a cohort: in this process, or fanned out on a Beam runner with RunInference.
+
+Either way a patient that cannot be predicted (a missing modality, a corrupt
+file, shapes that disagree) becomes one line of ``errors.jsonl`` in the output
+folder, naming patient, stage, file and reason, and the others go on.  The
+summary (``summary.json`` and the printed lines) counts both.
+
+On Beam the work is split where it is cheapest to move: preprocessing (N4,
+seconds per patient) and writing run in ordinary ``Map`` steps on any worker,
+and the network runs inside ``RunInference``, which loads the model once per
+worker process and shares it between threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import posixpath
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from beam_pipeline.discovery import Failure
+from beam_pipeline.patient import PatientError
+from shared.manifest import canonical_json
+from shared.nifti_io import write_bytes
+from trainer import prediction
+
+log = logging.getLogger("trainer.batch_predict")
+ERRORS = "errors.jsonl"
+SUMMARY = "summary.json"
+
+
+@dataclasses.dataclass
+class Options:
+    """What every patient of a cohort is predicted with (picklable for Beam)."""
+
+    model_path: str
+    output_dir: str
+    data_dir: str | None = None
+    window: str | None = None  # None: the training patch; "volume"; or "X,Y,Z"
+    tta: str = "none"
+    overlap: float = 0.5
+    pictures: bool = True
+
+    def load(self) -> prediction.Predictor:
+        return prediction.load_predictor(self.model_path, self.data_dir, self.window)
+
+
+@dataclasses.dataclass
+class Summary:
+    predicted: list[dict]  # patient, files written, volumes, seconds
+    failures: list[dict]
+    wall_seconds: float
+
+    def to_json(self) -> dict:
+        return {"predicted": len(self.predicted), "failed": len(self.failures), "patients": self.predicted,
+                "failures": self.failures, "wall_seconds": round(self.wall_seconds, 2)}
+
+
+def _failure(folder: str, exc: Exception) -> dict:
+    patient = posixpath.basename(folder.rstrip("/"))
+    if isinstance(exc, PatientError):
+        return Failure(patient, exc.stage, posixpath.basename(exc.file) if exc.file else "", exc.reason).to_json()
+    return Failure(patient, "predict", "", f"{type(exc).__name__}: {exc}").to_json()
+
+
+def _outcome(pred: prediction.Prediction, paths: dict) -> dict:
+    return {"patient": pred.patient_id, "files": paths, "volumes_ml": pred.volumes_ml(),
+            "seconds": {k: round(v, 2) for k, v in pred.seconds.items()}}
+
+
+def predict_local(options: Options, folders: list[str], echo: Callable[[str], None] = print,
+                  predictor: prediction.Predictor | None = None) -> Summary:
+    """One patient after another in this process (the default; fine for a few dozen)."""
+    start = time.time()
+    predictor = predictor or options.load()
+    done, failures = [], []
+    for n, folder in enumerate(folders, 1):
+        try:
+            source, convention = prediction.source_from_folder(folder, predictor)
+            pred = prediction.predict_patient(predictor, source, convention, options.tta, options.overlap)
+            paths = prediction.write_outputs(pred, options.output_dir, predictor, options.pictures)
+        except Exception as exc:  # one bad patient never stops the cohort
+            failure = _failure(folder, exc)
+            failures.append(failure)
+            echo(f"  [{n}/{len(folders)}] {failure['patient']} FAILED at {failure['stage']}"
+                 f"{' (' + failure['file'] + ')' if failure['file'] else ''}: {failure['reason']}")
+            continue
+        done.append(_outcome(pred, paths))
+        echo(f"  [{n}/{len(folders)}] {pred.patient_id}: preprocess {pred.seconds['preprocess']:.1f} s, "
+             f"inference {pred.seconds['inference']:.1f} s, WT {done[-1]['volumes_ml']['WT']:.1f} mL")
+    return _finish(options.output_dir, done, failures, time.time() - start)
+
+
+def _finish(output_dir: str, done: list[dict], failures: list[dict], wall: float) -> Summary:
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(output_dir)
+    summary = Summary(sorted(done, key=lambda d: d["patient"]), sorted(failures, key=lambda f: f["patient"]), wall)
+    write_bytes(posixpath.join(output_dir, ERRORS), "".join(canonical_json(f) + "\n" for f in summary.failures).encode())
+    write_bytes(posixpath.join(output_dir, SUMMARY), (json.dumps(summary.to_json(), indent=2) + "\n").encode())
+    return summary
+
+
+def format_summary(summary: Summary, output_dir: str) -> str:
+    lines = [f"Predicted {len(summary.predicted)} patient(s), {len(summary.failures)} failed, "
+             f"in {summary.wall_seconds:.1f} s; outputs in {output_dir}"]
+    for f in summary.failures:
+        lines.append(f"    {f['patient']} [{f['stage']}] {f['file']}: {f['reason']}")
+    if summary.failures:
+        lines.append(f"  failures are listed in {posixpath.join(output_dir, ERRORS)}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- Beam --------
+
+@dataclasses.dataclass
+class Prepared:
+    """A preprocessed patient on its way through RunInference."""
+
+    folder: str
+    source: object
+    convention: str
+    record: object
+    header: object
+
+
+def _beam_handler(options: Options):
+    from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+    from trainer import inference
+
+    class SegmentationHandler(ModelHandler):
+        """RunInference's view of our model: one preprocessed patient per batch."""
+
+        def load_model(self):
+            return options.load()
+
+        def run_inference(self, batch, model, inference_args=None):
+            for item in batch:
+                image = item.record.image.astype(np.float32)
+                if image.shape[-1] != model.model.input_shape[-1]:
+                    raise PatientError("inference", f"{image.shape[-1]} channels, model takes "
+                                       f"{model.model.input_shape[-1]}", item.folder)
+                probs = inference.sliding_window(model.predict_fn(), image, model.window,
+                                                 overlap=options.overlap, tta=options.tta)
+                yield PredictionResult(item, np.argmax(probs, axis=-1).astype(np.uint8))
+
+        def batch_elements_kwargs(self):
+            return {"min_batch_size": 1, "max_batch_size": 1}
+
+        def share_model_across_processes(self):
+            return False
+
+    return SegmentationHandler()
+
+
+def _prepare_fn(options: Options):
+    import apache_beam as beam
+
+    from beam_pipeline.patient import preprocess
+
+    state = {}
+
+    def prepare(folder: str):
+        try:
+            if "predictor" not in state:  # preprocessing config only; the model stays in RunInference
+                state["predictor"] = options.load()
+            predictor = state["predictor"]
+            source, convention = prediction.source_from_folder(folder, predictor)
+            record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False)).record
+            header, _ = prediction.source_image(source.files[predictor.channels[0]])
+            yield Prepared(folder, source, convention, record, header)
+        except Exception as exc:
+            yield beam.pvalue.TaggedOutput("failed", _failure(folder, exc))
+
+    return prepare
+
+
+def _finish_fn(options: Options):
+    import apache_beam as beam
+
+    from shared import volume_ops
+
+    def finish(result):
+        item, cropped = result.example, result.inference
+        try:
+            record = item.record
+            pred = prediction.Prediction(
+                patient_id=item.source.patient_id, label_convention=item.convention,
+                classes=volume_ops.uncrop(cropped, record.crop_box, record.original_shape),
+                affine=record.affine, header=item.header, spacing=volume_ops.voxel_spacing(record.affine),
+                display=prediction.source_image(item.source.files[record.channels[0]])[1] if options.pictures
+                else None,
+                seconds={}, source_files=dict(item.source.files))
+            yield _outcome(pred, prediction.write_outputs(pred, options.output_dir, None, options.pictures))
+        except Exception as exc:
+            yield beam.pvalue.TaggedOutput("failed", _failure(item.folder, exc))
+
+    return finish
+
+
+def _inference_failure(dead_letter) -> list[dict]:
+    batch, error = dead_letter
+    reason = error[1] if isinstance(error, tuple) and len(error) > 1 else error
+    return [_failure(item.folder, PatientError("inference", str(reason))) for item in batch]
+
+
+def predict_beam(options: Options, folders: list[str], beam_args: list[str]) -> Summary:
+    """The same predictions on a Beam runner (FnApiRunner locally, or Dataflow)."""
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    start = time.time()
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as root:
+        prepared = (root | "Folders" >> beam.Create(folders) | "Reshuffle" >> beam.Reshuffle()
+                    | "Preprocess" >> beam.FlatMap(_prepare_fn(options)).with_outputs("failed", main="ok"))
+        main, dlq = prepared.ok | "Segment" >> RunInference(_beam_handler(options)).with_exception_handling()
+        written = main | "Write" >> beam.FlatMap(_finish_fn(options)).with_outputs("failed", main="ok")
+        crashed = dlq.failed_inferences | "InferenceFailures" >> beam.FlatMap(_inference_failure)
+        failures = (prepared.failed, written.failed, crashed) | "AllFailures" >> beam.Flatten()
+        results = ((written.ok | "Ok" >> beam.Map(lambda d: ("ok", d)),
+                    failures | "Bad" >> beam.Map(lambda d: ("failed", d)))
+                   | "Outcomes" >> beam.Flatten() | "One" >> beam.combiners.ToList())
+        results | "Summary" >> beam.Map(_write_beam_summary, options.output_dir, start)
+    return _read_summary(options.output_dir)
+
+
+def _write_beam_summary(outcomes: Iterable, output_dir: str, start: float) -> None:
+    done = [d for tag, d in outcomes if tag == "ok"]
+    failures = [d for tag, d in outcomes if tag == "failed"]
+    _finish(output_dir, done, failures, time.time() - start)
+
+
+def _read_summary(output_dir: str) -> Summary:
+    from shared.nifti_io import read_bytes
+
+    data = json.loads(read_bytes(posixpath.join(output_dir, SUMMARY)))
+    return Summary(data["patients"], data["failures"], data["wall_seconds"])

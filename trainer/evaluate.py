@@ -1,0 +1,84 @@
+r"""Score segmentations with the BraTS metrics (Dice, HD95, sensitivity, specificity, volumes).
+
+A trained model on a split of its dataset version:
+    python -m trainer.evaluate --model=runs/exp1/model.keras \
+        --data_dir=/data/datasets/brats2020/<version_id> --split=val --output_dir=runs/exp1/eval
+
+NIfTI predictions of any tool against BraTS ground truth (any release's layout):
+    python -m trainer.evaluate --pred_dir=preds/ --truth_dir=/data/MICCAI_BraTS2020_TrainingData
+
+Writes scores.csv (per patient), summary.json and errors.jsonl, and prints the table.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from beam_pipeline import launch
+from shared import labels, layouts
+from trainer import evaluation, inference, prediction
+
+_MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) to evaluate on --data_dir's --split.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version directory (default: the one the model "
+                                "was trained on, from its lineage.json).")
+_SPLIT = flags.DEFINE_string("split", "val", "Split of the dataset to score (val or train).")
+_PRED_DIR = flags.DEFINE_string("pred_dir", None, "Folder of NIfTI predictions (<patient>.nii.gz or "
+                                "<patient>_seg.nii.gz) to score against --truth_dir.")
+_TRUTH_DIR = flags.DEFINE_string("truth_dir", None, "BraTS cohort root with one folder per patient and its seg file.")
+_LAYOUT = flags.DEFINE_enum("layout", None, list(layouts.LAYOUTS),
+                            "Layout of --truth_dir (default: detected from the folder names).")
+_PRED_CONVENTION = flags.DEFINE_enum("pred_convention", None, list(labels.LABEL_CONVENTIONS),
+                                     "Label numbering of the predictions (default: the ground truth's).")
+_WINDOW = flags.DEFINE_string(
+    "window", "patch", "Sliding window for --model: 'patch' (training patch size), 'volume' (whole cropped "
+    "volume, as the trainer's validation) or X,Y,Z voxels.")
+_TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES, "Flip test-time augmentation for --model.")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Where the reports go (default: <model dir>/eval_<split>, "
+                              "or <pred_dir>/evaluation).")
+
+
+def _by_model():
+    predictor = prediction.load_predictor(_MODEL.value, _DATA_DIR.value, _WINDOW.value)
+    data_dir = predictor.data_dir
+    if data_dir is None:
+        raise FileNotFoundError(f"the dataset {_MODEL.value} was trained on is not reachable from here: "
+                                "pass --data_dir=<its dataset version directory>")
+    output = _OUTPUT.value or os.path.join(os.path.dirname(os.path.abspath(_MODEL.value)), f"eval_{_SPLIT.value}")
+    print(f"Scoring {_MODEL.value} on the {_SPLIT.value} split of {data_dir}")
+    rows, failures = evaluation.score_model(predictor, data_dir, _SPLIT.value, tta=_TTA.value)
+    about = {"model": _MODEL.value, "data_dir": data_dir, "version_id": predictor.version_id,
+             "split": _SPLIT.value, "tta": _TTA.value,
+             "window": list(predictor.window)}
+    return rows, failures, output, about
+
+
+def _by_folders():
+    output = _OUTPUT.value or os.path.join(_PRED_DIR.value, "evaluation")
+    print(f"Scoring the segmentations in {_PRED_DIR.value} against {_TRUTH_DIR.value}")
+    rows, failures = evaluation.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _LAYOUT.value,
+                                              _PRED_CONVENTION.value)
+    return rows, failures, output, {"pred_dir": _PRED_DIR.value, "truth_dir": _TRUTH_DIR.value}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    launch.configure_logging()
+    if bool(_MODEL.value) == bool(_PRED_DIR.value):
+        raise app.UsageError("pass either --model (with its dataset) or --pred_dir with --truth_dir")
+    if _PRED_DIR.value and not _TRUTH_DIR.value:
+        raise app.UsageError("--pred_dir needs --truth_dir")
+    try:
+        rows, failures, output, about = _by_model() if _MODEL.value else _by_folders()
+    except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    report = evaluation.write_report(rows, failures, output, about)
+    print(evaluation.format_report(report))
+    if not rows:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

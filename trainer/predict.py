@@ -1,0 +1,77 @@
+r"""Segment patients from their raw NIfTI scans with a trained model.
+
+    python -m trainer.predict --model=runs/exp1/model.keras \
+        --input=/data/BraTS20_Validation_001 --output_dir=preds/
+    python -m trainer.predict --model=runs/exp1/model.keras \
+        --input='/data/MICCAI_BraTS2020_ValidationData/BraTS20_*' --output_dir=preds/ --tta=all
+
+A whole cohort on Beam (RunInference; add Dataflow options as for preprocessing):
+    python -m trainer.predict --model=... --input='/data/Validation/*' --output_dir=preds/ \
+        --beam --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
+
+For each patient: <id>.nii.gz (labels in the source's numbering, source affine
+and header), <id>.json (region volumes in mL), <id>.png (three slices through
+the tumour) and <id>.gif (axial fly-through).  Failures go to errors.jsonl.
+Flags this module does not define are handed to Beam's PipelineOptions.
+"""
+
+import sys
+
+from absl import app, flags
+
+from beam_pipeline import launch
+from trainer import batch_predict, inference, prediction
+
+_MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) in its training workdir (lineage.json beside it).")
+_INPUT = flags.DEFINE_list("input", None, "Patient folder(s) or glob(s), comma-separated.")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Folder for segmentations, volumes, pictures and errors.jsonl.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Dataset version the model was trained on, when lineage.json's path is not reachable "
+    "from here (its manifest holds the preprocessing to repeat).")
+_TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES,
+                         "Flip test-time augmentation: none, axes (4 passes) or all (8 passes).")
+_OVERLAP = flags.DEFINE_float("overlap", 0.5, "Overlap of sliding windows, in [0, 1).")
+_WINDOW = flags.DEFINE_string(
+    "window", "patch", "Sliding window: 'patch' (the training patch size, as nnU-Net), 'volume' (the whole "
+    "cropped volume in one pass, as the trainer's validation) or X,Y,Z voxels.")
+_PICTURES = flags.DEFINE_boolean("pictures", True, "Write the PNG summary and the GIF fly-through.")
+_BEAM = flags.DEFINE_boolean("beam", False, "Run on a Beam runner (pass --runner=... and its options).")
+_STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any patient fails.")
+flags.mark_flags_as_required(["model", "input", "output_dir"])
+
+
+def main(argv):
+    launch.configure_logging()
+    options = batch_predict.Options(
+        model_path=_MODEL.value, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value,
+        window=_WINDOW.value,
+        tta=_TTA.value, overlap=_OVERLAP.value, pictures=_PICTURES.value)
+    try:
+        folders = prediction.resolve_inputs(_INPUT.value)
+        predictor = options.load()
+    except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Predicting {len(folders)} patient(s) with {options.model_path} (dataset version "
+          f"{predictor.version_id}, window {'x'.join(map(str, predictor.window))}, TTA {options.tta})")
+    if _BEAM.value:
+        summary = batch_predict.predict_beam(options, folders, argv[1:])
+    else:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]} (Beam options need --beam)")
+        summary = batch_predict.predict_local(options, folders, predictor=predictor)
+    print(batch_predict.format_summary(summary, options.output_dir))
+    if _STRICT.value and summary.failures:
+        sys.exit(f"--strict: {len(summary.failures)} patient(s) failed")
+
+
+def parse_flags(argv):
+    """absl takes its own flags; the rest go to Beam when --beam is given."""
+    try:
+        return flags.FLAGS(argv, known_only=True)
+    except (flags.Error, ValueError) as exc:
+        raise SystemExit(f"error in flags: {exc}\nPass --help for the flags.") from None
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

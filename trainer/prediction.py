@@ -1,0 +1,275 @@
+"""Segment a patient from its raw NIfTI files and write the result in its own space.
+
+The preprocessing is the data engine's own (:func:`beam_pipeline.patient.preprocess`)
+run with the configuration stored in the manifest of the dataset the model was
+trained on (named by the run's ``lineage.json``), so a prediction sees exactly
+what training saw.  After sliding-window inference the classes are mapped back
+to the source's label numbering (enhancing 3 -> 4 for BraTS 2020/2021), put
+back into the uncropped grid, and saved with the source's affine and header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from beam_pipeline.discovery import PatientSource
+from beam_pipeline.patient import PatientError, preprocess
+from shared import labels, layouts, manifest, metrics, volume_ops
+from shared.nifti_io import load_array, nifti_bytes, parse_nifti, read_bytes, write_bytes
+from trainer import inference
+
+LINEAGE = "lineage.json"
+CONFIG = "config.json"
+
+
+class ModelError(Exception):
+    """A model that cannot be used for prediction; the message says why."""
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A trained model with everything needed to repeat its data's preprocessing."""
+
+    model: object
+    model_path: str
+    preprocess_cfg: dict
+    window: tuple[int, int, int]  # sliding-window size
+    version_id: str
+    data_dir: str | None  # the dataset version read for the config (None: lineage.json's copy)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.preprocess_cfg["modalities"])
+
+    @property
+    def layout(self) -> str:
+        return self.preprocess_cfg["layout"]
+
+    def predict_fn(self):
+        return inference.keras_predict_fn(self.model)
+
+
+@dataclasses.dataclass
+class Prediction:
+    patient_id: str
+    classes: np.ndarray  # training classes 0..3 in the source grid (uint8)
+    label_convention: str  # numbering the written segmentation uses
+    affine: np.ndarray
+    header: object  # nibabel header of the source's first modality
+    spacing: tuple[float, float, float]
+    display: np.ndarray  # first modality as stored (for pictures)
+    seconds: dict[str, float]
+    source_files: dict[str, str]
+
+    @property
+    def stored_labels(self) -> np.ndarray:
+        return labels.to_source(self.classes, self.label_convention)
+
+    def volumes_ml(self) -> dict[str, float]:
+        return metrics.volumes_ml(self.classes, self.spacing)
+
+
+def _read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def find_run_dir(model_path: str) -> str | None:
+    """The training workdir of a model file: its folder or that folder's parent."""
+    folder = os.path.dirname(os.path.abspath(model_path)) if "://" not in model_path else posixpath.dirname(model_path)
+    for candidate in (folder, os.path.dirname(folder)):
+        if tf.io.gfile.exists(os.path.join(candidate, LINEAGE)):
+            return candidate
+    return None
+
+
+def preprocessing_config(run_dir: str | None, data_dir: str | None) -> tuple[dict, str, str | None]:
+    """The preprocessing config, version id and directory of the model's training data.
+
+    Taken from the dataset's manifest (``data_dir``, or the one lineage.json
+    names); when that dataset is not reachable from here, from the copy the
+    trainer keeps in lineage.json.
+    """
+    lineage = _read_json(os.path.join(run_dir, LINEAGE)) if run_dir else {}
+    data_dir = data_dir or lineage.get("data_dir")
+    if data_dir and tf.io.gfile.exists(manifest.manifest_path(data_dir)):
+        found = manifest.read_manifest(data_dir)
+        if lineage and found["version_id"] != lineage.get("version_id"):
+            raise ModelError(f"{data_dir} holds dataset version {found['version_id']}, but the model was "
+                             f"trained on {lineage['version_id']}")
+        return found["config"], found["version_id"], data_dir
+    if "preprocess" in lineage:
+        return lineage["preprocess"], lineage["version_id"], None
+    where = f"{run_dir}/{LINEAGE}" if run_dir else "no lineage.json beside the model"
+    raise ModelError(f"cannot find the model's preprocessing: {where}; dataset {data_dir or '(none named)'} "
+                     "not found. Pass --data_dir=<the dataset version directory it was trained on>")
+
+
+def window_size(window, run_dir: str | None, cfg: dict) -> tuple[int, int, int]:
+    """The sliding window: ``None`` the training patch, ``"volume"`` the whole crop, or X,Y,Z.
+
+    The training patch is nnU-Net's choice (the network sees what it was
+    trained on); ``volume`` repeats the trainer's own validation, which runs
+    on whole cropped volumes and, for a small patch, sees more context.
+    """
+    if window in (None, "", "patch"):
+        train_cfg = _read_json(os.path.join(run_dir, CONFIG)) if run_dir else {}
+        window = train_cfg.get("patch_size") or cfg["crop"]["size"]
+    elif window == "volume":
+        crop = cfg["crop"]
+        window = crop["size"] if crop["mode"] == "centered" else [b - a for a, b in crop["box"]]
+    elif isinstance(window, str):
+        window = window.split(",")
+    try:
+        size = tuple(int(w) for w in window)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ModelError(f"window {window!r} is not 'patch', 'volume' or three positive sizes X,Y,Z")
+    return size
+
+
+def load_predictor(model_path: str, data_dir: str | None = None, window=None) -> Predictor:
+    """Load a ``.keras`` model and the preprocessing of the data it learnt from."""
+    import keras
+
+    from trainer import losses, metrics as train_metrics  # noqa: F401  (register custom objects)
+
+    if not tf.io.gfile.exists(model_path):
+        raise ModelError(f"model file {model_path} does not exist")
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load model {model_path}: {type(exc).__name__}: {exc}") from exc
+    run_dir = find_run_dir(model_path)
+    cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
+    expected = model.input_shape[-1]
+    if expected != len(cfg["modalities"]):
+        raise ModelError(f"model {model_path} takes {expected} input channels, but its preprocessing "
+                         f"gives {len(cfg['modalities'])} ({', '.join(cfg['modalities'])})")
+    return Predictor(model, model_path, cfg, window_size(window, run_dir, cfg), version, found_dir)
+
+
+def source_from_folder(folder: str, predictor: Predictor) -> tuple[PatientSource, str]:
+    """The patient's modality files (any BraTS release naming) and its label convention."""
+    patient_id = posixpath.basename(folder.rstrip("/"))
+    if not tf.io.gfile.isdir(folder):
+        raise PatientError("discover", "not a folder", folder)
+    paths = sorted(posixpath.join(folder, n) for n in tf.io.gfile.listdir(folder))
+    layout, match = layouts.match_any_layout(patient_id, paths, predictor.channels, predictor.layout)
+    if layout is None:
+        channel, reason = sorted(match.missing.items())[0]
+        raise PatientError("discover", f"missing modality {channel}: {reason}", folder)
+    return PatientSource(patient_id, "unknown", match.paths, {}), layout.label_convention
+
+
+def source_image(path: str) -> tuple[object, np.ndarray]:
+    """Header and voxels of a source file: the written segmentation copies the
+    header, and the pictures show the scan as acquired (not the cropped input)."""
+    image = parse_nifti(read_bytes(path), posixpath.basename(path))
+    return image.header, load_array(image, posixpath.basename(path))
+
+
+def predict_patient(
+    predictor: Predictor,
+    source: PatientSource,
+    label_convention: str,
+    tta: str = "none",
+    overlap: float = 0.5,
+    progress: Callable[[str, float], None] | None = None,
+) -> Prediction:
+    """Preprocess, infer and uncrop one patient; PatientError names stage and file."""
+    report = progress or (lambda stage, fraction: None)
+    start = time.perf_counter()
+    report("preprocess", 0.0)
+    cfg = dict(predictor.preprocess_cfg, require_seg=False)
+    record = preprocess(source, cfg).record
+    first_path = source.files[predictor.channels[0]]
+    header, display = source_image(first_path)
+    middle = time.perf_counter()
+    report("inference", 0.0)
+    image = record.image.astype(np.float32)
+    if image.shape[-1] != predictor.model.input_shape[-1]:
+        raise PatientError("inference", f"{image.shape[-1]} channels, model takes {predictor.model.input_shape[-1]}",
+                           first_path)
+    probs = inference.sliding_window(predictor.predict_fn(), image, predictor.window, overlap=overlap, tta=tta,
+                                     progress=lambda done, total: report("inference", done / total))
+    classes = volume_ops.uncrop(np.argmax(probs, axis=-1).astype(np.uint8), record.crop_box, record.original_shape)
+    end = time.perf_counter()
+    report("done", 1.0)
+    return Prediction(
+        patient_id=source.patient_id, classes=classes, label_convention=label_convention,
+        affine=record.affine, header=header, spacing=volume_ops.voxel_spacing(record.affine), display=display,
+        seconds={"preprocess": middle - start, "inference": end - middle}, source_files=dict(source.files),
+    )
+
+
+def segmentation_bytes(prediction: Prediction) -> bytes:
+    """The segmentation as ``.nii.gz`` bytes: source affine and header, uint8 labels."""
+    header = prediction.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1, 0)
+    return nifti_bytes(prediction.stored_labels.astype(np.uint8), prediction.affine, header=header)
+
+
+def volumes_report(prediction: Prediction, predictor: Predictor | None = None) -> dict:
+    """The JSON written beside a segmentation: volumes and where it came from."""
+    report = {
+        "patient_id": prediction.patient_id,
+        "volumes_ml": {k: round(v, 3) for k, v in prediction.volumes_ml().items()},
+        "voxel_spacing_mm": list(prediction.spacing),
+        "label_convention": prediction.label_convention,
+        "labels": {cls: int(labels.to_source(np.array([i]), prediction.label_convention)[0])
+                   for i, cls in enumerate(labels.CLASS_NAMES)},
+        "seconds": {k: round(v, 3) for k, v in prediction.seconds.items()},
+        "source_files": {k: posixpath.basename(v) for k, v in prediction.source_files.items()},
+    }
+    if predictor is not None:
+        report["model"] = predictor.model_path
+        report["dataset_version_id"] = predictor.version_id
+    return report
+
+
+def write_outputs(prediction: Prediction, output_dir: str, predictor: Predictor | None = None,
+                  pictures: bool = True) -> dict[str, str]:
+    """Write ``<id>.nii.gz`` (BraTS submission naming), ``<id>.json`` and the pictures."""
+    tf.io.gfile.makedirs(output_dir)
+    pid = prediction.patient_id
+    paths = {"segmentation": posixpath.join(output_dir, f"{pid}.nii.gz"),
+             "volumes": posixpath.join(output_dir, f"{pid}.json")}
+    write_bytes(paths["segmentation"], segmentation_bytes(prediction))
+    write_bytes(paths["volumes"], (json.dumps(volumes_report(prediction, predictor), indent=2) + "\n").encode())
+    if pictures:
+        from trainer import pictures as pics  # matplotlib is only needed here
+
+        paths["png"] = posixpath.join(output_dir, f"{pid}.png")
+        paths["gif"] = posixpath.join(output_dir, f"{pid}.gif")
+        write_bytes(paths["png"], pics.summary_png(prediction.display, prediction.classes, prediction.spacing,
+                                                   title=pid, affine=prediction.affine))
+        write_bytes(paths["gif"], pics.flythrough_gif(prediction.display, prediction.classes,
+                                                      spacing=prediction.spacing, affine=prediction.affine))
+    return paths
+
+
+def resolve_inputs(patterns: list[str]) -> list[str]:
+    """Patient folders from folder paths and globs, sorted and without repeats."""
+    folders: set[str] = set()
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            hits = [p for p in tf.io.gfile.glob(pattern) if tf.io.gfile.isdir(p)]
+            if not hits:
+                raise FileNotFoundError(f"--input {pattern} matches no folder")
+            folders.update(h.rstrip("/") for h in hits)
+        else:
+            if not tf.io.gfile.isdir(pattern):
+                raise FileNotFoundError(f"--input {pattern} is not a folder")
+            folders.add(pattern.rstrip("/"))
+    return sorted(folders)
