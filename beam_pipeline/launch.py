@@ -19,7 +19,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import discovery, sharding, splits
-from beam_pipeline.pipeline import NAMESPACE, STAGING, Plan, build
+from beam_pipeline.pipeline import NAMESPACE, STAGING, Plan, build, shard_compression
 from shared import labels, layouts
 from shared.manifest import is_complete, join, read_manifest, version_id
 
@@ -50,6 +50,7 @@ def fingerprinted_config(cfg: dict) -> dict:
 
 def plan_dataset(cfg: dict, input_dir: str, output_dir: str, progress=None) -> Plan:
     """Discover, fingerprint and split; no heavy work yet."""
+    shard_compression(cfg)  # an unknown shards.compression fails here, before any work
     layout = layouts.get_layout(cfg["layout"])
     cohort = discovery.discover(input_dir, layout, tuple(cfg["modalities"]), cfg["require_seg"], progress=progress)
     versioned = fingerprinted_config(cfg)

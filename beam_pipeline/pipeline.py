@@ -28,7 +28,8 @@ from beam_pipeline import patient as patient_lib
 from beam_pipeline import sharding
 from beam_pipeline.discovery import Failure, PatientSource
 from shared import labels, schema
-from shared.manifest import ERRORS_NAME, FORMAT, SPLITS, canonical_json, join, write_manifest
+from shared.manifest import (DEFAULT_COMPRESSION, ERRORS_NAME, FORMAT, SPLITS, canonical_json, check_compression, join,
+                             write_manifest)
 from shared.nifti_io import write_bytes
 
 NAMESPACE = "brats"
@@ -115,14 +116,14 @@ class CountOutcomes(beam.DoFn):
 
 
 class WriteShard(beam.DoFn):
-    def __init__(self, dataset_dir: str, shard_counts: dict[str, int]):
-        self._dir, self._counts = dataset_dir, shard_counts
+    def __init__(self, dataset_dir: str, shard_counts: dict[str, int], compression: str = DEFAULT_COMPRESSION):
+        self._dir, self._counts, self._compression = dataset_dir, shard_counts, compression
 
     def process(self, keyed):
         (split, index), entries = keyed
         staged = sorted((key, path, pid) for key, path, pid in entries if path)
         info = sharding.write_shard(self._dir, join(self._dir, STAGING), split, index, self._counts[split],
-                                    [(key, path) for key, path, _ in staged])
+                                    [(key, path) for key, path, _ in staged], self._compression)
         info["patients"] = [pid for _, _, pid in staged]
         Metrics.counter(NAMESPACE, "shards_written").inc()
         yield info
@@ -167,6 +168,11 @@ def clear_staging(staging: str) -> None:
         FileSystems.delete([staging])
 
 
+def shard_compression(cfg: dict) -> str:
+    """``shards.compression`` of a config ("GZIP" for configs written before the option)."""
+    return check_compression(cfg.get("shards", {}).get("compression", DEFAULT_COMPRESSION))
+
+
 def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict) -> dict:
     splits = {}
     for split in SPLITS:
@@ -189,7 +195,7 @@ def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warning
             "regions": {k: list(v) for k, v in labels.REGIONS.items()},
             "image_dtype": "float16",
             "mask_dtype": "uint8",
-            "compression": "GZIP",
+            "compression": shard_compression(cfg),
         },
         "inputs": plan.checksums,
         "splits": splits,
@@ -227,7 +233,7 @@ def build(root: beam.Pipeline, plan: Plan):
         (keyed, root | "AllShards" >> beam.Create(empty))
         | "WithEmptyShards" >> beam.Flatten()
         | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(plan.dataset_dir, plan.shard_counts))
+        | "WriteShards" >> beam.ParDo(WriteShard(plan.dataset_dir, plan.shard_counts, shard_compression(plan.config)))
     )
     return (
         root

@@ -15,7 +15,7 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from shared.manifest import join, shard_name
+from shared.manifest import DEFAULT_COMPRESSION, join, shard_name, tf_compression_type
 from shared.nifti_io import read_bytes, sha256_of
 
 SALT = b"brats-shards/1:"
@@ -42,18 +42,18 @@ def record_bytes_estimate(crop_size, channels: int, classes: int) -> int:
 
 
 def write_shard(dataset_dir: str, staging_dir: str, split: str, index: int, count: int,
-                staged: list[tuple[int, str]]) -> dict:
-    """Concatenate staged records (sorted by key) into one GZIP TFRecord shard.
+                staged: list[tuple[int, str]], compression: str = DEFAULT_COMPRESSION) -> dict:
+    """Concatenate staged records (sorted by key) into one TFRecord shard, GZIP or uncompressed.
 
     Returns the shard's manifest entry.  TFRecordWriter's gzip stream carries
     no timestamp, so equal records give equal bytes.
     """
     import tensorflow as tf
 
-    name = shard_name(split, index, count)
+    name = shard_name(split, index, count, compression)
     final = join(dataset_dir, name)
     temp = join(staging_dir, f"{uuid.uuid4().hex}-{name}")  # cleared with the staging area
-    with tf.io.TFRecordWriter(temp, options=tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+    with tf.io.TFRecordWriter(temp, options=tf.io.TFRecordOptions(compression_type=tf_compression_type(compression))) as writer:
         for _, path in sorted(staged):
             writer.write(read_bytes(path))
     if FileSystems.exists(final):

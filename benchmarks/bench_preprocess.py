@@ -79,6 +79,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, ROOT)
 
+from benchmarks import common  # noqa: E402
+
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # the seed's loop order
 SEED_CROP = (slice(48, 192), slice(48, 192), slice(5, 149))
 SEED_SHAPE = (240, 240, 155)
@@ -88,9 +90,7 @@ IDLE_WAIT_S = 300.0  # set from --idle_wait_s
 TARGETS = {"cpu_ratio_at_most": 0.3333, "scaling_at_least": 0.8, "bytes_ratio_at_most": 0.5}
 
 
-def log(message: str) -> None:
-    """A progress line on stderr (stdout carries only the final JSON)."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = common.make_log("bench")
 
 
 # --------------------------------------------------------------------------
@@ -100,38 +100,17 @@ def log(message: str) -> None:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def rusage_cpu(who: int) -> float:
-    """User + system CPU seconds of ``who`` (RUSAGE_SELF or RUSAGE_CHILDREN)."""
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
+rusage_cpu = common.rusage_cpu
+system_busy_cpu = common.system_busy_cpu
 
 
-def system_busy_cpu() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat, idle and iowait excluded)."""
-    with open("/proc/stat") as handle:
-        fields = [int(v) for v in handle.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / _TICK
-
-
-def wait_for_idle(max_wait_s: float, busy_cores: float = 0.25, window_s: float = 3.0) -> float:
-    """Waits (up to ``max_wait_s``) until the machine uses under ``busy_cores`` cores; returns seconds waited.
+def wait_for_idle(max_wait_s: float) -> float:
+    """Waits (up to ``max_wait_s``) until other work leaves the cores idle (``common.wait_for_idle``).
 
     Timings of a 2-core machine double when something else runs; waiting
     for a quiet moment before each timed phase keeps them comparable.
     """
-    start = time.perf_counter()
-    while True:
-        before = system_busy_cpu()
-        time.sleep(window_s)
-        busy = (system_busy_cpu() - before) / window_s
-        waited = time.perf_counter() - start
-        if busy < busy_cores or waited >= max_wait_s:
-            if waited > window_s + 0.5:
-                log(f"  waited {waited:.0f} s for other work to finish (now {busy:.2f} cores busy)")
-            return waited
-        if waited < window_s + 0.5:
-            log(f"  {busy:.2f} cores busy with other work; waiting up to {max_wait_s:.0f} s for the machine to be idle")
+    return common.wait_for_idle(max_wait_s, lambda m: log("  " + m))
 
 
 def contamination_warnings(report: dict) -> list[str]:

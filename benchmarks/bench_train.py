@@ -72,6 +72,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, ROOT)
 
+from benchmarks import common  # noqa: E402
+
 BATCH = 2
 CHANNELS = 4
 LEARNING_RATE = 1e-3
@@ -82,9 +84,7 @@ KILL_MARGIN_S = 120  # past its budget a child is killed (build time, a step tha
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
-def log(message: str) -> None:
-    """A progress line on stderr (stdout carries only the final JSON)."""
-    print(f"[bench_train {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = common.make_log("bench_train")
 
 
 # --------------------------------------------------------------------------
@@ -126,38 +126,6 @@ def default_memory_limit_gb() -> float:
     except (OSError, StopIteration, ValueError):
         return 0.0
     return round(0.85 * kib / 2**20, 1)
-
-
-def system_busy_cpu() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat; idle and iowait excluded)."""
-    with open("/proc/stat") as handle:
-        fields = [int(v) for v in handle.readline().split()[1:]] + [0] * 8
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_idle(max_wait_s: float, busy_cores: float = 0.25, window_s: float = 3.0) -> float:
-    """Waits up to ``max_wait_s`` until other processes use under ``busy_cores`` cores; returns seconds waited."""
-    start = time.perf_counter()
-    while max_wait_s > 0:
-        before = system_busy_cpu()
-        time.sleep(window_s)
-        busy = (system_busy_cpu() - before) / window_s
-        waited = time.perf_counter() - start
-        if busy < busy_cores or waited >= max_wait_s:
-            if waited > window_s + 0.5 or busy >= busy_cores:
-                log(f"    waited {waited:.0f} s for the machine to be idle (now {busy:.2f} cores busy)")
-            break
-    return round(time.perf_counter() - start, 1)
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process and its finished children."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
 
 
 def mixed_policy() -> str:
@@ -447,14 +415,14 @@ def sweep(presets, sizes, policies, steps: int, combo_budget_s: float, total_bud
                                f"{budget:.0f} s budget")
             log(f"{tag}: {result['error']}")
             continue
-        waited = wait_for_idle(idle_wait_s)
+        waited = common.wait_for_idle(idle_wait_s, lambda m: log("    " + m))
         deadline += waited  # waiting for others does not count against the budget
         if waited > 5:
             result["idle_wait_s"] = waited
         log(f"{tag}: 1 warm-up + up to {steps} timed steps within {budget:.0f} s")
-        busy0, own0 = system_busy_cpu(), own_cpu()
+        others = common.OtherProcesses()
         result.update(run_child(preset_name, size, policy, steps, budget, memory_limit_gb))
-        result["other_processes_cpu_s"] = round(system_busy_cpu() - busy0 - (own_cpu() - own0), 1)
+        result["other_processes_cpu_s"] = others.cpu_s()
         if "error" in result:
             log(f"    failed: {result['error']}")
         elif result.get("median_step_s"):
@@ -514,12 +482,11 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     presets = [p for p in args.presets.split(",") if p]
     log(f"device: {device['physical_devices']}, CPU {device['cpu']['model']} x{device['cpu']['cores']}")
-    busy0, own0 = system_busy_cpu(), own_cpu()
+    others = common.OtherProcesses()
     results = sweep(presets, sizes, policies, args.steps, args.combo_budget_s, args.total_budget_s,
                     args.memory_limit_gb, args.idle_wait_s)
-    device["other_processes_cpu_s"] = round(system_busy_cpu() - busy0 - (own_cpu() - own0), 1)
-    device["other_processes_note"] = ("CPU seconds the rest of the machine used during the sweep; "
-                                      "near 0 means nothing else competed for the cores")
+    device["other_processes_cpu_s"] = others.cpu_s()
+    device["other_processes_note"] = common.OtherProcesses.NOTE
     out = {
         "benchmark": "bench_train",
         "method": (f"build_unet((None,None,None,{CHANNELS}), preset) under the precision policy; Adam "

@@ -45,8 +45,33 @@ def version_id(input_checksums: dict, config: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord.gz"
+# Shard compression (``config.shards.compression``, ``manifest.record.compression``)
+# -> file extension.  GZIP shards are ~3.6x smaller; uncompressed ones spare
+# the reader the inflate (about a third of the input pipeline's CPU time).
+COMPRESSIONS = {"GZIP": ".tfrecord.gz", "NONE": ".tfrecord"}
+DEFAULT_COMPRESSION = "GZIP"
+
+
+def check_compression(compression: str) -> str:
+    """The canonical name ("GZIP" or "NONE"); ValueError for anything else."""
+    name = str(compression).upper()
+    if name not in COMPRESSIONS:
+        raise ValueError(f"shards.compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    return name
+
+
+def shard_name(split: str, index: int, count: int, compression: str = DEFAULT_COMPRESSION) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}{COMPRESSIONS[check_compression(compression)]}"
+
+
+def record_compression(manifest: dict) -> str:
+    """How the version's shards are compressed ("GZIP" or "NONE"; manifests before the option say GZIP)."""
+    return check_compression(manifest.get("record", {}).get("compression", DEFAULT_COMPRESSION))
+
+
+def tf_compression_type(compression: str) -> str:
+    """``compression_type`` for ``tf.data.TFRecordDataset`` / ``tf.io.TFRecordOptions``."""
+    return "" if check_compression(compression) == "NONE" else "GZIP"
 
 
 def join(*parts: str) -> str:

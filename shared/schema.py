@@ -129,11 +129,13 @@ def feature_spec():
     }
 
 
-def parse_tf(serialized):
-    """Graph-mode parse for ``tf.data``: image as float32, mask as uint8."""
+def parse_tf(serialized, image_dtype="float32"):
+    """Graph-mode parse for ``tf.data``: image as ``image_dtype`` (float32; "float16" keeps the stored
+    values uncast, for pipelines that crop before casting), mask as uint8."""
     tf = _tf()
     parsed = tf.io.parse_single_example(serialized, feature_spec())
-    image = tf.io.decode_raw(parsed["image"], tf.float16)
-    image = tf.cast(tf.reshape(image, parsed["image_shape"]), tf.float32)
+    image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.float16), parsed["image_shape"])
+    if tf.as_dtype(image_dtype) != tf.float16:
+        image = tf.cast(image, image_dtype)
     mask = tf.reshape(tf.io.decode_raw(parsed["mask"], tf.uint8), parsed["mask_shape"])
     return {"patient_id": parsed["patient_id"], "grade": parsed["grade"], "image": image, "mask": mask}

@@ -24,7 +24,8 @@ def _records(dataset_dir) -> dict[str, schema.PatientRecord]:
     out = {}
     for split in ("train", "val"):
         for path in manifest_lib.shard_paths(str(dataset_dir), m, split):
-            for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            for raw in tf.data.TFRecordDataset(path, manifest_lib.tf_compression_type(
+                    manifest_lib.record_compression(m))):
                 record = schema.decode(raw.numpy())
                 out[record.patient_id] = record
     return out
@@ -115,6 +116,33 @@ def test_more_shards_split_the_patients_deterministically(tiny_cohort, tmp_path)
             str(pathlib.Path(summary.dataset_dir) / shard["file"]), compression_type="GZIP")]
         keys = [sharding.shard_key(p) for p in ids]
         assert keys == sorted(keys) and all(sharding.shard_index(k, 3) == i for k in keys)
+
+
+def test_uncompressed_shards_hold_the_same_records_under_another_version(tiny_dataset, tiny_cohort, tmp_path):
+    plain = run_pipeline(tiny_cohort, tmp_path, **{"shards.compression": "NONE"})
+    assert plain.version_id != tiny_dataset.version_id
+    m = manifest_lib.read_manifest(plain.dataset_dir)
+    assert m["record"]["compression"] == "NONE" and m["config"]["shards"]["compression"] == "NONE"
+    assert manifest_lib.read_manifest(tiny_dataset.dataset_dir)["record"]["compression"] == "GZIP"
+    files = [s["file"] for split in m["splits"].values() for s in split["shards"]]
+    assert files and all(f.endswith(".tfrecord") for f in files)
+    assert manifest_lib.verify(plain.dataset_dir) == []
+    ok = subprocess.run([sys.executable, "-m", "beam_pipeline.verify", f"--dataset_dir={plain.dataset_dir}"],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    gzip_records, plain_records = _records(tiny_dataset.dataset_dir), _records(plain.dataset_dir)
+    assert sorted(plain_records) == sorted(gzip_records)
+    for pid, record in plain_records.items():
+        assert schema.encode(record) == schema.encode(gzip_records[pid])
+    gz_bytes = sum(s["bytes"] for split in manifest_lib.read_manifest(tiny_dataset.dataset_dir)["splits"].values()
+                   for s in split["shards"])
+    assert sum(s["bytes"] for split in m["splits"].values() for s in split["shards"]) > gz_bytes
+
+
+def test_an_unknown_shard_compression_is_refused_before_any_work(tiny_cohort, tmp_path):
+    with pytest.raises(ValueError, match="shards.compression"):
+        run_pipeline(tiny_cohort, tmp_path, **{"shards.compression": "ZSTD"})
+    assert not (tmp_path / "synthetic").exists()
 
 
 def test_verify_catches_changed_missing_and_extra_shards(tiny_dataset, tmp_path):

@@ -43,6 +43,13 @@ def test_tf_parse_matches_numpy_decode():
     np.testing.assert_array_equal(parsed["mask"].numpy(), record.mask)
 
 
+def test_tf_parse_can_keep_the_stored_float16():
+    record = _record()
+    parsed = schema.parse_tf(tf.constant(schema.encode(record)), image_dtype=tf.float16)
+    assert parsed["image"].dtype == tf.float16
+    np.testing.assert_array_equal(parsed["image"].numpy(), record.image)
+
+
 def test_a_newer_schema_version_is_refused():
     data = schema.encode(dataclass_replace(_record(), schema_version=99))
     try:

@@ -30,6 +30,7 @@ def _cfg(dataset_dir, **overrides):
 def test_validation_stream_parses_the_records_the_pipeline_wrote(tiny_dataset):
     info = data.open_dataset(tiny_dataset.dataset_dir)
     assert info.version_id == tiny_dataset.version_id and info.channels == ("flair", "t1", "t1ce", "t2")
+    assert info.compression == "GZIP"
     raw = next(iter(tf.data.TFRecordDataset(list(info.val_files), compression_type="GZIP")))
     record = schema.decode(raw.numpy())
     image, mask = next(iter(data.val_dataset(info)))
@@ -50,6 +51,62 @@ def test_augmentation_keeps_image_and_mask_aligned():
                                 tf.constant([s, 7], tf.int32), aug)
         assert img.shape[:3] == (16, 16, 16) and msk.shape == (16, 16, 16, 4)
         np.testing.assert_array_equal(np.round(img.numpy()[..., 0] / 10), msk.numpy().argmax(-1))
+
+
+def _labelled_volume(shape=(24, 20, 28), channels=3, seed=0):
+    """An image whose every channel encodes the voxel's class (10 * class + channel + 1), and its one-hot mask."""
+    classes = np.random.default_rng(seed).integers(0, 4, size=shape)
+    image = np.stack([classes * 10.0 + c + 1 for c in range(channels)], -1).astype(np.float16)
+    return image, (classes[..., None] == np.arange(4)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("xla", [True, False])
+def test_a_flipped_float16_pair_still_matches(xla):
+    image, mask = _labelled_volume()
+    aug = data.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, flips=True,
+                             intensity_scale=0.0, intensity_shift=0.0, xla=xla)
+    flipped = 0
+    for s in range(12):
+        seed = tf.constant([s, 3], tf.int32)
+        img, msk = data.augment({"image": tf.constant(image), "mask": tf.constant(mask)}, seed, aug)
+        assert img.dtype == tf.float32 and msk.dtype == tf.float32 and msk.shape == (16, 16, 16, 4)
+        np.testing.assert_array_equal(np.round((img.numpy()[..., 0] - 1) / 10), msk.numpy().argmax(-1))
+        # the same box, unflipped, from the numpy volume: the patch is that box mirrored on the drawn axes
+        start = data._patch_start(tf.constant(mask), (16, 16, 16), 0.5, seed).numpy()
+        box = image[tuple(slice(a, a + 16) for a in start)].astype(np.float32)
+        axes = [a for a, f in enumerate(data._flip_coins(seed + 3).numpy()) if f]
+        np.testing.assert_array_equal(img.numpy(), np.flip(box, axes) if axes else box)
+        flipped += bool(axes)
+    assert flipped >= 3
+
+
+def test_the_xla_kernel_gives_the_same_patches_as_plain_ops():
+    image, mask = _labelled_volume(shape=(20, 22, 18), channels=4, seed=1)
+    image[:3] = 0  # background rows: must stay 0 under the intensity change
+    for s in range(6):
+        seed = tf.constant([s, 11], tf.int32)
+        example = {"image": tf.constant(image), "mask": tf.constant(mask)}
+        got = [data.augment(example, seed, data.AugmentConfig(patch_size=(16, 8, 16), foreground_share=0.4,
+                                                              rotation=True, xla=xla)) for xla in (True, False)]
+        np.testing.assert_allclose(got[0][0].numpy(), got[1][0].numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got[0][1].numpy(), got[1][1].numpy())
+        brain = image[..., 0] != 0
+        assert brain.any() and not brain.all()
+
+
+def test_training_reads_uncompressed_shards(tiny_cohort, tmp_path):
+    from tests.conftest import run_pipeline
+
+    plain = run_pipeline(tiny_cohort, tmp_path, **{"shards.compression": "NONE"})
+    info = data.open_dataset(plain.dataset_dir)
+    assert info.compression == "NONE" and all(f.endswith(".tfrecord") for f in info.train_files)
+    aug = data.AugmentConfig(patch_size=(16, 16, 16))
+    image, mask = next(iter(data.train_dataset(info, 2, aug, seed=1)))
+    assert image.shape == (2, 16, 16, 16, 4) and image.dtype == tf.float32
+    assert mask.shape == (2, 16, 16, 16, 4) and (mask.numpy().sum(-1) == 1).all()
+    raw = next(iter(tf.data.TFRecordDataset(list(info.val_files))))
+    val_image, _ = next(iter(data.val_dataset(info)))
+    np.testing.assert_array_equal(val_image[0].numpy(), schema.decode(raw.numpy()).image.astype(np.float32))
 
 
 def test_intensity_augmentation_leaves_the_background_at_zero():

@@ -42,6 +42,7 @@ def get_config():
     c.augment.rotation = False  # random 90-degree axial rotations
     c.augment.intensity_scale = 0.1  # per channel, +-
     c.augment.intensity_shift = 0.1
+    c.augment.xla = True  # crop/flips/cast/intensity as one fused XLA kernel on the CPU (same patches, ~6x cheaper)
 
     c.data = ml_collections.ConfigDict()
     c.data.shuffle_buffer = 16
