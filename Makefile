@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv test test-all demo bench-preprocess bench-input bench-train clean
+.PHONY: venv test test-all demo bench-preprocess bench-input bench-train bench-predict clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -24,7 +24,7 @@ test: venv  ## the fast suite (slow tests skipped)
 test-all: venv  ## everything, slow tests included
 	$(PY) -m pytest -q tests
 
-demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes of CPU training
+demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes of CPU training -> evaluate -> predict
 	rm -rf $(DEMO)
 	$(PY) -m beam_pipeline.synthetic --output_dir=$(DEMO)/cohort --num_patients=8 --shape=96,96,80
 	$(PY) -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \
@@ -33,12 +33,18 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
 	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
 	    --config.data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
+	$(PY) -m trainer.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val --window=volume
+	$(PY) -m trainer.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions --window=volume \
+	    --input=$(DEMO)/cohort/$$($(PY) -c "import json,glob; print(json.load(open(glob.glob('$(DEMO)/datasets/synthetic/*/manifest.json')[0]))['splits']['val']['patients'][0])")
 
 bench-preprocess: venv  ## seed recipe vs this pipeline at 240x240x155 (prints JSON)
 	$(PY) benchmarks/bench_preprocess.py
 
 bench-input: venv  ## tf.data vs the seeds' NIfTI generator (prints JSON)
 	$(PY) benchmarks/bench_input.py
+
+bench-predict: venv  ## seconds per patient to predict on CPU: preprocessing and inference, with and without TTA (prints JSON)
+	$(PY) benchmarks/bench_predict.py
 
 bench-train: venv  ## step time of the seed and default U-Nets, float32 vs mixed precision (prints JSON)
 	$(PY) benchmarks/bench_train.py

@@ -83,16 +83,26 @@ def _pad_to(image: np.ndarray, patch: Sequence[int]) -> tuple[np.ndarray, tuple[
     return np.pad(image, pads), tuple(region)
 
 
+def auto_batch_size(patch: Sequence[int], budget_voxels: int = 2 * 128 ** 3, most: int = 32) -> int:
+    """Windows per model call for a voxel budget (1 for 128^3 and larger windows)."""
+    return int(max(1, min(most, budget_voxels // int(np.prod(patch)) // 2)))
+
+
 def sliding_window(
     predict: PredictFn,
     image: np.ndarray,
     patch: Sequence[int],
     overlap: float = 0.5,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     tta: str = "none",
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Class probabilities ``(X, Y, Z, K)`` for a whole ``(X, Y, Z, C)`` image."""
+    """Class probabilities ``(X, Y, Z, K)`` for a whole ``(X, Y, Z, C)`` image.
+
+    ``batch_size`` windows go to the model per call (default: as many as make
+    about two 128^3 windows' worth of voxels, so small windows do not pay the
+    per-call overhead one by one while big ones stay within memory).
+    """
     if image.ndim != 4:
         raise ValueError(f"image must be (X, Y, Z, C), got shape {image.shape}")
     patch = tuple(int(p) for p in patch)
@@ -100,6 +110,7 @@ def sliding_window(
     weights = gaussian_weights(patch)[..., None]
     starts = list(itertools.product(*(window_starts(d, p, overlap) for d, p in zip(padded.shape[:3], patch))))
     flips = flip_sets(tta)
+    batch_size = batch_size or auto_batch_size(patch)
     accum = norm = None
     for first in range(0, len(starts), batch_size):
         chunk = starts[first:first + batch_size]
