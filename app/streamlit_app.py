@@ -1,0 +1,171 @@
+"""The web page: upload a patient's MRI (or take the example), segment it, browse and download.
+
+    streamlit run app/streamlit_app.py -- --model=demo_data/runs/tiny/model.keras
+    streamlit run app/streamlit_app.py --server.maxUploadSize=600 -- --models_dir=runs --max_upload_mb=600
+
+Arguments after ``--`` (see :func:`app.logic.parse_args`): ``--model`` (one
+model; repeatable), ``--models_dir`` (every ``*.keras`` below it; default
+``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 600) and
+``--data_dir``.  The page only lays widgets out; what it does is in
+``app/logic.py``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import traceback
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the repository
+    sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from app import logic  # noqa: E402
+
+UPLOAD, EXAMPLE = "Upload scans", "Example case (synthetic)"
+TTA = {"none": "none (fastest)", "axes": "mirror each axis (4 passes)", "all": "all mirrors (8 passes)"}
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def load_predictor(path: str, data_dir: str | None):
+    from trainer import prediction
+
+    return prediction.load_predictor(path, data_dir=data_dir)
+
+
+def choose_model(settings: logic.Settings):
+    """Sidebar: the model and TTA; returns (predictor or None, tta)."""
+    st.sidebar.header("Model")
+    models = logic.find_models(settings)
+    if not models:
+        where = ", ".join(settings.models_dirs) or "(no folder)"
+        st.sidebar.error(f"No trained model found in {where}. Train one (`make demo`) or start the app with "
+                         "`-- --model=path/to/model.keras` or `-- --models_dir=runs`.")
+        return None, "none"
+    path = st.sidebar.selectbox("Trained model", models, key="model")
+    tta = st.sidebar.selectbox("Test-time augmentation", list(TTA), format_func=TTA.get, key="tta")
+    try:
+        predictor = load_predictor(path, settings.data_dir)
+    except Exception as exc:  # ModelError says why; anything else must not take the page down
+        st.sidebar.error(f"Cannot use this model: {exc}")
+        return None, tta
+    st.sidebar.caption(logic.model_summary(predictor))
+    return predictor, tta
+
+
+def collect_inputs(settings: logic.Settings, predictor):
+    """Upload widgets or the example; returns a function giving the uploads and optional truth."""
+    mode = st.radio("Patient", [UPLOAD, EXAMPLE], horizontal=True, key="mode")
+    if mode == EXAMPLE:
+        compare = st.checkbox("Compare with the example's true segmentation (Dice, HD95)", value=True, key="compare")
+        st.caption(f"A synthetic glioma patient ({logic.EXAMPLE_ID}) made on the fly with the project's "
+                   "synthetic-data generator: four modalities and its true segmentation.")
+
+        def example():
+            uploads = logic.example_uploads(logic.example_shape(predictor.preprocess_cfg if predictor else {}))
+            return [u for u in uploads if compare or not u.name.endswith("_seg.nii.gz")], None
+
+        return example
+    scans = st.file_uploader(
+        "The patient's four modalities (.nii or .nii.gz, any BraTS naming: *_flair, *_t1, *_t1ce, *_t2 or "
+        "*-t2f, *-t1n, *-t1c, *-t2w), or one zip of the patient folder",
+        accept_multiple_files=True, max_upload_size=settings.max_upload_mb, key="scans")
+    truth = st.file_uploader("Optional: a segmentation to compare with (Dice, HD95)",
+                             max_upload_size=settings.max_upload_mb, key="truth")
+    st.caption(f"At most {settings.max_upload_mb} MB in all. Files are kept in a temporary folder only while "
+               "they are segmented.")
+
+    def uploaded():
+        files = [logic.Upload(f.name, f.getvalue()) for f in scans or []]
+        return files, (logic.Upload(truth.name, truth.getvalue()) if truth is not None else None)
+
+    return uploaded
+
+
+def run_segmentation(settings: logic.Settings, predictor, tta: str, get_inputs) -> None:
+    """Check the inputs, segment with a progress bar, keep the result (or the error) in session_state."""
+    st.session_state.pop("result", None)
+    st.session_state.pop("error", None)
+    bar = st.progress(0.0, text="Checking the files...")
+    try:
+        uploads, truth = get_inputs()
+        patient = logic.prepare(uploads, predictor.channels, settings.max_upload_mb, truth)
+        st.session_state["result"] = logic.segment(
+            predictor, patient, tta, progress=lambda stage, fraction: bar.progress(*logic.progress_step(stage, fraction)))
+    except logic.InputError as exc:
+        st.session_state["error"] = str(exc)
+    except Exception as exc:  # never show a traceback page; the server log keeps it
+        traceback.print_exc()
+        st.session_state["error"] = f"The segmentation failed unexpectedly: {type(exc).__name__}: {exc}"
+    bar.empty()
+
+
+def show_viewer(result: logic.Result) -> None:
+    """Slices with overlay, legend, volumes table and downloads of one result."""
+    pred = result.prediction
+    st.subheader(f"Segmentation of {result.patient_id}")
+    st.caption(f"Model {result.model_path}; preprocessing {pred.seconds['preprocess']:.1f} s, inference "
+               f"{pred.seconds['inference']:.1f} s; grid {'x'.join(map(str, result.shape))}, voxels "
+               f"{' x '.join(f'{s:g}' for s in pred.spacing)} mm.")
+    for note in result.notes:
+        st.info(note)
+    key = result.token
+    controls = st.columns([2, 4, 2])
+    modality = controls[0].selectbox("Scan underneath", list(result.images),
+                                     format_func=lambda m: logic.MODALITY_TITLES.get(m, m), key=f"modality-{key}")
+    with controls[1]:
+        st.markdown("Regions shown")
+        toggles = st.columns(3)
+        show = [cls for col, (cls, title) in zip(toggles, logic.CLASS_TITLES.items())
+                if col.checkbox(title.replace(" tumour", ""), value=True, key=f"show-{cls}-{key}")]
+    alpha = controls[2].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
+
+    from trainer.pictures import VIEWS
+
+    centre = list(logic.default_centre(result))
+    columns = dict(zip(VIEWS, st.columns(3)))
+    for view, (fixed, _, _) in VIEWS.items():
+        centre[fixed] = columns[view].slider(f"{view.capitalize()} slice", 0, result.shape[fixed] - 1,
+                                             centre[fixed], key=f"{view}-{key}")
+    images = logic.view_images(result, modality, centre, show, alpha)
+    for view, image in images.items():
+        columns[view].image(image, caption=f"{view} {centre[VIEWS[view][0]]}", width="stretch")
+    st.markdown(logic.legend_html(show), unsafe_allow_html=True)
+    st.caption("Radiological convention: the patient's right is on the image's left.")
+
+    st.markdown("**Tumour volumes**" + (" and scores against the uploaded segmentation" if result.scores else ""))
+    table = pd.DataFrame(logic.volumes_table(result)).set_index("Region")
+    st.table(table.style.format({c: "{:.3f}" if c == "Dice" else "{:.2f}" for c in table.columns}))
+    if result.scores is not None:
+        from shared.metrics import CONVENTION
+
+        st.caption(CONVENTION)
+    left, right = st.columns(2)
+    left.download_button("Download the segmentation (NIfTI, original geometry)", result.segmentation,
+                         file_name=f"{result.patient_id}_segmentation.nii.gz", mime="application/gzip",
+                         on_click="ignore", key=f"nifti-{key}")
+    right.download_button("Download the summary picture (PNG)", result.summary_png,
+                          file_name=f"{result.patient_id}_summary.png", mime="image/png",
+                          on_click="ignore", key=f"png-{key}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="BraTS tumour segmentation", layout="wide")
+    settings = logic.parse_args(sys.argv[1:])
+    st.title("Brain tumour segmentation")
+    st.markdown("Upload one patient's MRI (FLAIR, T1, T1ce, T2) and a 3D U-Net trained on BraTS outlines the "
+                "necrotic core, the oedema and the enhancing tumour. For research only, not for diagnosis.")
+    predictor, tta = choose_model(settings)
+    get_inputs = collect_inputs(settings, predictor)
+    if st.button("Segment", type="primary", key="segment", disabled=predictor is None):
+        run_segmentation(settings, predictor, tta, get_inputs)
+    if "error" in st.session_state:
+        st.error(st.session_state["error"])
+    if "result" in st.session_state:
+        show_viewer(st.session_state["result"])
+
+
+main()
