@@ -5,7 +5,8 @@
 
 Arguments after ``--`` (see :func:`app.logic.parse_args`): ``--model`` (one
 model; repeatable), ``--models_dir`` (every ``*.keras`` below it; default
-``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 600) and
+``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 600, capped
+by Streamlit's own ``--server.maxUploadSize``, default 200) and
 ``--data_dir``.  The page only lays widgets out; what it does is in
 ``app/logic.py``.
 """
@@ -93,8 +94,12 @@ def run_segmentation(settings: logic.Settings, predictor, tta: str, get_inputs) 
     try:
         uploads, truth = get_inputs()
         patient = logic.prepare(uploads, predictor.channels, settings.max_upload_mb, truth)
-        st.session_state["result"] = logic.segment(
-            predictor, patient, tta, progress=lambda stage, fraction: bar.progress(*logic.progress_step(stage, fraction)))
+
+        def report(stage: str, fraction: float) -> None:
+            value, text = logic.progress_step(stage, fraction)
+            bar.progress(value, text=text)
+
+        st.session_state["result"] = logic.segment(predictor, patient, tta, progress=report)
     except logic.InputError as exc:
         st.session_state["error"] = str(exc)
     except Exception as exc:  # never show a traceback page; the server log keeps it
@@ -155,6 +160,8 @@ def show_viewer(result: logic.Result) -> None:
 def main() -> None:
     st.set_page_config(page_title="BraTS tumour segmentation", layout="wide")
     settings = logic.parse_args(sys.argv[1:])
+    # The server refuses any file over server.maxUploadSize (default 200 MB): never promise more.
+    settings.max_upload_mb = min(settings.max_upload_mb, int(st.get_option("server.maxUploadSize")))
     st.title("Brain tumour segmentation")
     st.markdown("Upload one patient's MRI (FLAIR, T1, T1ce, T2) and a 3D U-Net trained on BraTS outlines the "
                 "necrotic core, the oedema and the enhancing tumour. For research only, not for diagnosis.")

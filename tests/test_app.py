@@ -315,6 +315,18 @@ def test_page_reports_bad_uploads_with_an_error(tiny_model, monkeypatch):
     at.button(key="segment").click().run()
     assert "shapes disagree" in at.error[0].value and "result" not in at.session_state
 
+    _fake_uploader(monkeypatch, [logic.Upload("case.zip", b"\0" * (logic.MB + 1))])
+    at = _page(monkeypatch, f"--model={tiny_model}", "--max_upload_mb=1")
+    at.run()
+    at.button(key="segment").click().run()
+    assert not at.exception and "over this app's limit of 1 MB" in at.error[0].value
+
+
+def test_page_promises_no_more_than_the_server_accepts(tiny_model, monkeypatch):
+    at = _page(monkeypatch, f"--model={tiny_model}", "--max_upload_mb=600")
+    at.run()  # Streamlit's default server.maxUploadSize is 200 MB
+    assert any("At most 200 MB in all" in c.value for c in at.caption)
+
 
 def test_page_segments_uploaded_files(tiny_model, tiny_cohort, monkeypatch):
     _fake_uploader(monkeypatch, _cohort_uploads(tiny_cohort, "BraTS20_Training_003"))
