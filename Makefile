@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv test test-all demo bench-preprocess bench-input bench-train bench-predict clean
+.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -21,8 +21,18 @@ venv: $(STAMP)
 test: venv  ## the fast suite (slow tests skipped)
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: venv  ## everything, slow tests included
+test-all: venv browser  ## everything, slow tests included
 	$(PY) -m pytest -q tests
+
+browser:  ## Debian's chromium for the browser test (root; no browser download at test time)
+	@test -x /usr/bin/chromium || apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
+
+APP_MODEL ?= $(DEMO)/runs/tiny/model.keras
+
+app: venv  ## the web app (http://localhost:8501) with the demo model; APP_MODEL=runs/exp1/model.keras for another
+	@test -f $(APP_MODEL) || { echo "no model at $(APP_MODEL): run 'make demo' first, or make app APP_MODEL=path/to/model.keras"; exit 1; }
+	$(PY) -m streamlit run app/streamlit_app.py --server.headless=true --server.maxUploadSize=600 \
+	    --browser.gatherUsageStats=false -- --model=$(APP_MODEL) --models_dir=runs --max_upload_mb=600
 
 demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes of CPU training -> evaluate -> predict
 	rm -rf $(DEMO)
@@ -50,4 +60,4 @@ bench-train: venv  ## step time of the seed and default U-Nets, float32 vs mixed
 	$(PY) benchmarks/bench_train.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) bench_data .pytest_cache
+	rm -rf $(VENV) $(DEMO) bench_data .pytest_cache test-artifacts
