@@ -19,8 +19,8 @@ Measured per preset and TTA mode, with ``trainer.prediction.predict_patient``
 (exactly what ``python -m trainer.predict`` runs, writing excluded):
 preprocessing seconds (load, mask, crop, N4, z-score) and inference seconds
 (sliding window with Gaussian weighting; TTA ``axes`` = 4 passes per window,
-``all`` = 8), the median over patients.  A warm-up prediction on a small
-window is run first, so graph tracing is not counted.
+``all`` = 8), the median over patients.  A warm-up pass over one window of
+the same shape runs first, so graph tracing is not counted.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import platform
 import statistics
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -82,8 +84,8 @@ def _measure(model_path: str, folders: list[str], tta: str) -> dict:
     from trainer import inference, prediction
 
     predictor = prediction.load_predictor(model_path)
-    inference.sliding_window(predictor.predict_fn(), __import__("numpy").zeros((16, 16, 16, 4), "float32"),
-                             (16, 16, 16))  # trace once outside the timing
+    warm = np.zeros(tuple(predictor.window) + (len(predictor.channels),), np.float32)
+    inference.sliding_window(predictor.predict_fn(), warm, predictor.window)  # trace this window shape untimed
     pre, inf = [], []
     for folder in folders:
         source, convention = prediction.source_from_folder(folder, predictor)
