@@ -66,6 +66,7 @@ def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta:
     """Per-patient scores of a model on a dataset split (labels taken from the records)."""
     rows, failures = [], []
     predict = predictor.predict_fn()
+    total = len(manifest_lib.read_manifest(data_dir)["splits"].get(split, {}).get("patients", []))
     for n, record in enumerate(records_of_split(data_dir, split), 1):
         if record.mask.shape[-1] == 0:
             failures.append(Failure(record.patient_id, "evaluate", "", "record has no labels").to_json())
@@ -77,7 +78,7 @@ def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta:
         truth = np.argmax(record.mask, axis=-1).astype(np.uint8)
         row = {"patient": record.patient_id, **metrics.score_patient(pred, truth, _spacing(record.affine))}
         rows.append(row)
-        echo(f"  [{n}] {record.patient_id}: Dice WT {row['dice_WT']:.3f} TC {row['dice_TC']:.3f} "
+        echo(f"  [{n}/{total}] {record.patient_id}: Dice WT {row['dice_WT']:.3f} TC {row['dice_TC']:.3f} "
              f"ET {row['dice_ET']:.3f} ({time.perf_counter() - start:.1f} s)")
     return rows, failures
 
