@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
 import platform
+import signal
 import time
 
 import apache_beam as beam
@@ -34,6 +37,11 @@ from shared.nifti_io import write_bytes
 
 NAMESPACE = "brats"
 STAGING = "_staging"
+# Test hook: the patient with this id kills its own process with SIGSEGV before
+# preprocessing, standing in for a native crash (in ITK/N4, say). Read where
+# the pipeline is built and pickled with the DoFn, so it reaches every worker
+# and isolation subprocess, however they were started. Never set it in production.
+FAULT_INJECT_SEGFAULT_ENV = "BRATS_FAULT_INJECT_SEGFAULT"
 log = logging.getLogger(__name__)
 
 
@@ -58,9 +66,19 @@ class Plan:
 class PreprocessPatient(beam.DoFn):
     """One patient -> staged record file, or a failure with stage and reason."""
 
-    def __init__(self, config: dict, staging_dir: str):
+    def __init__(self, config: dict, staging_dir: str, isolated: bool = False):
         self._config = config
         self._staging = staging_dir
+        self._isolated = isolated
+        self._segfault_for = os.environ.get(FAULT_INJECT_SEGFAULT_ENV, "")
+
+    def __setstate__(self, state):
+        # Runs wherever the DoFn is unpickled: in the SDK worker (in-process or
+        # multi-process), before Beam's _SubprocessDoFn creates its process pool
+        # on the first element, so that pool starts its subprocess the safe way.
+        self.__dict__.update(state)
+        if state.get("_isolated"):
+            use_forkserver()
 
     def process(self, source: PatientSource):
         staged = join(self._staging, f"{source.patient_id}.example")
@@ -68,6 +86,9 @@ class PreprocessPatient(beam.DoFn):
             yield {"ok": True, "patient": source.patient_id, "split": source.split,
                    "staged": staged, "seconds": {}, "warnings": [], "resumed": True}
             return
+        if self._segfault_for == source.patient_id:  # test hook, see FAULT_INJECT_SEGFAULT_ENV
+            log.warning("%s=%s: crashing this process with SIGSEGV", FAULT_INJECT_SEGFAULT_ENV, source.patient_id)
+            os.kill(os.getpid(), signal.SIGSEGV)
         start = time.perf_counter()
         try:
             result = patient_lib.preprocess(source, self._config)
@@ -84,6 +105,24 @@ class PreprocessPatient(beam.DoFn):
         log.info("patient %s done in %.1fs", source.patient_id, time.perf_counter() - start)
         yield {"ok": True, "patient": source.patient_id, "split": source.split, "staged": staged,
                "seconds": result.seconds, "warnings": result.warnings, "resumed": False}
+
+
+def use_forkserver() -> None:
+    """Make ``forkserver`` this process's default multiprocessing start method.
+
+    ``with_exception_handling(use_subprocess=True)`` runs each patient in a
+    ``concurrent.futures.ProcessPoolExecutor(1)`` created with the default start
+    method, which is ``fork`` on Linux before Python 3.14. The SDK worker runs
+    gRPC threads, and forking it sometimes kills or hangs the child
+    (grpc/grpc#37642, "skipping fork() handlers" in the log): patients were lost
+    as "worker" failures in 4 of 20 runs, and one job failed with
+    BrokenProcessPool. With ``forkserver`` the pool's processes are forked from
+    a fresh, single-threaded server process instead (they import the modules
+    they need; they inherit no monkeypatches). A start method chosen
+    explicitly other than ``fork`` (``spawn``) is left alone.
+    """
+    if multiprocessing.get_start_method(allow_none=True) in (None, "fork"):
+        multiprocessing.set_start_method("forkserver", force=True)
 
 
 def crash_to_failure(dead_letter) -> dict:
@@ -211,12 +250,13 @@ def build(root: beam.Pipeline, plan: Plan):
     """Adds the whole job to ``root``; returns the PCollection of failure counts."""
     staging = join(plan.dataset_dir, STAGING)
     runtime = plan.runtime
+    isolate = bool(runtime["isolate"])
     good, crashed = (
         root
         | "Patients" >> beam.Create(plan.sources, reshuffle=False)
         | "Reshuffle" >> beam.Reshuffle()
-        | "Preprocess" >> beam.ParDo(PreprocessPatient(plan.config, staging)).with_exception_handling(
-            use_subprocess=bool(runtime["isolate"]), timeout=runtime["timeout_s"] or None)
+        | "Preprocess" >> beam.ParDo(PreprocessPatient(plan.config, staging, isolated=isolate)).with_exception_handling(
+            use_subprocess=isolate, timeout=runtime["timeout_s"] or None)
     )
     outcomes = (
         (good, crashed | "CrashToFailure" >> beam.Map(crash_to_failure))

@@ -48,10 +48,11 @@ the rest of the machine used during a phase (``/proc/stat`` busy time minus
 ours); a phase where it exceeds 10 % of the wall time is listed under
 ``warnings``, its timings being inflated.
 
-Failed patients: with ``runtime.isolate`` Beam forks a worker process that
-runs gRPC threads, and the forked child sometimes dies at start-up (abseil
-mutex check, "skipping fork() handlers" in the log), losing patients or the
-whole job.  A pipeline measurement with failures is re-run in a fresh
+Failed patients: with ``runtime.isolate`` Beam used to fork a worker process
+that runs gRPC threads, and the forked child sometimes died at start-up
+(abseil mutex check, "skipping fork() handlers" in the log), losing patients
+or the whole job; the pipeline now starts that subprocess from a forkserver
+instead.  A pipeline measurement with failures is re-run in a fresh
 directory (``--retries``) and the failed attempts are kept under
 ``failed_attempts``.  ``processes`` lists every descendant (SDK worker,
 isolation subprocess) with its CPU, and ``patient_record_staged_at_s`` when

@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 
@@ -14,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from beam_pipeline import n4, synthetic_data
+from beam_pipeline import pipeline, synthetic_data
 from shared import manifest as manifest_lib
 from shared.nifti_io import nifti_bytes
-from tests.conftest import ROOT, TINY_SHAPE, run_pipeline
+from tests.conftest import IN_PROCESS, MULTI_PROCESS, ROOT, TINY_SHAPE, run_pipeline
 
 
 def _path(root, pid, channel, ext=".nii.gz") -> pathlib.Path:
@@ -136,28 +135,31 @@ def test_strict_exits_non_zero_and_prints_the_summary(bad_cohort, tmp_path):
     assert relaxed.returncode == 0 and "already complete" in relaxed.stdout
 
 
-@pytest.mark.slow  # isolation forks after gRPC threads start; that fork can die on its own (BUILD_NOTES)
-def test_a_native_crash_is_isolated_to_its_patient(tiny_cohort, tmp_path, monkeypatch):
-    real = n4.estimate_bias
+@pytest.mark.parametrize("beam_args", [IN_PROCESS, MULTI_PROCESS], ids=["in_process", "multi_process"])
+def test_a_native_crash_is_isolated_to_its_patient(tiny_cohort, tmp_path, monkeypatch, beam_args):
+    # The victim's isolation subprocess dies of a real SIGSEGV (the pipeline's
+    # test hook); a monkeypatch would not reach it, as forkserver children
+    # import the code afresh.
     victim = synthetic_data.patient_id_for(2)
-
-    def segfault_for_victim(volume, mask, spacing, params):
-        if os.environ.get("CURRENT_PATIENT") == victim:
-            os.kill(os.getpid(), signal.SIGSEGV)
-        return real(volume, mask, spacing, params)
-
-    real_load = __import__("beam_pipeline.patient", fromlist=["load"]).load
-
-    def load_and_mark(source):
-        os.environ["CURRENT_PATIENT"] = source.patient_id
-        return real_load(source)
-
-    monkeypatch.setattr(n4, "estimate_bias", segfault_for_victim)
-    monkeypatch.setattr("beam_pipeline.patient.load", load_and_mark)
-    summary = run_pipeline(tiny_cohort, tmp_path, **{"runtime.isolate": True, "runtime.timeout_s": 120})
+    monkeypatch.setenv(pipeline.FAULT_INJECT_SEGFAULT_ENV, victim)
+    summary = run_pipeline(tiny_cohort, tmp_path, beam_args, **{"runtime.isolate": True, "runtime.timeout_s": 120})
     assert [f["patient"] for f in summary.failures] == [victim]
-    assert summary.failures[0]["stage"] == "worker"
+    failure = summary.failures[0]
+    assert failure["stage"] == "worker"
+    assert "BrokenProcessPool" in failure["reason"], failure
     assert sum(summary.patients.values()) == 5
+
+
+def test_isolation_switches_the_worker_to_forkserver(monkeypatch):
+    import multiprocessing
+
+    from apache_beam.internal import pickler
+
+    monkeypatch.setattr(multiprocessing.context._default_context, "_actual_context", None)
+    pickler.loads(pickler.dumps(pipeline.PreprocessPatient({}, "/tmp", isolated=False)))
+    assert multiprocessing.get_start_method(allow_none=True) is None
+    pickler.loads(pickler.dumps(pipeline.PreprocessPatient({}, "/tmp", isolated=True)))
+    assert multiprocessing.get_start_method(allow_none=True) == "forkserver"
 
 
 def test_missing_input_folder_is_a_clear_error(tmp_path):

@@ -49,8 +49,9 @@ def get_config():
 
     c.runtime = ml_collections.ConfigDict()  # not fingerprinted
     # Run patients in a subprocess so a native crash in N4 becomes a dead letter.
-    # Off by default: Beam forks that subprocess while gRPC threads run, and
-    # the fork sometimes dies (grpc/grpc#37642), losing patients or the job.
-    c.runtime.isolate = False
+    # The subprocess comes from a forkserver (pipeline.use_forkserver): forking
+    # the gRPC-threaded SDK worker itself sometimes died (grpc/grpc#37642).
+    # Costs each worker a few seconds once (BUILD_NOTES: runtime.isolate).
+    c.runtime.isolate = True
     c.runtime.timeout_s = 1800  # per patient, with isolate; 0 disables
     return c
