@@ -20,8 +20,6 @@ import posixpath
 import time
 from typing import Callable, Iterable
 
-import numpy as np
-
 from beam_pipeline.discovery import Failure
 from beam_pipeline.patient import PatientError
 from shared.manifest import canonical_json
@@ -117,21 +115,8 @@ def format_summary(summary: Summary, output_dir: str) -> str:
 
 # ---------------------------------------------------------------- Beam --------
 
-@dataclasses.dataclass
-class Prepared:
-    """A preprocessed patient on its way through RunInference."""
-
-    folder: str
-    source: object
-    convention: str
-    record: object
-    header: object
-
-
 def _beam_handler(options: Options):
     from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-
-    from trainer import inference
 
     class SegmentationHandler(ModelHandler):
         """RunInference's view of our model: one preprocessed patient per batch."""
@@ -141,13 +126,7 @@ def _beam_handler(options: Options):
 
         def run_inference(self, batch, model, inference_args=None):
             for item in batch:
-                image = item.record.image.astype(np.float32)
-                if image.shape[-1] != model.model.input_shape[-1]:
-                    raise PatientError("inference", f"{image.shape[-1]} channels, model takes "
-                                       f"{model.model.input_shape[-1]}", item.folder)
-                probs = inference.sliding_window(model.predict_fn(), image, model.window,
-                                                 overlap=options.overlap, tta=options.tta)
-                yield PredictionResult(item, np.argmax(probs, axis=-1).astype(np.uint8))
+                yield PredictionResult(item, prediction.infer(model, item, options.tta, options.overlap))
 
         def batch_elements_kwargs(self):
             return {"min_batch_size": 1, "max_batch_size": 1}
@@ -159,21 +138,17 @@ def _beam_handler(options: Options):
 
 
 def _prepare_fn(options: Options):
+    """folder -> Prepared, or a failure on the "failed" output."""
     import apache_beam as beam
-
-    from beam_pipeline.patient import preprocess
 
     state = {}
 
     def prepare(folder: str):
         try:
-            if "predictor" not in state:  # preprocessing config only; the model stays in RunInference
+            if "predictor" not in state:  # for its preprocessing config; the network runs in RunInference
                 state["predictor"] = options.load()
-            predictor = state["predictor"]
-            source, convention = prediction.source_from_folder(folder, predictor)
-            record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False)).record
-            header, _ = prediction.source_image(source.files[predictor.channels[0]])
-            yield Prepared(folder, source, convention, record, header)
+            source, convention = prediction.source_from_folder(folder, state["predictor"])
+            yield prediction.prepare(state["predictor"], source, convention)
         except Exception as exc:
             yield beam.pvalue.TaggedOutput("failed", _failure(folder, exc))
 
@@ -181,24 +156,16 @@ def _prepare_fn(options: Options):
 
 
 def _finish_fn(options: Options):
+    """PredictionResult -> files written, or a failure on the "failed" output."""
     import apache_beam as beam
 
-    from shared import volume_ops
-
     def finish(result):
-        item, cropped = result.example, result.inference
+        item = result.example
         try:
-            record = item.record
-            pred = prediction.Prediction(
-                patient_id=item.source.patient_id, label_convention=item.convention,
-                classes=volume_ops.uncrop(cropped, record.crop_box, record.original_shape),
-                affine=record.affine, header=item.header, spacing=volume_ops.voxel_spacing(record.affine),
-                display=prediction.source_image(item.source.files[record.channels[0]])[1] if options.pictures
-                else None,
-                seconds={}, source_files=dict(item.source.files))
+            pred = prediction.finish(item, result.inference, display=options.pictures)
             yield _outcome(pred, prediction.write_outputs(pred, options.output_dir, None, options.pictures))
         except Exception as exc:
-            yield beam.pvalue.TaggedOutput("failed", _failure(item.folder, exc))
+            yield beam.pvalue.TaggedOutput("failed", _failure(item.source.patient_id, exc))
 
     return finish
 
@@ -206,7 +173,7 @@ def _finish_fn(options: Options):
 def _inference_failure(dead_letter) -> list[dict]:
     batch, error = dead_letter
     reason = error[1] if isinstance(error, tuple) and len(error) > 1 else error
-    return [_failure(item.folder, PatientError("inference", str(reason))) for item in batch]
+    return [_failure(item.source.patient_id, PatientError("inference", str(reason))) for item in batch]
 
 
 def predict_beam(options: Options, folders: list[str], beam_args: list[str]) -> Summary:

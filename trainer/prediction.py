@@ -65,7 +65,7 @@ class Prediction:
     affine: np.ndarray
     header: object  # nibabel header of the source's first modality
     spacing: tuple[float, float, float]
-    display: np.ndarray  # first modality as stored (for pictures)
+    display: np.ndarray | None  # first modality as stored (for pictures)
     seconds: dict[str, float]
     source_files: dict[str, str]
 
@@ -178,6 +178,49 @@ def source_image(path: str) -> tuple[object, np.ndarray]:
     return image.header, load_array(image, posixpath.basename(path))
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A patient preprocessed for the network (what travels into RunInference on Beam)."""
+
+    source: PatientSource
+    label_convention: str
+    record: object  # shared.schema.PatientRecord: cropped, normalised image and the crop geometry
+    header: object  # nibabel header of the first modality, copied into the written segmentation
+
+
+def prepare(predictor: Predictor, source: PatientSource, label_convention: str) -> Prepared:
+    """The data engine's preprocessing with the model's dataset config; PatientError names stage and file."""
+    record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False)).record
+    first = source.files[predictor.channels[0]]
+    header = parse_nifti(read_bytes(first), posixpath.basename(first)).header
+    return Prepared(source, label_convention, record, header)
+
+
+def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
+          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Classes 0..3 (uint8) on the cropped grid, by sliding window."""
+    image = prepared.record.image.astype(np.float32)
+    expected = predictor.model.input_shape[-1]
+    if image.shape[-1] != expected:
+        raise PatientError("inference", f"{image.shape[-1]} channels, model takes {expected}",
+                           prepared.source.files[predictor.channels[0]])
+    probs = inference.sliding_window(predictor.predict_fn(), image, predictor.window, overlap=overlap, tta=tta,
+                                     progress=progress)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None) -> Prediction:
+    """Undo the crop; read the first modality as stored for the pictures when ``display``."""
+    record, source = prepared.record, prepared.source
+    picture = source_image(source.files[record.channels[0]])[1] if display else None
+    return Prediction(
+        patient_id=source.patient_id, label_convention=prepared.label_convention,
+        classes=volume_ops.uncrop(cropped, record.crop_box, record.original_shape),
+        affine=record.affine, header=prepared.header, spacing=volume_ops.voxel_spacing(record.affine),
+        display=picture, seconds=dict(seconds or {}), source_files=dict(source.files),
+    )
+
+
 def predict_patient(
     predictor: Predictor,
     source: PatientSource,
@@ -190,26 +233,14 @@ def predict_patient(
     report = progress or (lambda stage, fraction: None)
     start = time.perf_counter()
     report("preprocess", 0.0)
-    cfg = dict(predictor.preprocess_cfg, require_seg=False)
-    record = preprocess(source, cfg).record
-    first_path = source.files[predictor.channels[0]]
-    header, display = source_image(first_path)
+    prepared = prepare(predictor, source, label_convention)
     middle = time.perf_counter()
     report("inference", 0.0)
-    image = record.image.astype(np.float32)
-    if image.shape[-1] != predictor.model.input_shape[-1]:
-        raise PatientError("inference", f"{image.shape[-1]} channels, model takes {predictor.model.input_shape[-1]}",
-                           first_path)
-    probs = inference.sliding_window(predictor.predict_fn(), image, predictor.window, overlap=overlap, tta=tta,
-                                     progress=lambda done, total: report("inference", done / total))
-    classes = volume_ops.uncrop(np.argmax(probs, axis=-1).astype(np.uint8), record.crop_box, record.original_shape)
+    cropped = infer(predictor, prepared, tta, overlap, lambda done, total: report("inference", done / total))
     end = time.perf_counter()
+    prediction = finish(prepared, cropped, seconds={"preprocess": middle - start, "inference": end - middle})
     report("done", 1.0)
-    return Prediction(
-        patient_id=source.patient_id, classes=classes, label_convention=label_convention,
-        affine=record.affine, header=header, spacing=volume_ops.voxel_spacing(record.affine), display=display,
-        seconds={"preprocess": middle - start, "inference": end - middle}, source_files=dict(source.files),
-    )
+    return prediction
 
 
 def segmentation_bytes(prediction: Prediction) -> bytes:
