@@ -259,15 +259,11 @@ def nifti_shape(upload: Upload) -> tuple[int, ...]:
     raise not_nifti
 
 
-def _suffixes(layout: layouts.Layout, channel: str) -> tuple[str, ...]:
-    return tuple(f"{layout.separator}{layout.tokens[channel]}{ext}".lower() for ext in layouts.NIFTI_EXTENSIONS)
-
-
 def _expected_names(channel: str) -> str:
     """'_flair.nii.gz (BraTS 2020/2021) or -t2f.nii.gz (BraTS 2023)' for a message."""
     seen: dict[str, list[str]] = {}
     for layout in layouts.LAYOUTS.values():
-        seen.setdefault(_suffixes(layout, channel)[0], []).append(layout.name)
+        seen.setdefault(layout.suffixes(channel)[0], []).append(layout.name)
     return " or ".join(f"{s} ({', '.join(n.replace('brats', 'BraTS ') for n in names)})" for s, names in seen.items())
 
 
@@ -279,9 +275,9 @@ def detect_modalities(names: Sequence[str], channels: Sequence[str]) -> tuple[st
     """
     best: tuple[int, str, dict[str, list[str]]] | None = None
     for layout in layouts.LAYOUTS.values():
-        hits = {ch: [n for n in names if n.lower().endswith(_suffixes(layout, ch))] for ch in channels}
+        hits = {ch: [n for n in names if n.lower().endswith(layout.suffixes(ch))] for ch in channels}
         if all(len(h) == 1 for h in hits.values()):
-            segs = [n for n in names if n.lower().endswith(_suffixes(layout, layouts.SEGMENTATION))]
+            segs = [n for n in names if n.lower().endswith(layout.suffixes(layouts.SEGMENTATION))]
             return layout.name, {ch: h[0] for ch, h in hits.items()}, (segs[0] if len(segs) == 1 else None)
         score = sum(len(h) == 1 for h in hits.values())
         if best is None or score > best[0]:
@@ -299,7 +295,7 @@ def detect_modalities(names: Sequence[str], channels: Sequence[str]) -> tuple[st
 
 def _patient_id(name: str, layout: str, channel: str) -> str:
     """The id in front of the modality token, made safe as a folder name."""
-    suffix = next(s for s in _suffixes(layouts.LAYOUTS[layout], channel) if name.lower().endswith(s))
+    suffix = next(s for s in layouts.LAYOUTS[layout].suffixes(channel) if name.lower().endswith(s))
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name[: -len(suffix)]).strip("._-")
     return stem or "patient"
 
@@ -457,7 +453,8 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
             source, convention = prediction.source_from_folder(folder, predictor)
             with _INFERENCE_LOCK:
                 pred = prediction.predict_patient(predictor, source, convention, tta=tta, progress=progress)
-            images = {ch: _compact(prediction.source_image(path)[1]) for ch, path in source.files.items()}
+            images = {ch: _compact(pred.display if ch == predictor.channels[0] else prediction.source_image(path)[1])
+                      for ch, path in source.files.items()}
             scores = None
             if truth_path is not None:
                 others = [c for c in labels.LABEL_CONVENTIONS if c != convention]

@@ -40,6 +40,10 @@ class Layout:
     def expected_name(self, patient_id: str, channel: str, extension: str = ".nii.gz") -> str:
         return f"{patient_id}{self.separator}{self.tokens[channel]}{extension}"
 
+    def suffixes(self, channel: str) -> tuple[str, ...]:
+        """Lower-case name endings of a channel's file, whatever the patient id (``_flair.nii.gz``...)."""
+        return tuple(f"{self.separator}{self.tokens[channel]}{ext}".lower() for ext in NIFTI_EXTENSIONS)
+
 
 LAYOUTS: dict[str, Layout] = {
     "brats2020": Layout(
@@ -161,8 +165,7 @@ def _match_by_token(layout: Layout, paths: list[str], channels: tuple[str, ...])
     """Each channel's single file whose name ends with the layout's token, or None."""
     found = {}
     for channel in channels:
-        suffixes = tuple(f"{layout.separator}{layout.tokens[channel]}{ext}".lower() for ext in NIFTI_EXTENSIONS)
-        hits = [p for p in paths if posixpath.basename(p).lower().endswith(suffixes)]
+        hits = [p for p in paths if posixpath.basename(p).lower().endswith(layout.suffixes(channel))]
         if len(hits) != 1:
             return None
         found[channel] = hits[0]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import posixpath
 import time
 from typing import Callable, Iterable
@@ -26,7 +25,6 @@ from shared.manifest import canonical_json
 from shared.nifti_io import write_bytes
 from trainer import prediction
 
-log = logging.getLogger("trainer.batch_predict")
 ERRORS = "errors.jsonl"
 SUMMARY = "summary.json"
 
@@ -43,8 +41,8 @@ class Options:
     overlap: float = 0.5
     pictures: bool = True
 
-    def load(self) -> prediction.Predictor:
-        return prediction.load_predictor(self.model_path, self.data_dir, self.window)
+    def load(self, with_model: bool = True) -> prediction.Predictor:
+        return prediction.load_predictor(self.model_path, self.data_dir, self.window, with_model)
 
 
 @dataclasses.dataclass
@@ -145,8 +143,8 @@ def _prepare_fn(options: Options):
 
     def prepare(folder: str):
         try:
-            if "predictor" not in state:  # for its preprocessing config; the network runs in RunInference
-                state["predictor"] = options.load()
+            if "predictor" not in state:  # its preprocessing only; the network runs in RunInference
+                state["predictor"] = options.load(with_model=False)
             source, convention = prediction.source_from_folder(folder, state["predictor"])
             yield prediction.prepare(state["predictor"], source, convention)
         except Exception as exc:

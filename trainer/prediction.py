@@ -137,20 +137,27 @@ def window_size(window, run_dir: str | None, cfg: dict) -> tuple[int, int, int]:
     return size
 
 
-def load_predictor(model_path: str, data_dir: str | None = None, window=None) -> Predictor:
-    """Load a ``.keras`` model and the preprocessing of the data it learnt from."""
+def load_predictor(model_path: str, data_dir: str | None = None, window=None, with_model: bool = True) -> Predictor:
+    """Load a ``.keras`` model and the preprocessing of the data it learnt from.
+
+    ``with_model=False`` reads only the preprocessing (``model`` is None): for
+    steps that preprocess but never run the network, such as the Beam job's
+    Preprocess step, whose workers would otherwise load the model for nothing.
+    """
     import keras
 
     from trainer import losses, metrics as train_metrics  # noqa: F401  (register custom objects)
 
     if not tf.io.gfile.exists(model_path):
         raise ModelError(f"model file {model_path} does not exist")
+    run_dir = find_run_dir(model_path)
+    cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
+    if not with_model:
+        return Predictor(None, model_path, cfg, window_size(window, run_dir, cfg), version, found_dir)
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as exc:
         raise ModelError(f"cannot load model {model_path}: {type(exc).__name__}: {exc}") from exc
-    run_dir = find_run_dir(model_path)
-    cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
     expected = model.input_shape[-1]
     if expected != len(cfg["modalities"]):
         raise ModelError(f"model {model_path} takes {expected} input channels, but its preprocessing "
