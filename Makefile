@@ -36,15 +36,15 @@ app: venv  ## the web app (http://localhost:8501) with the demo model; APP_MODEL
 
 demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes of CPU training -> evaluate -> predict
 	rm -rf $(DEMO)
-	$(PY) -m beam_pipeline.synthetic --output_dir=$(DEMO)/cohort --num_patients=8 --shape=96,96,80
+	$(PY) -m synthetic.generate --output_dir=$(DEMO)/cohort --num_patients=8 --shape=96,96,80
 	$(PY) -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \
 	    --config.crop.size=64,64,64 --input=$(DEMO)/cohort --output_dir=$(DEMO)/datasets $(BEAM_LOCAL)
 	$(PY) -m beam_pipeline.verify --dataset_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
 	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
 	    --config.data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
-	$(PY) -m trainer.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val --window=volume
-	$(PY) -m trainer.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions --window=volume \
+	$(PY) -m serving.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val --window=volume
+	$(PY) -m serving.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions --window=volume \
 	    --input=$(DEMO)/cohort/$$($(PY) -c "import json,glob; print(json.load(open(glob.glob('$(DEMO)/datasets/synthetic/*/manifest.json')[0]))['splits']['val']['patients'][0])")
 
 bench-preprocess: venv  ## seed recipe vs this pipeline at 240x240x155 (prints JSON)

@@ -12,8 +12,8 @@ NIfTI header read, the modalities recognised by any BraTS release's naming
 (:data:`shared.layouts.LAYOUTS`), and their shapes compared.  Only then are the
 files written, under their base names, into a ``tempfile.TemporaryDirectory``
 that is removed when the segmentation returns or fails.  The prediction itself
-is :func:`trainer.prediction.predict_patient`, the same code as
-``python -m trainer.predict``.
+is :func:`serving.prediction.predict_patient`, the same code as
+``python -m serving.predict``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Result:
     token: str  # new for every result: the viewer's widget keys include it
     patient_id: str
     model_path: str
-    prediction: object  # trainer.prediction.Prediction
+    prediction: object  # serving.prediction.Prediction
     images: dict[str, np.ndarray]  # modality -> the scan as uploaded (source grid)
     scores: dict[str, float] | None  # shared.metrics.score_patient against the truth
     segmentation: bytes  # .nii.gz in the source geometry and label numbering
@@ -366,7 +366,7 @@ def write_patient(patient: PatientInput, workdir: str) -> tuple[str, str | None]
 
 def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
     """A volume the model's crop fits in: the small example, or the BraTS grid for a fixed box."""
-    from beam_pipeline import synthetic_data
+    from synthetic import cohort as synthetic_data
 
     crop = preprocess_cfg.get("crop", {})
     if crop.get("mode") == "centered":
@@ -383,10 +383,10 @@ def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
 def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE) -> tuple[Upload, ...]:
     """The synthetic example patient as uploads (four modalities and its true segmentation).
 
-    Made in memory from :mod:`beam_pipeline.synthetic_data` with a fixed seed,
+    Made in memory from :mod:`synthetic.cohort` with a fixed seed,
     so every user and every run sees the same patient; nothing is written.
     """
-    from beam_pipeline import synthetic_data
+    from synthetic import cohort as synthetic_data
 
     patient = synthetic_data.make_patient(EXAMPLE_ID, 1, shape, "HGG", seed=EXAMPLE_SEED)
     volumes = dict(patient.images, seg=patient.seg.astype(np.uint8))
@@ -418,7 +418,7 @@ def _friendly(message: str, workdir: str) -> str:
 
 def truth_classes(path: str, conventions: Sequence[str]) -> np.ndarray:
     """The truth as training classes, in the first label convention its values fit."""
-    from trainer.prediction import source_image
+    from serving.prediction import source_image
 
     _, seg = source_image(path)
     for convention in conventions:
@@ -444,8 +444,8 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
     Bad input (PatientError from preprocessing, a truth with odd labels)
     comes back as InputError with a message naming the file.
     """
-    from beam_pipeline.patient import PatientError
-    from trainer import pictures, prediction
+    from preprocessing.patient import PatientError
+    from serving import pictures, prediction
 
     with tempfile.TemporaryDirectory(prefix="brats-app-") as workdir:
         try:
@@ -492,7 +492,7 @@ def volumes_table(result: Result) -> list[dict[str, object]]:
 
 
 def default_centre(result: Result) -> tuple[int, int, int]:
-    from trainer import pictures
+    from serving import pictures
 
     return pictures.tumour_centre(result.classes)
 
@@ -501,12 +501,12 @@ def view_images(result: Result, modality: str, centre: Sequence[int], show: Sequ
                 alpha: float = 0.45, size: int = 360) -> dict[str, np.ndarray]:
     """Axial, coronal and sagittal RGB slices through ``centre`` with the overlay.
 
-    Radiological layout (as :mod:`trainer.pictures` draws it), scaled so the
+    Radiological layout (as :mod:`serving.pictures` draws it), scaled so the
     longer side is ``size`` pixels at the voxels' physical aspect ratio.
     """
     from PIL import Image
 
-    from trainer import pictures
+    from serving import pictures
 
     spacing = result.prediction.spacing
     slices = pictures.orthogonal_slices(result.images[modality], result.classes, centre, result.prediction.affine)
@@ -523,7 +523,7 @@ def view_images(result: Result, modality: str, centre: Sequence[int], show: Sequ
 
 def legend_html(show: Sequence[int] = (1, 2, 3)) -> str:
     """The overlay legend as inline HTML (coloured squares in the overlay's RGB)."""
-    from trainer import pictures
+    from serving import pictures
 
     items = []
     for cls, _, rgb in pictures.legend_entries():

@@ -32,7 +32,7 @@ TTA = {"none": "none (fastest)", "axes": "mirror each axis (4 passes)", "all": "
 
 @st.cache_resource(show_spinner="Loading the model...")
 def load_predictor(path: str, data_dir: str | None):
-    from trainer import prediction
+    from serving import prediction
 
     return prediction.load_predictor(path, data_dir=data_dir)
 
@@ -128,7 +128,7 @@ def show_viewer(result: logic.Result) -> None:
                 if col.checkbox(title.replace(" tumour", ""), value=True, key=f"show-{cls}-{key}")]
     alpha = controls[2].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
 
-    from trainer.pictures import VIEWS
+    from serving.pictures import VIEWS
 
     centre = list(logic.default_centre(result))
     columns = dict(zip(VIEWS, st.columns(3)))

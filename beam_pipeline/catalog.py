@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import posixpath
 
-from apache_beam.io.filesystems import FileSystems
-
-from shared.manifest import MANIFEST_NAME, join, read_manifest
+from beam_pipeline.launch import read_run
+from shared import storage
+from shared.manifest import MANIFEST_NAME, read_manifest
+from shared.storage import join
 
 
 def find_versions(output_dir: str) -> list[tuple[str, dict]]:
     """(version directory, manifest) for every complete version, by name then id."""
     pattern = join(output_dir, "*", "*", MANIFEST_NAME)
     found = []
-    for metadata in FileSystems.match([pattern])[0].metadata_list:
-        directory = posixpath.dirname(metadata.path)
+    for entry in storage.match(pattern):
+        directory = posixpath.dirname(entry.path)
         found.append((directory, read_manifest(directory)))
     return sorted(found, key=lambda item: (item[1]["name"], item[1]["version_id"]))
 
@@ -43,8 +44,9 @@ def format_versions(output_dir: str) -> str:
     lines = [f"{'name':<16} {'version':<17} {'train':>6} {'val':>5} {'failed':>6}  inputs  source"]
     for directory, m in versions:
         failed = len({f["patient"] for f in m["failed"]})
+        source = read_run(directory).get("source", "?")
         lines.append(f"{m['name']:<16} {m['version_id']:<17} {len(m['splits']['train']['patients']):>6} "
-                     f"{len(m['splits']['val']['patients']):>5} {failed:>6}  {len(m['inputs']):>6}  {m['source']}")
+                     f"{len(m['splits']['val']['patients']):>5} {failed:>6}  {len(m['inputs']):>6}  {source}")
     by_name: dict[str, list[dict]] = {}
     for _, m in versions:
         by_name.setdefault(m["name"], []).append(m)

@@ -8,20 +8,21 @@ the version is already complete) and reads back the summary.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
+import json
 import threading
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_pipeline import discovery, sharding, splits
-from beam_pipeline.pipeline import NAMESPACE, STAGING, Plan, build, shard_compression
-from shared import labels, layouts
-from shared.manifest import is_complete, join, read_manifest, version_id
+from beam_pipeline import fingerprint, sharding, splits
+from beam_pipeline.pipeline import RUN_NAME, STAGING, Plan, build
+from preprocessing import discovery
+from shared import failures as failures_lib
+from shared import layouts, storage
+from shared.manifest import is_complete, read_manifest, version_id
+from shared.spec import PreprocessingSpec
+from shared.storage import join
 
 # Config sections that change how the job runs, never the bytes it writes.
 RUNTIME_SECTION = "runtime"
@@ -37,7 +38,7 @@ class Summary:
     warnings: dict
     wall_seconds: float
     already_complete: bool = False
-    metrics: dict = dataclasses.field(default_factory=dict)
+    run: dict = dataclasses.field(default_factory=dict)  # run.json: counts and stage seconds of the run
 
     @property
     def failed_patients(self) -> int:
@@ -48,59 +49,89 @@ def fingerprinted_config(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k != RUNTIME_SECTION}
 
 
+class NoPatientSucceeded(RuntimeError):
+    """Every patient failed: the version is not marked complete."""
+
+
+BRAIN_MASKS = ("nonzero", "ants_get_mask")
+
+
+def check_config(cfg: dict) -> PreprocessingSpec:
+    """Refuse a config that would fail every patient, before any work."""
+    spec = PreprocessingSpec.from_config(cfg)  # layout, crop mode, shards.compression
+    if cfg["brain_mask"] not in BRAIN_MASKS:
+        raise ValueError(f"brain_mask must be one of {', '.join(BRAIN_MASKS)}, not {cfg['brain_mask']!r}")
+    unknown = [m for m in spec.modalities if m not in layouts.MODALITIES]
+    if unknown:
+        raise ValueError(f"unknown modalities {unknown}; known: {', '.join(layouts.MODALITIES)}")
+    return spec
+
+
+def check_runner(cfg: dict, options: PipelineOptions) -> None:
+    """Refuse what the chosen runner cannot do, with the fix, before the job starts."""
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if "dask" in runner.lower() and cfg[RUNTIME_SECTION]["isolate"]:
+        raise ValueError(
+            "runtime.isolate is not supported on DaskRunner: Dask workers are daemonic processes, which may "
+            "not start the subprocess that isolation needs. Pass --config.runtime.isolate=false (a native "
+            "crash then restarts the Dask worker, and Dask retries its tasks)")
+
+
 def plan_dataset(cfg: dict, input_dir: str, output_dir: str, progress=None) -> Plan:
     """Discover, fingerprint and split; no heavy work yet."""
-    shard_compression(cfg)  # an unknown shards.compression fails here, before any work
+    spec = check_config(cfg)
     layout = layouts.get_layout(cfg["layout"])
-    cohort = discovery.discover(input_dir, layout, tuple(cfg["modalities"]), cfg["require_seg"], progress=progress)
+    cohort = discovery.discover(input_dir, layout, spec.modalities, cfg["require_seg"], progress=progress)
     versioned = fingerprinted_config(cfg)
-    vid = version_id(cohort.checksums, versioned)
+    code = fingerprint.code_fingerprint()
+    vid = version_id(cohort.checksums, versioned, code)
     plan_split = splits.split_patients(
         {p.patient_id: p.grade for p in cohort.patients},
         cfg["split"]["val_fraction"], cfg["split"]["seed"], cfg["split"]["num_folds"],
     )
     for p in cohort.patients:
         p.split = plan_split.assignment[p.patient_id]
-    crop = cfg["crop"]
-    size = crop["size"] if crop["mode"] == "centered" else [b - a for a, b in crop["box"]]
-    per_record = sharding.record_bytes_estimate(size, len(cfg["modalities"]), labels.NUM_CLASSES)
     target = int(cfg["shards"]["target_mb"] * 2**20)
-    counts = {s: sharding.num_shards(sum(p.split == s for p in cohort.patients), per_record, target)
+    counts = {s: sharding.num_shards(sum(p.split == s for p in cohort.patients), spec.record_bytes(), target)
               for s in ("train", "val")}
     return Plan(
         name=cfg["name"], version_id=vid, dataset_dir=join(output_dir, cfg["name"], vid),
         config=versioned, runtime=dict(cfg[RUNTIME_SECTION]), input_dir=input_dir,
-        sources=cohort.patients, discovery_failures=cohort.failures, checksums=cohort.checksums,
-        shard_counts=counts, folds=plan_split.folds, stratified=plan_split.stratified,
+        sources=cohort.patients, discovery_failures=[f.to_json() for f in cohort.failures],
+        checksums=cohort.checksums, shard_counts=counts, folds=plan_split.folds,
+        stratified=plan_split.stratified, code=code,
     )
 
 
-def _metrics(result) -> dict:
-    out = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + (value or 0)
-    for dist in query["distributions"]:
-        value = dist.committed if dist.committed is not None else dist.attempted
-        if value and value.count:
-            out[dist.key.metric.name] = {"count": value.count, "mean": value.mean, "min": value.min, "max": value.max}
-    return out
+def read_run(dataset_dir: str) -> dict:
+    path = join(dataset_dir, RUN_NAME)
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
 
 
-def summary_from_manifest(dataset_dir: str, wall: float, already: bool, metrics=None) -> Summary:
+def summary_from_manifest(dataset_dir: str, wall: float, already: bool) -> Summary:
     manifest = read_manifest(dataset_dir)
     return Summary(
         name=manifest["name"], version_id=manifest["version_id"], dataset_dir=dataset_dir,
         patients={s: len(v["patients"]) for s, v in manifest["splits"].items()},
         failures=manifest["failed"], warnings=manifest["warnings"], wall_seconds=wall,
-        already_complete=already, metrics=metrics or {},
+        already_complete=already, run={} if already else read_run(dataset_dir),
     )
+
+
+def _no_patient_message(plan: Plan, failures: list[dict]) -> str:
+    lines = [f"no patient could be preprocessed ({len(failures)} failure(s)); version {plan.version_id} is "
+             f"not marked complete. The reasons (also in {join(plan.dataset_dir, failures_lib.ERRORS_NAME)}):"]
+    lines += [failures_lib.format_line(f) for f in failures[:10]]
+    if len(failures) > 10:
+        lines.append(f"    ... and {len(failures) - 10} more")
+    return "\n".join(lines)
 
 
 def run(cfg: dict, input_dir: str, output_dir: str, beam_args: list[str], echo=print) -> Summary:
     """Build the dataset version for ``cfg`` (a plain dict of the config)."""
     start = time.time()
+    options = PipelineOptions(beam_args)
+    check_runner(cfg, options)
     echo(f"Discovering patients under {input_dir} (layout {cfg['layout']}) and checksumming their files...")
     plan = plan_dataset(cfg, input_dir, output_dir, progress=_progress_printer(echo))
     echo(f"{len(plan.sources)} patients to process, {len(plan.discovery_failures)} unusable folder(s); "
@@ -108,12 +139,15 @@ def run(cfg: dict, input_dir: str, output_dir: str, beam_args: list[str], echo=p
     if is_complete(plan.dataset_dir):
         echo("This version is already complete; nothing to do.")
         return summary_from_manifest(plan.dataset_dir, time.time() - start, True)
-    options = PipelineOptions(beam_args)
+    if not plan.sources:
+        failures_lib.write_errors(plan.dataset_dir, plan.discovery_failures)
+        raise NoPatientSucceeded(_no_patient_message(plan, plan.discovery_failures))
     with ProgressReporter(join(plan.dataset_dir, STAGING), len(plan.sources), echo):
         with beam.Pipeline(options=options) as root:
             build(root, plan)
-    result = root.result  # set by the context manager after wait_until_finish
-    return summary_from_manifest(plan.dataset_dir, time.time() - start, False, _metrics(result))
+    if not is_complete(plan.dataset_dir):
+        raise NoPatientSucceeded(_no_patient_message(plan, failures_lib.read_errors(plan.dataset_dir)))
+    return summary_from_manifest(plan.dataset_dir, time.time() - start, False)
 
 
 class ProgressReporter:
@@ -140,10 +174,10 @@ class ProgressReporter:
 
     def _count(self) -> tuple[int, int]:
         try:
-            names = [m.path for m in FileSystems.match([join(self._staging, "*")])[0].metadata_list]
-        except Exception:  # nothing staged yet
+            names = [e.path for e in storage.match(join(self._staging, "*"))]
+        except Exception:  # nothing staged yet (an object store may refuse to list a missing prefix)
             return 0, 0
-        return sum(n.endswith(".example") for n in names), sum(n.endswith(".failed") for n in names)
+        return sum(n.endswith(".example.json") for n in names), sum(n.endswith(".failed") for n in names)
 
     def _loop(self):
         last = None
@@ -173,24 +207,14 @@ def format_summary(summary: Summary) -> str:
         "  patients written: " + ", ".join(f"{s} {n}" for s, n in summary.patients.items()),
         f"  patients failed: {summary.failed_patients} (details in errors.jsonl)",
     ]
-    for f in summary.failures:
-        lines.append(f"    {f['patient']} [{f['stage']}] {f['file']}: {f['reason']}")
+    lines += [failures_lib.format_line(f) for f in summary.failures]
     if summary.warnings:
         lines.append(f"  warnings for {len(summary.warnings)} patient(s) (see manifest.json)")
-    n4 = summary.metrics.get("n4_ms")
+    n4 = summary.run.get("stage_seconds", {}).get("n4")
     if n4:
-        lines.append(f"  N4 seconds per patient: mean {n4['mean'] / 1000:.1f}, "
-                     f"min {n4['min'] / 1000:.1f}, max {n4['max'] / 1000:.1f} over {n4['count']}")
-    if summary.metrics.get("patients_resumed"):
-        lines.append(f"  reused {summary.metrics['patients_resumed']} record(s) staged by an interrupted run")
+        lines.append(f"  N4 seconds per patient: mean {n4['mean']:.1f}, min {n4['min']:.1f}, "
+                     f"max {n4['max']:.1f} over {n4['count']}")
+    if summary.run.get("patients_resumed"):
+        lines.append(f"  reused {summary.run['patients_resumed']} record(s) staged by an interrupted run")
     lines.append(f"  wall time: {summary.wall_seconds:.1f} s")
     return "\n".join(lines)
-
-
-def configure_logging() -> None:
-    """Our progress lines at INFO; Beam's and TensorFlow's chatter only from WARNING."""
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("beam_pipeline").setLevel(logging.INFO)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)

@@ -1,42 +1,52 @@
 """The Beam job: patients fan out, records fan in to deterministic shards.
 
-Graph (every step labelled as it appears in the Dataflow UI):
+Graph (every step labelled as it appears in the Dataflow UI); one chain, so
+every runner computes all of it (Beam's DaskRunner computes only the graph's
+last step and what feeds it):
 
-  Patients -> Reshuffle -> Preprocess (one patient per element, dead letters
-  for failures, optionally isolated in a subprocess with a timeout)
-    -> CountOutcomes (metrics) -> KeyByShard -> GroupByKey -> WriteShards
-    -> WriteManifest (last: its presence marks the version complete)
+  Patients -> Reshuffle -> Preprocess (one patient per element; a bad patient
+  becomes a failure *value*, optionally isolated in a subprocess with a
+  timeout) -> KeyByShard -> (+ EmptyShards) -> GroupByShard -> WriteShards
+  (passes every outcome on) -> KeyForManifest -> GroupForManifest
+  -> WriteManifest (last: its presence marks the version complete)
+
+Only single-output ParDo, Flatten and GroupByKey are used: no tagged
+outputs, no side inputs and no metrics that the summary depends on, which is
+what Beam's DaskRunner supports.  Counts for the summary come from the
+outcomes themselves (``run.json``).
 
 Each patient's record is staged as a file under ``_staging/`` rather than
 shuffled: GroupByKey then moves file names, not 30 MB records, which keeps
 the local runner's memory flat, and a re-run after a crash reuses the
-records already staged for the same version.
+records already staged for the same version, warnings included.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import json
 import logging
 import multiprocessing
 import os
-import platform
 import signal
 import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_pipeline import patient as patient_lib
-from beam_pipeline import sharding
-from beam_pipeline.discovery import Failure, PatientSource
-from shared import labels, schema
-from shared.manifest import (DEFAULT_COMPRESSION, ERRORS_NAME, FORMAT, SPLITS, canonical_json, check_compression, join,
-                             write_manifest)
-from shared.nifti_io import write_bytes
+from beam_pipeline import fingerprint, sharding
+from preprocessing import patient as patient_lib
+from preprocessing.discovery import PatientSource
+from shared import failures as failures_lib
+from shared import labels, schema, storage
+from shared.manifest import FORMAT, SPLITS, canonical_json, write_manifest
+from shared.spec import PreprocessingSpec
+from shared.storage import join, write_bytes
 
 NAMESPACE = "brats"
 STAGING = "_staging"
+RUN_NAME = "run.json"  # facts of one run that are not part of the version (timings, where the input lay)
 # Test hook: the patient with this id kills its own process with SIGSEGV before
 # preprocessing, standing in for a native crash (in ITK/N4, say). Read where
 # the pipeline is built and pickled with the DoFn, so it reaches every worker
@@ -56,163 +66,195 @@ class Plan:
     runtime: dict  # isolation/timeout: not part of the version
     input_dir: str
     sources: list[PatientSource]
-    discovery_failures: list[Failure]
+    discovery_failures: list[dict]
     checksums: dict
     shard_counts: dict[str, int]
     folds: dict[str, int]
     stratified: bool
+    code: dict  # beam_pipeline.fingerprint.code_fingerprint() of the launcher
+
+    @property
+    def spec(self) -> PreprocessingSpec:
+        return PreprocessingSpec.from_config(self.config)
 
 
-class PreprocessPatient(beam.DoFn):
-    """One patient -> staged record file, or a failure with stage and reason."""
+# ------------------------------------------------------------------ one patient
 
-    def __init__(self, config: dict, staging_dir: str, isolated: bool = False):
-        self._config = config
-        self._staging = staging_dir
-        self._isolated = isolated
-        self._segfault_for = os.environ.get(FAULT_INJECT_SEGFAULT_ENV, "")
+def process_patient(source: PatientSource, config: dict, staging: str, segfault_for: str = "") -> dict:
+    """Preprocess one patient into a staged record; the outcome as a plain dict.
 
-    def __setstate__(self, state):
-        # Runs wherever the DoFn is unpickled: in the SDK worker (in-process or
-        # multi-process), before Beam's _SubprocessDoFn creates its process pool
-        # on the first element, so that pool starts its subprocess the safe way.
-        self.__dict__.update(state)
-        if state.get("_isolated"):
-            use_forkserver()
-
-    def process(self, source: PatientSource):
-        staged = join(self._staging, f"{source.patient_id}.example")
-        if FileSystems.exists(staged):  # staged by an earlier, interrupted run
-            yield {"ok": True, "patient": source.patient_id, "split": source.split,
-                   "staged": staged, "seconds": {}, "warnings": [], "resumed": True}
-            return
-        if self._segfault_for == source.patient_id:  # test hook, see FAULT_INJECT_SEGFAULT_ENV
-            log.warning("%s=%s: crashing this process with SIGSEGV", FAULT_INJECT_SEGFAULT_ENV, source.patient_id)
-            os.kill(os.getpid(), signal.SIGSEGV)
-        start = time.perf_counter()
-        try:
-            result = patient_lib.preprocess(source, self._config)
-            data = schema.encode(result.record)
-        except patient_lib.PatientError as exc:
-            log.warning("patient %s failed at %s: %s", source.patient_id, exc.stage, exc)
-            failure = Failure(source.patient_id, exc.stage, exc.file, exc.reason).to_json()
-            write_bytes(join(self._staging, f"{source.patient_id}.failed"), canonical_json(failure).encode())
-            yield {"ok": False, "failure": failure}
-            return
-        temp = staged + ".tmp"
-        write_bytes(temp, data)
-        FileSystems.rename([temp], [staged])
-        log.info("patient %s done in %.1fs", source.patient_id, time.perf_counter() - start)
-        yield {"ok": True, "patient": source.patient_id, "split": source.split, "staged": staged,
-               "seconds": result.seconds, "warnings": result.warnings, "resumed": False}
+    A patient staged by an earlier, interrupted run of the same version is
+    reused with the outcome (split, warnings) staged beside it.  Bad input
+    returns a failure outcome; a bug raises.
+    """
+    staged = join(staging, f"{source.patient_id}.example")
+    outcome_path = staged + ".json"
+    if storage.exists(outcome_path):
+        return dict(json.loads(storage.read_bytes(outcome_path)), resumed=True)
+    if segfault_for == source.patient_id:  # test hook, see FAULT_INJECT_SEGFAULT_ENV
+        log.warning("%s=%s: crashing this process with SIGSEGV", FAULT_INJECT_SEGFAULT_ENV, source.patient_id)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    start = time.perf_counter()
+    try:
+        result = patient_lib.preprocess(source, config, threads=1)
+    except patient_lib.PatientError as exc:
+        log.warning("patient %s failed at %s: %s", source.patient_id, exc.stage, exc)
+        failure = failures_lib.from_exception(source.patient_id, exc, "preprocess")
+        write_bytes(join(staging, f"{source.patient_id}.failed"), canonical_json(failure).encode())
+        return {"ok": False, "patient": source.patient_id, "failure": failure}
+    write_bytes(staged, schema.encode(result.record))
+    outcome = {"ok": True, "patient": source.patient_id, "split": source.split, "staged": staged,
+               "warnings": result.warnings, "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+    write_bytes(outcome_path, canonical_json(outcome).encode())  # last: marks the patient done for a resume
+    log.info("patient %s done in %.1fs", source.patient_id, time.perf_counter() - start)
+    return dict(outcome, resumed=False)
 
 
 def use_forkserver() -> None:
     """Make ``forkserver`` this process's default multiprocessing start method.
 
-    ``with_exception_handling(use_subprocess=True)`` runs each patient in a
-    ``concurrent.futures.ProcessPoolExecutor(1)`` created with the default start
-    method, which is ``fork`` on Linux before Python 3.14. The SDK worker runs
-    gRPC threads, and forking it sometimes kills or hangs the child
-    (grpc/grpc#37642, "skipping fork() handlers" in the log): patients were lost
-    as "worker" failures in 4 of 20 runs, and one job failed with
-    BrokenProcessPool. With ``forkserver`` the pool's processes are forked from
-    a fresh, single-threaded server process instead (they import the modules
-    they need; they inherit no monkeypatches). A start method chosen
-    explicitly other than ``fork`` (``spawn``) is left alone.
+    Forking a Beam SDK worker, which runs gRPC threads, sometimes kills or
+    hangs the child (grpc/grpc#37642, "skipping fork() handlers" in the log):
+    patients were lost as "worker" failures in 4 of 20 runs.  With
+    ``forkserver`` the isolation processes are forked from a fresh,
+    single-threaded server process instead.  A start method chosen explicitly
+    other than ``fork`` (``spawn``) is left alone.
     """
     if multiprocessing.get_start_method(allow_none=True) in (None, "fork"):
         multiprocessing.set_start_method("forkserver", force=True)
 
 
-def crash_to_failure(dead_letter) -> dict:
-    """Beam's dead letter (a crash, a timeout, a killed subprocess) as a failure."""
-    source, (exc_type, exc_value, _) = dead_letter
-    reason = f"worker crashed: {getattr(exc_type, '__name__', exc_type)}: {exc_value}"
-    return {"ok": False, "failure": Failure(source.patient_id, "worker", "", reason).to_json()}
+class PreprocessPatient(beam.DoFn):
+    """One patient -> its outcome: a staged record, or a failure naming stage and file.
 
+    With ``isolated`` the patient runs in a one-process pool: a native crash
+    (a segfault in ITK) or a time-out becomes this patient's failure, and the
+    pool is replaced for the next one.  Exceptions other than bad input are
+    bugs and fail the job, isolated or not.
+    """
 
-class CountOutcomes(beam.DoFn):
-    """Metrics in the main worker process (a subprocess's metrics are lost)."""
+    def __init__(self, config: dict, staging_dir: str, libraries: dict, isolated: bool = False,
+                 timeout_s: float | None = None):
+        self._config, self._staging, self._libraries = config, staging_dir, libraries
+        self._isolated, self._timeout = isolated, timeout_s
+        self._segfault_for = os.environ.get(FAULT_INJECT_SEGFAULT_ENV, "")
+        self._pool = None
 
-    def __init__(self):
-        self.ok = Metrics.counter(NAMESPACE, "patients_ok")
-        self.resumed = Metrics.counter(NAMESPACE, "patients_resumed")
-        self.n4_ms = Metrics.distribution(NAMESPACE, "n4_ms")
-        self.total_ms = Metrics.distribution(NAMESPACE, "patient_ms")
+    def __getstate__(self):
+        return dict(self.__dict__, _pool=None)
 
-    def process(self, outcome):
-        if outcome["ok"]:
-            self.ok.inc()
-            if outcome["resumed"]:
-                self.resumed.inc()
-            elif outcome["seconds"]:
-                self.n4_ms.update(int(1000 * outcome["seconds"].get("n4", 0.0)))
-                self.total_ms.update(int(1000 * sum(outcome["seconds"].values())))
-        else:
-            Metrics.counter(NAMESPACE, f"patients_failed_{outcome['failure']['stage']}").inc()
+    def setup(self):
+        fingerprint.check_worker_libraries(self._libraries)
+        if self._isolated:
+            use_forkserver()
+
+    def process(self, source: PatientSource):
+        args = (source, self._config, self._staging, self._segfault_for)
+        outcome = self._isolated_call(source, args) if self._isolated else process_patient(*args)
+        Metrics.counter(NAMESPACE, "patients_ok" if outcome["ok"] else "patients_failed").inc()
         yield outcome
+
+    def _isolated_call(self, source: PatientSource, args) -> dict:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context())
+        future = self._pool.submit(process_patient, *args)
+        try:
+            return future.result(timeout=self._timeout)
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            reason = f"worker crashed: BrokenProcessPool: {exc}"
+        except concurrent.futures.TimeoutError:
+            reason = f"timed out after {self._timeout:.0f} s (runtime.timeout_s)"
+        self._discard_pool()
+        failure = failures_lib.Failure(source.patient_id, "worker", "", reason).to_json()
+        write_bytes(join(self._staging, f"{source.patient_id}.failed"), canonical_json(failure).encode())
+        return {"ok": False, "patient": source.patient_id, "failure": failure}
+
+    def _discard_pool(self):
+        pool, self._pool = self._pool, None
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()  # a timed-out patient would otherwise keep its core busy
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------- shards
+
+def shard_entry(outcome: dict, shard_counts: dict[str, int]):
+    """A good outcome keyed by its shard; a failure keyed to no shard (split "")."""
+    if not outcome["ok"]:
+        return ("", -1), outcome
+    key = sharding.shard_key(outcome["patient"])
+    return (outcome["split"], sharding.shard_index(key, shard_counts[outcome["split"]])), outcome
 
 
 class WriteShard(beam.DoFn):
-    def __init__(self, dataset_dir: str, shard_counts: dict[str, int], compression: str = DEFAULT_COMPRESSION):
+    """Writes one shard from its staged records and passes the shard and its outcomes on."""
+
+    def __init__(self, dataset_dir: str, shard_counts: dict[str, int], compression: str):
         self._dir, self._counts, self._compression = dataset_dir, shard_counts, compression
 
     def process(self, keyed):
-        (split, index), entries = keyed
-        staged = sorted((key, path, pid) for key, path, pid in entries if path)
-        info = sharding.write_shard(self._dir, join(self._dir, STAGING), split, index, self._counts[split],
-                                    [(key, path) for key, path, _ in staged], self._compression)
-        info["patients"] = [pid for _, _, pid in staged]
-        Metrics.counter(NAMESPACE, "shards_written").inc()
-        yield info
+        (split, index), outcomes = keyed
+        outcomes = [o for o in outcomes if o is not None]
+        shard = None
+        if split:
+            staged = sorted((sharding.shard_key(o["patient"]), o["staged"], o["patient"]) for o in outcomes)
+            shard = sharding.write_shard(self._dir, join(self._dir, STAGING), split, index, self._counts[split],
+                                         [(key, path) for key, path, _ in staged], self._compression)
+            shard["patients"] = [pid for _, _, pid in staged]
+        yield {"shard": shard, "outcomes": outcomes}
 
 
-def environment() -> dict:
-    """Versions that decide the bytes, read where the records are made."""
-    import importlib.metadata as md
-
-    versions = {"python": platform.python_version()}
-    for package in ("antspyx", "numpy", "nibabel", "apache-beam", "tensorflow", "tensorflow-cpu", "scikit-learn"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
+# -------------------------------------------------------------------- manifest
 
 class WriteManifest(beam.DoFn):
-    """Writes errors.jsonl, then manifest.json, then clears the staging area."""
+    """Writes errors.jsonl, run.json, then manifest.json, then clears the staging area.
+
+    A run in which no patient succeeded writes errors.jsonl only: the version
+    is never marked complete, and the launcher reports why.
+    """
 
     def __init__(self, plan: Plan):
         self._plan = plan
 
-    def process(self, _, shards, outcomes):
+    def process(self, keyed):
+        _, parts = keyed
         plan = self._plan
-        failures = [f.to_json() for f in plan.discovery_failures] + [o["failure"] for o in outcomes if not o["ok"]]
-        failures.sort(key=lambda f: (f["patient"], f["stage"], f["file"]))
-        warnings = {o["patient"]: o["warnings"] for o in outcomes if o["ok"] and o["warnings"]}
-        write_bytes(join(plan.dataset_dir, ERRORS_NAME),
-                    "".join(canonical_json(f) + "\n" for f in failures).encode())
-        write_manifest(plan.dataset_dir, build_manifest(plan, shards, failures, warnings))
-        clear_staging(join(plan.dataset_dir, STAGING))
-        yield len(failures)
+        parts = list(parts)
+        shards = [p["shard"] for p in parts if p["shard"] is not None]
+        outcomes = sorted((o for p in parts for o in p["outcomes"]), key=lambda o: o["patient"])
+        failures = plan.discovery_failures + [o["failure"] for o in outcomes if not o["ok"]]
+        failures_lib.write_errors(plan.dataset_dir, failures)
+        good = [o for o in outcomes if o["ok"]]
+        write_bytes(join(plan.dataset_dir, RUN_NAME), (json.dumps(run_facts(plan, outcomes), indent=2) + "\n").encode())
+        if good:
+            warnings = {o["patient"]: o["warnings"] for o in good if o["warnings"]}
+            write_manifest(plan.dataset_dir, build_manifest(plan, shards, sorted(failures, key=failures_lib.sort_key),
+                                                            warnings))
+            storage.delete_tree(join(plan.dataset_dir, STAGING))
+        yield len(good)
 
 
-def clear_staging(staging: str) -> None:
-    leftovers = [m.path for m in FileSystems.match([join(staging, "*")])[0].metadata_list]
-    if leftovers:
-        FileSystems.delete(leftovers)
-    if "://" not in staging and FileSystems.exists(staging):
-        FileSystems.delete([staging])
-
-
-def shard_compression(cfg: dict) -> str:
-    """``shards.compression`` of a config ("GZIP" for configs written before the option)."""
-    return check_compression(cfg.get("shards", {}).get("compression", DEFAULT_COMPRESSION))
+def run_facts(plan: Plan, outcomes: list[dict]) -> dict:
+    """What one run did (not part of the version): source folder, counts, stage seconds."""
+    good = [o for o in outcomes if o["ok"]]
+    fresh = [o for o in good if not o.get("resumed")]
+    stages = sorted({s for o in fresh for s in o["seconds"]})
+    per_stage = {}
+    for stage in stages:
+        values = [o["seconds"].get(stage, 0.0) for o in fresh]
+        per_stage[stage] = {"count": len(values), "mean": sum(values) / len(values),
+                            "min": min(values), "max": max(values)}
+    return {"source": plan.input_dir, "version_id": plan.version_id, "patients_ok": len(good),
+            "patients_failed": len(outcomes) - len(good), "patients_resumed": len(good) - len(fresh),
+            "stage_seconds": per_stage}
 
 
 def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict) -> dict:
+    """The manifest: deterministic, and the same wherever the input folder lay (``run.json`` says where)."""
     splits = {}
     for split in SPLITS:
         mine = sorted((s for s in shards if s["split"] == split), key=lambda s: s["index"])
@@ -220,21 +262,20 @@ def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warning
             "patients": sorted(p for s in mine for p in s["patients"]),
             "shards": [{k: s[k] for k in ("file", "records", "bytes", "sha256")} for s in mine],
         }
-    cfg = plan.config
+    cfg, spec = plan.config, plan.spec
     return {
         "format": FORMAT,
         "name": plan.name,
         "version_id": plan.version_id,
-        "source": plan.input_dir,
         "config": cfg,
         "schema_version": schema.SCHEMA_VERSION,
         "record": {
-            "channels": list(cfg["modalities"]),
+            "channels": list(spec.modalities),
             "classes": list(labels.CLASS_NAMES),
             "regions": {k: list(v) for k, v in labels.REGIONS.items()},
             "image_dtype": "float16",
             "mask_dtype": "uint8",
-            "compression": shard_compression(cfg),
+            "compression": spec.compression,
         },
         "inputs": plan.checksums,
         "splits": splits,
@@ -242,48 +283,32 @@ def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warning
         "folds": plan.folds,
         "failed": failures,
         "warnings": warnings,
-        "environment": environment(),
+        "code": plan.code,
     }
 
 
+# ---------------------------------------------------------------------- graph
+
 def build(root: beam.Pipeline, plan: Plan):
-    """Adds the whole job to ``root``; returns the PCollection of failure counts."""
+    """Adds the whole job to ``root`` as one chain; returns its last PCollection."""
     staging = join(plan.dataset_dir, STAGING)
     runtime = plan.runtime
-    isolate = bool(runtime["isolate"])
-    good, crashed = (
+    empty = [((split, i), None) for split, n in plan.shard_counts.items() for i in range(n)] + [(("", -1), None)]
+    keyed = (
         root
         | "Patients" >> beam.Create(plan.sources, reshuffle=False)
         | "Reshuffle" >> beam.Reshuffle()
-        | "Preprocess" >> beam.ParDo(PreprocessPatient(plan.config, staging, isolated=isolate)).with_exception_handling(
-            use_subprocess=isolate, timeout=runtime["timeout_s"] or None)
-    )
-    outcomes = (
-        (good, crashed | "CrashToFailure" >> beam.Map(crash_to_failure))
-        | "AllOutcomes" >> beam.Flatten()
-        | "CountOutcomes" >> beam.ParDo(CountOutcomes())
-    )
-    empty = [((split, i), (0, "", "")) for split, n in plan.shard_counts.items() for i in range(n)]
-    keyed = (
-        outcomes
-        | "OnlyOk" >> beam.Filter(lambda o: o["ok"])
-        | "KeyByShard" >> beam.Map(_shard_entry, plan.shard_counts)
-    )
-    shards = (
-        (keyed, root | "AllShards" >> beam.Create(empty))
-        | "WithEmptyShards" >> beam.Flatten()
-        | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(plan.dataset_dir, plan.shard_counts, shard_compression(plan.config)))
+        | "Preprocess" >> beam.ParDo(PreprocessPatient(
+            plan.config, staging, plan.code["libraries"], isolated=bool(runtime["isolate"]),
+            timeout_s=float(runtime["timeout_s"]) or None))
+        | "KeyByShard" >> beam.Map(shard_entry, plan.shard_counts)
     )
     return (
-        root
-        | "ManifestTrigger" >> beam.Create([None])
-        | "WriteManifest" >> beam.ParDo(
-            WriteManifest(plan), shards=beam.pvalue.AsList(shards), outcomes=beam.pvalue.AsList(outcomes))
+        (keyed, root | "EmptyShards" >> beam.Create(empty, reshuffle=False))
+        | "WithEmptyShards" >> beam.Flatten()
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShard(plan.dataset_dir, plan.shard_counts, plan.spec.compression))
+        | "KeyForManifest" >> beam.Map(lambda part: (None, part))
+        | "GroupForManifest" >> beam.GroupByKey()
+        | "WriteManifest" >> beam.ParDo(WriteManifest(plan))
     )
-
-
-def _shard_entry(outcome: dict, shard_counts: dict[str, int]):
-    key = sharding.shard_key(outcome["patient"])
-    index = sharding.shard_index(key, shard_counts[outcome["split"]])
-    return (outcome["split"], index), (key, outcome["staged"], outcome["patient"])

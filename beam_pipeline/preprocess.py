@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from beam_pipeline import launch
+from shared import console
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/preprocess/brats2020.py", "Preprocessing config file (get_config()); "
@@ -29,10 +30,10 @@ flags.mark_flags_as_required(["input", "output_dir"])
 
 
 def main(beam_args):
-    launch.configure_logging()
+    console.configure_logging()
     try:
         summary = launch.run(_CONFIG.value.to_dict(), _INPUT.value, _OUTPUT.value, beam_args[1:])
-    except (FileNotFoundError, ValueError) as exc:  # bad input folder, layout or config value
+    except (FileNotFoundError, ValueError, launch.NoPatientSucceeded) as exc:  # bad input, config or runner
         raise SystemExit(f"error: {exc}") from None
     print(launch.format_summary(summary))
     if _STRICT.value and summary.failures:

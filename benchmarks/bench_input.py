@@ -94,7 +94,7 @@ log = common.make_log("bench_input")
 
 def prepare_cohort(workdir: str, patients: int) -> str:
     """The synthetic 240x240x155 cohort; generated only if its name_mapping.csv is missing."""
-    from beam_pipeline import synthetic_data
+    from synthetic import cohort as synthetic_data
 
     cohort = os.path.join(workdir, f"cohort_{patients}p")
     if os.path.exists(os.path.join(cohort, synthetic_data.NAME_MAPPING)):
@@ -411,7 +411,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     from beam_pipeline import launch
 
-    launch.configure_logging()
+    from shared import console
+
+    console.configure_logging()
     workdir = os.path.abspath(args.workdir)
     cohort = prepare_cohort(workdir, args.patients)
     dirs = {c: prepare_dataset(workdir, cohort, c) for c in ("NONE", "GZIP")}

@@ -15,8 +15,8 @@ speed does not depend on their values.  Windows: the seed preset trained on
 whole 144^3 crops (one window per pass); the default (nnunet) on 128^3 patches
 (2x2x2 = 8 windows of 128^3 over the 144^3 crop at 50 % overlap).
 
-Measured per preset and TTA mode, with ``trainer.prediction.predict_patient``
-(exactly what ``python -m trainer.predict`` runs, writing excluded):
+Measured per preset and TTA mode, with ``serving.prediction.predict_patient``
+(exactly what ``python -m serving.predict`` runs, writing excluded):
 preprocessing seconds (load, mask, crop, N4, z-score) and inference seconds
 (sliding window with Gaussian weighting; TTA ``axes`` = 4 passes per window,
 ``all`` = 8), the median over patients.  A warm-up pass over one window of
@@ -47,7 +47,7 @@ def log(message: str) -> None:
 
 
 def _cohort(workdir: str, patients: int) -> list[str]:
-    from beam_pipeline import synthetic_data
+    from synthetic import cohort as synthetic_data
 
     root = os.path.join(workdir, "cohort")
     done = os.path.join(root, ".complete")
@@ -81,7 +81,7 @@ def _run_dir(workdir: str, preset: str) -> str:
 
 
 def _measure(model_path: str, folders: list[str], tta: str) -> dict:
-    from trainer import inference, prediction
+    from serving import inference, prediction
 
     predictor = prediction.load_predictor(model_path)
     warm = np.zeros(tuple(predictor.window) + (len(predictor.channels),), np.float32)

@@ -263,7 +263,7 @@ class ProcessTreeMonitor:
 
 def ensure_cohort(workdir: str, patients: int, shape: tuple[int, int, int], seed: int, compressed: bool) -> str:
     """The cohort folder, generated unless a stamp says it matches these arguments."""
-    from beam_pipeline import synthetic_data
+    from synthetic import cohort as synthetic_data
 
     cohort = os.path.join(workdir, "cohort")
     stamp_path = os.path.join(cohort, STAMP_NAME)
@@ -516,9 +516,10 @@ def run_pipeline_with_retries(cfg: dict, cohort: str, out_dir: str, workers: int
 
 def pipeline_n4_quality(cfg: dict, cohort: str, patient_ids: list[str]) -> dict:
     """Log-field correlation of the pipeline's N4 (crop first, then N4 in the brain mask)."""
-    from beam_pipeline import n4, patient
+    from preprocessing import n4, patient
     from shared import volume_ops
-    from shared.nifti_io import load_array, parse_nifti, read_bytes
+    from shared.nifti_io import load_array, parse_nifti
+    from shared.storage import read_bytes
 
     params = n4.N4Params.from_config(cfg["n4"])
     per_mod = {m: [] for m in MODALITIES}
@@ -580,12 +581,15 @@ def compare(seed: dict, pipe: dict) -> tuple[dict, dict]:
 
 def main(args: argparse.Namespace) -> dict:
     """Runs every phase and returns the report."""
-    from beam_pipeline import launch, synthetic_data
+    from beam_pipeline import launch
+from synthetic import cohort as synthetic_data
 
     global IDLE_WAIT_S
     start = time.perf_counter()
     IDLE_WAIT_S = args.idle_wait_s
-    launch.configure_logging()
+    from shared import console
+
+    console.configure_logging()
     shape = synthetic_data.parse_shape(args.shape)
     if not 1 <= args.seed_patients <= args.patients:
         raise SystemExit(f"--seed_patients must be in [1, --patients], got {args.seed_patients}")

@@ -6,7 +6,8 @@ presence marks a complete version, and it is deterministic (no timestamps),
 so its own checksum identifies the data a model was trained on.
 
 ``version_id`` fingerprints everything that decides the bytes: the checksums
-of every input file, the preprocessing config and the schema/code version.
+of every input file, the preprocessing config, the schema version, and the
+source files and library versions of the code that writes them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import hashlib
 import json
 import posixpath
 
-from apache_beam.io.filesystems import FileSystems
-
-from shared import __version__ as CODE_VERSION
-from shared.nifti_io import read_bytes, sha256_of, write_bytes
+from shared import storage
+from shared.storage import join, read_bytes, sha256_of, write_bytes
 from shared.schema import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -32,14 +31,18 @@ def canonical_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def version_id(input_checksums: dict, config: dict) -> str:
-    """16 hex digits of sha256 over inputs, config and the schema/code version."""
+def version_id(input_checksums: dict, config: dict, code: dict) -> str:
+    """16 hex digits of sha256 over inputs, config, schema and the code that shapes the bytes.
+
+    ``code`` is the engine's fingerprint of its own source files and of the
+    library versions that change the output (``beam_pipeline.fingerprint``).
+    """
     payload = canonical_json(
         {
             "inputs": input_checksums,
             "config": config,
             "schema_version": SCHEMA_VERSION,
-            "code_version": CODE_VERSION,
+            "code": code,
         }
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -74,16 +77,12 @@ def tf_compression_type(compression: str) -> str:
     return "" if check_compression(compression) == "NONE" else "GZIP"
 
 
-def join(*parts: str) -> str:
-    return FileSystems.join(*parts) if "://" in parts[0] else posixpath.join(*parts)
-
-
 def manifest_path(dataset_dir: str) -> str:
     return join(dataset_dir, MANIFEST_NAME)
 
 
 def is_complete(dataset_dir: str) -> bool:
-    return FileSystems.exists(manifest_path(dataset_dir))
+    return storage.exists(manifest_path(dataset_dir))
 
 
 def write_manifest(dataset_dir: str, manifest: dict) -> None:
@@ -92,7 +91,7 @@ def write_manifest(dataset_dir: str, manifest: dict) -> None:
 
 def read_manifest(dataset_dir: str) -> dict:
     path = manifest_path(dataset_dir)
-    if not FileSystems.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: not a dataset version directory, or its run did not finish")
     manifest = json.loads(read_bytes(path))
     if manifest.get("format") != FORMAT:
@@ -135,10 +134,10 @@ def verify(dataset_dir: str, manifest: dict | None = None) -> list[Problem]:
             path = join(dataset_dir, shard["file"])
             listed.add(shard["file"])
             records += shard["records"]
-            if not FileSystems.exists(path):
+            if not storage.exists(path):
                 problems.append(Problem(path, "listed in the manifest but missing"))
                 continue
-            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            size = storage.size(path)
             if size != shard["bytes"]:
                 problems.append(Problem(path, f"{size} bytes, manifest says {shard['bytes']}"))
             elif sha256_of(path) != shard["sha256"]:
@@ -146,7 +145,7 @@ def verify(dataset_dir: str, manifest: dict | None = None) -> list[Problem]:
         if records != len(info["patients"]):
             problems.append(Problem(dataset_dir, f"{split}: {records} records for {len(info['patients'])} patients"))
     pattern = join(dataset_dir, "*.tfrecord*")
-    for metadata in FileSystems.match([pattern])[0].metadata_list:
-        if posixpath.basename(metadata.path) not in listed:
-            problems.append(Problem(metadata.path, "shard not listed in the manifest"))
+    for entry in storage.match(pattern):
+        if posixpath.basename(entry.path) not in listed:
+            problems.append(Problem(entry.path, "shard not listed in the manifest"))
     return problems

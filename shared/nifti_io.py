@@ -1,37 +1,17 @@
-"""Reading and writing NIfTI through Beam's FileSystems, so gs:// paths work.
+"""NIfTI from and to bytes, so any storage (``shared.storage``: local, gs://) serves.
 
-nibabel only opens local files; here the bytes travel through
-``apache_beam.io.filesystems.FileSystems`` and nibabel parses them in memory.
-Written ``.nii.gz`` files carry no timestamp, so the same volume gives the
-same bytes.
+nibabel only opens local files; here the bytes come from the storage layer and
+nibabel parses them in memory.  Written ``.nii.gz`` files carry no timestamp,
+so the same volume gives the same bytes.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 
 import nibabel as nib
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
-
-def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return handle.read()
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path, compression_type="uncompressed") as handle:
-        handle.write(data)
-
-
-def sha256_of(path: str, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_nifti(data: bytes, name: str) -> nib.Nifti1Image:

@@ -11,7 +11,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from beam_pipeline import launch, synthetic_data  # noqa: E402
+from beam_pipeline import launch
+from synthetic import cohort as synthetic_data  # noqa: E402
 from configs.preprocess import synthetic_small  # noqa: E402
 
 TINY_SHAPE = (48, 48, 40)

@@ -199,7 +199,7 @@ def test_progress_bar_moves_forward():
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    from trainer import prediction
+    from serving import prediction
 
     return prediction.load_predictor(str(tiny_model))
 

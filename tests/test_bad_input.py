@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from beam_pipeline import pipeline, synthetic_data
+from beam_pipeline import pipeline
+from synthetic import cohort as synthetic_data
 from shared import manifest as manifest_lib
 from shared.nifti_io import nifti_bytes
 from tests.conftest import IN_PROCESS, MULTI_PROCESS, ROOT, TINY_SHAPE, run_pipeline
@@ -155,10 +156,13 @@ def test_isolation_switches_the_worker_to_forkserver(monkeypatch):
 
     from apache_beam.internal import pickler
 
+    from beam_pipeline import fingerprint
+
     monkeypatch.setattr(multiprocessing.context._default_context, "_actual_context", None)
-    pickler.loads(pickler.dumps(pipeline.PreprocessPatient({}, "/tmp", isolated=False)))
+    libraries = fingerprint.library_versions()
+    pickler.loads(pickler.dumps(pipeline.PreprocessPatient({}, "/tmp", libraries, isolated=False))).setup()
     assert multiprocessing.get_start_method(allow_none=True) is None
-    pickler.loads(pickler.dumps(pipeline.PreprocessPatient({}, "/tmp", isolated=True)))
+    pickler.loads(pickler.dumps(pipeline.PreprocessPatient({}, "/tmp", libraries, isolated=True))).setup()
     assert multiprocessing.get_start_method(allow_none=True) == "forkserver"
 
 

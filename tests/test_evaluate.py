@@ -13,7 +13,7 @@ import numpy as np
 
 from shared import metrics
 from tests.conftest import ROOT
-from trainer import evaluation, prediction
+from serving import evaluation, prediction
 
 
 def test_model_on_its_validation_split_gives_the_table(tiny_model, tiny_dataset, tmp_path):
@@ -79,7 +79,7 @@ def test_evaluate_cli_prints_the_table(tiny_cohort, tmp_path):
     pids = sorted(p.name for p in tiny_cohort.iterdir() if p.name.startswith("BraTS20"))
     _copy_truth_as_predictions(tiny_cohort, tmp_path / "preds", pids)
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", f"--pred_dir={tmp_path}/preds", f"--truth_dir={tiny_cohort}"],
+        [sys.executable, "-m", "serving.evaluate", f"--pred_dir={tmp_path}/preds", f"--truth_dir={tiny_cohort}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1.000±0.000" in result.stdout and f"n = {len(pids)} patients" in result.stdout

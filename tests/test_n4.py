@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from beam_pipeline import n4, synthetic_data
+from preprocessing import n4
+from synthetic import cohort as synthetic_data
 from shared import volume_ops
 
 

@@ -1,4 +1,4 @@
-"""Overlay colours, orientation, PNG summary and GIF fly-through (trainer/pictures.py)."""
+"""Overlay colours, orientation, PNG summary and GIF fly-through (serving/pictures.py)."""
 
 import io
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import pictures
+from serving import pictures
 
 SHAPE = (32, 32, 24)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

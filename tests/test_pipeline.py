@@ -43,7 +43,8 @@ def test_end_to_end_writes_every_patient_with_a_manifest(tiny_dataset, tiny_coho
     assert pathlib.Path(summary.dataset_dir).name == summary.version_id
     assert (pathlib.Path(summary.dataset_dir) / "errors.jsonl").read_text() == ""
     assert not (pathlib.Path(summary.dataset_dir) / "_staging").exists()
-    assert set(m["environment"]) >= {"python", "antspyx", "numpy", "nibabel", "apache-beam"}
+    assert set(m["code"]["libraries"]) >= {"python", "antspyx", "numpy", "nibabel", "tensorflow"}
+    assert len(m["code"]["sources"]) == 64
     assert len(m["inputs"]) == 6 and all(len(files) == 5 for files in m["inputs"].values())
     assert manifest_lib.verify(summary.dataset_dir) == []
     records = _records(summary.dataset_dir)
@@ -164,23 +165,29 @@ def test_verify_catches_changed_missing_and_extra_shards(tiny_dataset, tmp_path)
     assert any("missing" in p.reason for p in manifest_lib.verify(str(copy)))
 
 
-def test_a_crash_while_writing_leaves_no_final_shard_and_the_rerun_resumes(tiny_cohort, tmp_path, monkeypatch):
-    real_rename = sharding.FileSystems.rename
+def test_a_crash_while_writing_leaves_no_final_shard_and_the_rerun_resumes(tiny_cohort, tiny_dataset, tmp_path,
+                                                                            monkeypatch):
+    real_rename = sharding.storage.rename
 
-    def broken_rename(sources, destinations):
-        if destinations[0].endswith(".tfrecord.gz"):
+    def broken_rename(source, destination):
+        if destination.endswith(".tfrecord.gz"):
             raise OSError("disk vanished")
-        return real_rename(sources, destinations)
+        return real_rename(source, destination)
 
-    monkeypatch.setattr(sharding.FileSystems, "rename", broken_rename)
+    monkeypatch.setattr(sharding.storage, "rename", broken_rename)
     with pytest.raises(Exception, match="disk vanished"):
         run_pipeline(tiny_cohort, tmp_path)
     monkeypatch.undo()
     (dataset_dir,) = (tmp_path / "synthetic").iterdir()
     assert not list(dataset_dir.glob("*-of-*.tfrecord.gz")) and not (dataset_dir / "manifest.json").exists()
     resumed = run_pipeline(tiny_cohort, tmp_path)
-    assert resumed.metrics.get("patients_resumed") == 6
+    assert resumed.run["patients_resumed"] == 6
     assert manifest_lib.verify(resumed.dataset_dir) == []
+    # The resumed run wrote the same bytes as a clean run of the same version, warnings included.
+    clean = pathlib.Path(tiny_dataset.dataset_dir)
+    assert resumed.version_id == tiny_dataset.version_id
+    for name in ["manifest.json", "errors.jsonl"] + sorted(p.name for p in clean.glob("*.tfrecord.gz")):
+        assert (pathlib.Path(resumed.dataset_dir) / name).read_bytes() == (clean / name).read_bytes(), name
 
 
 def test_split_is_stratified_by_grade_and_folds_cover_training():

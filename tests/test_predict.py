@@ -12,10 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from beam_pipeline import synthetic_data
+from synthetic import cohort as synthetic_data
 from shared import layouts
 from tests.conftest import IN_PROCESS, ROOT, TINY_SHAPE
-from trainer import batch_predict, inference, prediction
+from serving import batch_predict, inference, prediction
 
 
 def _pointwise(batch):
@@ -174,7 +174,7 @@ def test_a_brats2023_folder_is_read_by_a_brats2020_model(tiny_model, tiny_cohort
 
 def test_cli_refuses_a_missing_model_with_a_clear_message(tiny_cohort, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.predict", f"--model={tmp_path}/nope.keras",
+        [sys.executable, "-m", "serving.predict", f"--model={tmp_path}/nope.keras",
          f"--input={_patient_dir(tiny_cohort)}", f"--output_dir={tmp_path}/out"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -1,4 +1,4 @@
-"""Tests of the synthetic BraTS cohort generator (beam_pipeline.synthetic_data).
+"""Tests of the synthetic BraTS cohort generator (synthetic.cohort).
 
 Real code on tiny volumes; one test runs the default 240x240x155 shape once.
 """
@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # plain `pytest` puts tests/, not the repository root, on sys.path
     sys.path.insert(0, str(ROOT))
 
-from beam_pipeline import synthetic_data as sd  # noqa: E402
+from synthetic import cohort as sd  # noqa: E402
 
 SHAPE = (48, 48, 40)
 
@@ -365,7 +365,7 @@ def test_default_shape_lesion_box(full):
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run(
-        [sys.executable, "-m", "beam_pipeline.synthetic", *args],
+        [sys.executable, "-m", "synthetic.generate", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,6 +1,6 @@
 r"""Small synthetic cohorts (demo and tests): volumes of any size, centred crop.
 
-    python -m beam_pipeline.synthetic --output_dir=/tmp/synth --num_patients=8 --shape=64,64,64
+    python -m synthetic.generate --output_dir=/tmp/synth --num_patients=8 --shape=64,64,64
     python -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \
         --input=/tmp/synth --output_dir=/tmp/datasets \
         --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0

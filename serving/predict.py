@@ -1,12 +1,12 @@
 r"""Segment patients from their raw NIfTI scans with a trained model.
 
-    python -m trainer.predict --model=runs/exp1/model.keras \
+    python -m serving.predict --model=runs/exp1/model.keras \
         --input=/data/BraTS20_Validation_001 --output_dir=preds/
-    python -m trainer.predict --model=runs/exp1/model.keras \
+    python -m serving.predict --model=runs/exp1/model.keras \
         --input='/data/MICCAI_BraTS2020_ValidationData/BraTS20_*' --output_dir=preds/ --tta=all
 
 A whole cohort on Beam (RunInference; add Dataflow options as for preprocessing):
-    python -m trainer.predict --model=... --input='/data/Validation/*' --output_dir=preds/ \
+    python -m serving.predict --model=... --input='/data/Validation/*' --output_dir=preds/ \
         --beam --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
 For each patient: <id>.nii.gz (labels in the source's numbering, source affine
@@ -19,8 +19,8 @@ import sys
 
 from absl import app, flags
 
-from beam_pipeline import launch
-from trainer import batch_predict, inference, prediction
+from shared import console
+from serving import batch_predict, inference, prediction
 
 _MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) in its training workdir (lineage.json beside it).")
 _INPUT = flags.DEFINE_list("input", None, "Patient folder(s) or glob(s), comma-separated.")
@@ -41,7 +41,7 @@ flags.mark_flags_as_required(["model", "input", "output_dir"])
 
 
 def main(argv):
-    launch.configure_logging()
+    console.configure_logging()
     options = batch_predict.Options(
         model_path=_MODEL.value, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value,
         window=_WINDOW.value,

@@ -1,11 +1,11 @@
 r"""Score segmentations with the BraTS metrics (Dice, HD95, sensitivity, specificity, volumes).
 
 A trained model on a split of its dataset version:
-    python -m trainer.evaluate --model=runs/exp1/model.keras \
+    python -m serving.evaluate --model=runs/exp1/model.keras \
         --data_dir=/data/datasets/brats2020/<version_id> --split=val --output_dir=runs/exp1/eval
 
 NIfTI predictions of any tool against BraTS ground truth (any release's layout):
-    python -m trainer.evaluate --pred_dir=preds/ --truth_dir=/data/MICCAI_BraTS2020_TrainingData
+    python -m serving.evaluate --pred_dir=preds/ --truth_dir=/data/MICCAI_BraTS2020_TrainingData
 
 Writes scores.csv (per patient), summary.json and errors.jsonl, and prints the table.
 """
@@ -15,9 +15,9 @@ import sys
 
 from absl import app, flags
 
-from beam_pipeline import launch
+from shared import console
 from shared import labels, layouts
-from trainer import evaluation, inference, prediction
+from serving import evaluation, inference, prediction
 
 _MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) to evaluate on --data_dir's --split.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version directory (default: the one the model "
@@ -64,7 +64,7 @@ def _by_folders():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    launch.configure_logging()
+    console.configure_logging()
     if bool(_MODEL.value) == bool(_PRED_DIR.value):
         raise app.UsageError("pass either --model (with its dataset) or --pred_dir with --truth_dir")
     if _PRED_DIR.value and not _TRUTH_DIR.value:

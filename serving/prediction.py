@@ -1,7 +1,7 @@
 """Segment a patient from its raw NIfTI files and write the result in its own space.
 
-The preprocessing is the data engine's own (:func:`beam_pipeline.patient.preprocess`)
-run with the configuration stored in the manifest of the dataset the model was
+The preprocessing is the data engine's own (:func:`preprocessing.patient.preprocess`,
+here on all of this machine's cores) run with the configuration stored in the manifest of the dataset the model was
 trained on (named by the run's ``lineage.json``), so a prediction sees exactly
 what training saw.  After sliding-window inference the classes are mapped back
 to the source's label numbering (enhancing 3 -> 4 for BraTS 2020/2021), put
@@ -18,13 +18,14 @@ import time
 from typing import Callable
 
 import numpy as np
-import tensorflow as tf
 
-from beam_pipeline.discovery import PatientSource
-from beam_pipeline.patient import PatientError, preprocess
-from shared import labels, layouts, manifest, metrics, volume_ops
-from shared.nifti_io import load_array, nifti_bytes, parse_nifti, read_bytes, write_bytes
-from trainer import inference
+from preprocessing.discovery import PatientSource
+from preprocessing.patient import PatientError, preprocess
+from shared import labels, layouts, manifest, metrics, storage, volume_ops
+from shared.spec import PreprocessingSpec
+from shared.nifti_io import load_array, nifti_bytes, parse_nifti
+from shared.storage import read_bytes, write_bytes
+from serving import inference
 
 LINEAGE = "lineage.json"
 CONFIG = "config.json"
@@ -78,15 +79,14 @@ class Prediction:
 
 
 def _read_json(path: str) -> dict:
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_bytes(path))
 
 
 def find_run_dir(model_path: str) -> str | None:
     """The training workdir of a model file: its folder or that folder's parent."""
     folder = os.path.dirname(os.path.abspath(model_path)) if "://" not in model_path else posixpath.dirname(model_path)
     for candidate in (folder, os.path.dirname(folder)):
-        if tf.io.gfile.exists(os.path.join(candidate, LINEAGE)):
+        if storage.exists(storage.join(candidate, LINEAGE)):
             return candidate
     return None
 
@@ -100,7 +100,7 @@ def preprocessing_config(run_dir: str | None, data_dir: str | None) -> tuple[dic
     """
     lineage = _read_json(os.path.join(run_dir, LINEAGE)) if run_dir else {}
     data_dir = data_dir or lineage.get("data_dir")
-    if data_dir and tf.io.gfile.exists(manifest.manifest_path(data_dir)):
+    if data_dir and storage.exists(manifest.manifest_path(data_dir)):
         found = manifest.read_manifest(data_dir)
         if lineage and found["version_id"] != lineage.get("version_id"):
             raise ModelError(f"{data_dir} holds dataset version {found['version_id']}, but the model was "
@@ -121,11 +121,10 @@ def window_size(window, run_dir: str | None, cfg: dict) -> tuple[int, int, int]:
     on whole cropped volumes and, for a small patch, sees more context.
     """
     if window in (None, "", "patch"):
-        train_cfg = _read_json(os.path.join(run_dir, CONFIG)) if run_dir else {}
-        window = train_cfg.get("patch_size") or cfg["crop"]["size"]
+        train_cfg = _read_json(storage.join(run_dir, CONFIG)) if run_dir else {}
+        window = train_cfg.get("patch_size") or PreprocessingSpec.from_config(cfg).crop_shape
     elif window == "volume":
-        crop = cfg["crop"]
-        window = crop["size"] if crop["mode"] == "centered" else [b - a for a, b in crop["box"]]
+        window = PreprocessingSpec.from_config(cfg).crop_shape
     elif isinstance(window, str):
         window = window.split(",")
     try:
@@ -148,7 +147,7 @@ def load_predictor(model_path: str, data_dir: str | None = None, window=None, wi
 
     from trainer import losses, metrics as train_metrics  # noqa: F401  (register custom objects)
 
-    if not tf.io.gfile.exists(model_path):
+    if not storage.exists(model_path):
         raise ModelError(f"model file {model_path} does not exist")
     run_dir = find_run_dir(model_path)
     cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
@@ -168,9 +167,9 @@ def load_predictor(model_path: str, data_dir: str | None = None, window=None, wi
 def source_from_folder(folder: str, predictor: Predictor) -> tuple[PatientSource, str]:
     """The patient's modality files (any BraTS release naming) and its label convention."""
     patient_id = posixpath.basename(folder.rstrip("/"))
-    if not tf.io.gfile.isdir(folder):
+    if not storage.is_dir(folder):
         raise PatientError("discover", "not a folder", folder)
-    paths = sorted(posixpath.join(folder, n) for n in tf.io.gfile.listdir(folder))
+    paths = storage.list_dir(folder)
     layout, match = layouts.match_any_layout(patient_id, paths, predictor.channels, predictor.layout)
     if layout is None:
         channel, reason = sorted(match.missing.items())[0]
@@ -197,7 +196,7 @@ class Prepared:
 
 def prepare(predictor: Predictor, source: PatientSource, label_convention: str) -> Prepared:
     """The data engine's preprocessing with the model's dataset config; PatientError names stage and file."""
-    record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False)).record
+    record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=os.cpu_count() or 1).record
     first = source.files[predictor.channels[0]]
     header = parse_nifti(read_bytes(first), posixpath.basename(first)).header
     return Prepared(source, label_convention, record, header)
@@ -279,14 +278,13 @@ def volumes_report(prediction: Prediction, predictor: Predictor | None = None) -
 def write_outputs(prediction: Prediction, output_dir: str, predictor: Predictor | None = None,
                   pictures: bool = True) -> dict[str, str]:
     """Write ``<id>.nii.gz`` (BraTS submission naming), ``<id>.json`` and the pictures."""
-    tf.io.gfile.makedirs(output_dir)
     pid = prediction.patient_id
     paths = {"segmentation": posixpath.join(output_dir, f"{pid}.nii.gz"),
              "volumes": posixpath.join(output_dir, f"{pid}.json")}
     write_bytes(paths["segmentation"], segmentation_bytes(prediction))
     write_bytes(paths["volumes"], (json.dumps(volumes_report(prediction, predictor), indent=2) + "\n").encode())
     if pictures:
-        from trainer import pictures as pics  # matplotlib is only needed here
+        from serving import pictures as pics  # matplotlib is only needed here
 
         paths["png"] = posixpath.join(output_dir, f"{pid}.png")
         paths["gif"] = posixpath.join(output_dir, f"{pid}.gif")
@@ -302,12 +300,21 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
     folders: set[str] = set()
     for pattern in patterns:
         if any(c in pattern for c in "*?["):
-            hits = [p for p in tf.io.gfile.glob(pattern) if tf.io.gfile.isdir(p)]
+            hits = [p for p in _glob_folders(pattern)]
             if not hits:
                 raise FileNotFoundError(f"--input {pattern} matches no folder")
             folders.update(h.rstrip("/") for h in hits)
         else:
-            if not tf.io.gfile.isdir(pattern):
+            if not storage.is_dir(pattern):
                 raise FileNotFoundError(f"--input {pattern} is not a folder")
             folders.add(pattern.rstrip("/"))
     return sorted(folders)
+
+
+def _glob_folders(pattern: str) -> list[str]:
+    """Folders matching a glob (local), or prefixes holding files (object stores)."""
+    if storage.is_remote(pattern):
+        return sorted({posixpath.dirname(e.path) for e in storage.match(storage.join(pattern, "*"))})
+    import glob
+
+    return [p for p in sorted(glob.glob(pattern)) if os.path.isdir(p)]

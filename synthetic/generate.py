@@ -2,12 +2,12 @@
 
 Example:
 
-    python -m beam_pipeline.synthetic --output_dir=/tmp/synth --num_patients=12
+    python -m synthetic.generate --output_dir=/tmp/synth --num_patients=12
 
 writes /tmp/synth/BraTS20_Training_001/BraTS20_Training_001_{flair,t1,t1ce,t2,seg}.nii.gz
 ..., /tmp/synth/name_mapping.csv, and the true bias fields under
 /tmp/synth/bias_fields/.  ``--output_dir`` may be a gs:// path.  All the
-logic lives in ``beam_pipeline.synthetic_data``.
+logic lives in ``synthetic.cohort``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 from absl import app, flags
 
-from beam_pipeline import synthetic_data
+from synthetic import cohort as synthetic_data
 
 FLAGS = flags.FLAGS
 

@@ -18,7 +18,7 @@ Everything is a pure function of ``(seed, patient index, shape, grade)``
 fixed gzip headers, so the same arguments give the same bytes: the data
 engine's version ids, which hash the input files, are then reproducible.
 
-All writes go through Beam's ``FileSystems``, so ``output_dir`` may be a
+All writes go through ``shared.storage``, so ``output_dir`` may be a
 ``gs://`` path.
 """
 
@@ -33,11 +33,11 @@ import os
 from typing import Callable, Sequence
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from scipy import ndimage
 
 from shared.nifti_io import nifti_bytes as shared_nifti_bytes
-from shared.nifti_io import write_bytes
+from shared import storage
+from shared.storage import write_bytes
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 SEG_LABELS = (0, 1, 2, 4)
@@ -615,13 +615,7 @@ def nifti_bytes(array: np.ndarray, affine: np.ndarray, compressed: bool = True) 
 
 def _ensure_dir(path: str) -> None:
     """mkdir -p on local paths; object stores (gs://, s3://) have no directories to make."""
-    if FileSystems.get_scheme(path) not in (None, "file") or FileSystems.exists(path):
-        return
-    try:
-        FileSystems.mkdirs(path)
-    except IOError:
-        if not FileSystems.exists(path):  # lost a race with another writer: fine
-            raise
+    storage.makedirs(path)
 
 
 _write = write_bytes
@@ -630,18 +624,18 @@ _write = write_bytes
 def patient_paths(output_dir: str, patient_id: str, compressed: bool = True) -> dict[str, str]:
     """Channel (modality, "seg", "<modality>_bias") -> path of each file of one patient."""
     ext = ".nii.gz" if compressed else ".nii"
-    folder = FileSystems.join(output_dir, patient_id)
-    paths = {c: FileSystems.join(folder, f"{patient_id}_{c}{ext}") for c in MODALITIES + ("seg",)}
+    folder = storage.join(output_dir, patient_id)
+    paths = {c: storage.join(folder, f"{patient_id}_{c}{ext}") for c in MODALITIES + ("seg",)}
     for m in MODALITIES:
-        paths[f"{m}_bias"] = FileSystems.join(output_dir, BIAS_DIR, f"{patient_id}_{m}_bias.nii.gz")
+        paths[f"{m}_bias"] = storage.join(output_dir, BIAS_DIR, f"{patient_id}_{m}_bias.nii.gz")
     return paths
 
 
 def write_patient(patient: SyntheticPatient, output_dir: str, compressed: bool = True) -> None:
     """Write the four modalities and seg (BraTS layout) and the true bias fields (always .nii.gz)."""
     paths = patient_paths(output_dir, patient.patient_id, compressed)
-    _ensure_dir(FileSystems.join(output_dir, patient.patient_id))
-    _ensure_dir(FileSystems.join(output_dir, BIAS_DIR))
+    _ensure_dir(storage.join(output_dir, patient.patient_id))
+    _ensure_dir(storage.join(output_dir, BIAS_DIR))
     jobs = [(paths[m], patient.images[m], compressed) for m in MODALITIES]
     jobs.append((paths["seg"], patient.seg.astype(np.uint8), compressed))
     jobs += [(paths[f"{m}_bias"], patient.bias_fields[m].astype(np.float32), True) for m in MODALITIES]
@@ -690,5 +684,5 @@ def write_cohort(
         ids.append(patient_id)
         if progress is not None:
             progress(index, num_patients, patient_id)
-    _write(FileSystems.join(output_dir, NAME_MAPPING), name_mapping_csv(ids, grades).encode())
+    _write(storage.join(output_dir, NAME_MAPPING), name_mapping_csv(ids, grades).encode())
     return ids

@@ -19,13 +19,12 @@ import posixpath
 import time
 from typing import Callable, Iterable
 
-from beam_pipeline.discovery import Failure
-from beam_pipeline.patient import PatientError
-from shared.manifest import canonical_json
-from shared.nifti_io import write_bytes
-from trainer import prediction
+from preprocessing.patient import PatientError
+from shared import failures as failures_lib
+from shared.storage import write_bytes
+from serving import prediction
 
-ERRORS = "errors.jsonl"
+ERRORS = failures_lib.ERRORS_NAME
 SUMMARY = "summary.json"
 
 
@@ -57,10 +56,7 @@ class Summary:
 
 
 def _failure(folder: str, exc: Exception) -> dict:
-    patient = posixpath.basename(folder.rstrip("/"))
-    if isinstance(exc, PatientError):
-        return Failure(patient, exc.stage, posixpath.basename(exc.file) if exc.file else "", exc.reason).to_json()
-    return Failure(patient, "predict", "", f"{type(exc).__name__}: {exc}").to_json()
+    return failures_lib.from_exception(posixpath.basename(folder.rstrip("/")), exc, "predict")
 
 
 def _outcome(pred: prediction.Prediction, paths: dict) -> dict:
@@ -92,11 +88,8 @@ def predict_local(options: Options, folders: list[str], echo: Callable[[str], No
 
 
 def _finish(output_dir: str, done: list[dict], failures: list[dict], wall: float) -> Summary:
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(output_dir)
     summary = Summary(sorted(done, key=lambda d: d["patient"]), sorted(failures, key=lambda f: f["patient"]), wall)
-    write_bytes(posixpath.join(output_dir, ERRORS), "".join(canonical_json(f) + "\n" for f in summary.failures).encode())
+    failures_lib.write_errors(output_dir, summary.failures)
     write_bytes(posixpath.join(output_dir, SUMMARY), (json.dumps(summary.to_json(), indent=2) + "\n").encode())
     return summary
 
@@ -104,8 +97,7 @@ def _finish(output_dir: str, done: list[dict], failures: list[dict], wall: float
 def format_summary(summary: Summary, output_dir: str) -> str:
     lines = [f"Predicted {len(summary.predicted)} patient(s), {len(summary.failures)} failed, "
              f"in {summary.wall_seconds:.1f} s; outputs in {output_dir}"]
-    for f in summary.failures:
-        lines.append(f"    {f['patient']} [{f['stage']}] {f['file']}: {f['reason']}")
+    lines += [failures_lib.format_line(f) for f in summary.failures]
     if summary.failures:
         lines.append(f"  failures are listed in {posixpath.join(output_dir, ERRORS)}")
     return "\n".join(lines)
@@ -202,7 +194,7 @@ def _write_beam_summary(outcomes: Iterable, output_dir: str, start: float) -> No
 
 
 def _read_summary(output_dir: str) -> Summary:
-    from shared.nifti_io import read_bytes
+    from shared.storage import read_bytes
 
     data = json.loads(read_bytes(posixpath.join(output_dir, SUMMARY)))
     return Summary(data["patients"], data["failures"], data["wall_seconds"])

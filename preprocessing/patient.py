@@ -8,6 +8,7 @@ without Beam; ``pipeline.py`` only fans it out.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import posixpath
@@ -15,10 +16,11 @@ import time
 
 import numpy as np
 
-from beam_pipeline import n4
-from beam_pipeline.discovery import PatientSource
+from preprocessing import checksums, n4
+from preprocessing.discovery import PatientSource
 from shared import labels, layouts, schema, volume_ops
-from shared.nifti_io import load_array, parse_nifti, read_bytes
+from shared.nifti_io import load_array, parse_nifti
+from shared.storage import read_bytes
 
 AFFINE_TOLERANCE = 1e-3
 
@@ -36,6 +38,7 @@ class Loaded:
     arrays: dict[str, np.ndarray]  # channel -> float32 volume (seg: its stored labels)
     affines: dict[str, np.ndarray]
     names: dict[str, str]  # channel -> file basename
+    sha256: dict[str, str]  # channel -> sha256 of the bytes read (kept in the record)
 
 
 @dataclasses.dataclass
@@ -46,15 +49,16 @@ class Result:
 
 
 def load(source: PatientSource) -> Loaded:
-    """Read every file, checking it is the file whose checksum was fingerprinted."""
-    arrays, affines, names = {}, {}, {}
+    """Read every file, checking it is the file whose checksum was fingerprinted at launch."""
+    arrays, affines, names, sha256 = {}, {}, {}, {}
     for channel, path in source.files.items():
         name = posixpath.basename(path)
         try:
             data = read_bytes(path)
-        except Exception as exc:
+        except OSError as exc:
             raise PatientError("load", f"cannot read: {exc}", name) from exc
-        if source.sha256 and hashlib.sha256(data).hexdigest() != source.sha256.get(path):
+        planned = source.checksums.get(path)
+        if planned and checksums.of_bytes(data, checksums.kind_of(planned)) != planned:
             raise PatientError("load", "file changed since the run started (checksum differs)", name)
         try:
             image = parse_nifti(data, name)
@@ -63,7 +67,8 @@ def load(source: PatientSource) -> Loaded:
             raise PatientError("load", str(exc), name) from exc
         affines[channel] = image.affine
         names[channel] = name
-    return Loaded(arrays, affines, names)
+        sha256[channel] = hashlib.sha256(data).hexdigest()
+    return Loaded(arrays, affines, names, sha256)
 
 
 def validate(loaded: Loaded, convention: str) -> None:
@@ -113,29 +118,53 @@ def crop_box(mask: np.ndarray, crop_cfg) -> volume_ops.Box:
     raise ValueError(f"unknown crop mode {crop_cfg['mode']!r}")
 
 
-class _Stages:
-    """Times each stage and turns any exception into a PatientError naming it."""
+class StageBug(RuntimeError):
+    """An exception in a stage that is not bad input: a bug, which must fail the job loudly."""
 
-    def __init__(self):
+
+class _Stages:
+    """Times each stage; turns bad input into a PatientError and anything else into a StageBug.
+
+    Only the exception types a stage declares as bad input are converted
+    (``InputError`` everywhere; ``ValueError`` also in the small crop and
+    normalisation steps, whose only ValueErrors come from the data).  Any
+    other exception is re-raised as :class:`StageBug` naming stage and file.
+    """
+
+    def __init__(self, patient_id: str):
+        self.patient_id = patient_id
         self.seconds: dict[str, float] = {}
 
-    def run(self, stage: str, file: str, fn, *args):
+    @contextlib.contextmanager
+    def stage(self, stage: str, file: str, bad_input: tuple = (n4.InputError,)):
         start = time.perf_counter()
         try:
-            return fn(*args)
+            yield
         except PatientError:
             raise
+        except bad_input as exc:
+            raise PatientError(stage, str(exc), file) from exc
         except Exception as exc:
-            raise PatientError(stage, f"{type(exc).__name__}: {exc}", file) from exc
+            raise StageBug(f"bug in stage {stage!r} (patient {self.patient_id}, file {file or '-'}): "
+                           f"{type(exc).__name__}: {exc}") from exc
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
+    def run(self, stage: str, file: str, fn, *args, bad_input: tuple = (n4.InputError,)):
+        with self.stage(stage, file, bad_input):
+            return fn(*args)
 
-def _normalized_channel(stages, name, volume, mask, cfg, spacing) -> np.ndarray:
-    if cfg["n4"]["enabled"]:
-        params = n4.N4Params.from_config(cfg["n4"])
-        volume = stages.run("n4", name, lambda: n4.correct(volume, mask, spacing, params)[0])
-    return stages.run("normalize", name, volume_ops.zscore, volume, mask)
+
+def _corrected(stages, names, volumes, mask, cfg, spacing, threads: int) -> list[np.ndarray]:
+    """N4 of every channel (when enabled); channels run in parallel when ``threads`` > 1."""
+    if not cfg["n4"]["enabled"]:
+        return list(volumes)
+    params = n4.N4Params.from_config(cfg["n4"])
+    with stages.stage("n4", names[0]):
+        try:
+            return n4.correct_channels(volumes, mask, spacing, params, threads=threads)
+        except n4.ChannelError as exc:
+            raise PatientError("n4", exc.reason, names[exc.index]) from exc
 
 
 def _one_hot_mask(seg, convention, box, image_grid, warnings) -> np.ndarray:
@@ -149,9 +178,15 @@ def _one_hot_mask(seg, convention, box, image_grid, warnings) -> np.ndarray:
     return labels.one_hot(cropped)
 
 
-def preprocess(source: PatientSource, cfg) -> Result:
-    """Run every stage on one patient; raises PatientError naming stage and file."""
-    stages, warnings = _Stages(), []
+def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
+    """Run every stage on one patient; raises PatientError naming stage and file.
+
+    ``threads`` is how many cores this patient may use: 1 inside a Beam worker
+    (Beam runs one patient per core, and the output is byte-reproducible),
+    ``os.cpu_count()`` for one interactive patient (prediction, the web app),
+    where N4 of the channels then runs in parallel.
+    """
+    stages, warnings = _Stages(source.patient_id), []
     modalities = tuple(cfg["modalities"])
     convention = layouts.get_layout(cfg["layout"]).label_convention
 
@@ -166,12 +201,12 @@ def preprocess(source: PatientSource, cfg) -> Result:
     if mask.sum() < cfg["min_brain_voxels"]:
         raise PatientError("mask", f"empty brain: {int(mask.sum())} non-zero voxels "
                            f"(fewer than {cfg['min_brain_voxels']})", first)
-    box = stages.run("crop", first, crop_box, mask, cfg["crop"])
+    box = stages.run("crop", first, crop_box, mask, cfg["crop"], bad_input=(n4.InputError, ValueError))
     mask_c = volume_ops.crop(mask, box)
-    channels = [
-        _normalized_channel(stages, loaded.names[m], volume_ops.crop(v, box), mask_c, cfg, spacing)
-        for m, v in zip(modalities, volumes)
-    ]
+    names = [loaded.names[m] for m in modalities]
+    corrected = _corrected(stages, names, [volume_ops.crop(v, box) for v in volumes], mask_c, cfg, spacing, threads)
+    channels = [stages.run("normalize", name, volume_ops.zscore, v, mask_c, bad_input=(n4.InputError, ValueError))
+                for name, v in zip(names, corrected)]
     image = np.stack(channels, axis=-1).astype(schema.IMAGE_DTYPE)
     seg_name = loaded.names.get(layouts.SEGMENTATION, "")
     onehot = stages.run("encode", seg_name, _one_hot_mask,
@@ -187,6 +222,6 @@ def preprocess(source: PatientSource, cfg) -> Result:
         original_shape=tuple(int(s) for s in volumes[0].shape),
         affine=np.asarray(affine, dtype=np.float64),
         source_files=tuple(loaded.names[c] for c in source.files),
-        source_sha256=tuple(source.sha256.get(p, "") for p in source.files.values()),
+        source_sha256=tuple(loaded.sha256[c] for c in source.files),
     )
     return Result(record=record, seconds=stages.seconds, warnings=warnings)

@@ -1,7 +1,8 @@
 """Finding the patients of a cohort, their grades and their files' checksums.
 
 Runs in the launcher, before the pipeline: the checksums of every input file
-enter the dataset's version id, which names the output directory.
+(``preprocessing.checksums``) enter the dataset's version id, which names the
+output directory.  Evaluation and prediction use the same folder listing.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import dataclasses
 import io
 import posixpath
 
-from apache_beam.io.filesystems import FileSystems
-
-from shared import layouts
-from shared.manifest import join
-from shared.nifti_io import read_bytes, sha256_of
+from preprocessing import checksums as checksums_lib
+from shared import layouts, storage
+from shared.failures import Failure
+from shared.storage import join, read_bytes
 
 UNKNOWN_GRADE = "unknown"
 
@@ -29,39 +29,24 @@ class PatientSource:
     patient_id: str
     grade: str
     files: dict[str, str]  # channel (modality or "seg") -> path
-    sha256: dict[str, str]  # path -> sha256 of its bytes
+    checksums: dict[str, str]  # path -> its checksum at launch ("md5:<hex>"); empty: not checked
     split: str = ""
-
-
-@dataclasses.dataclass
-class Failure:
-    """A patient left out of the dataset, and why (one line of errors.jsonl)."""
-
-    patient: str
-    stage: str
-    file: str
-    reason: str
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
 class Cohort:
     patients: list[PatientSource]  # complete ones, sorted by id
     failures: list[Failure]  # folders that cannot be processed at all
-    checksums: dict[str, dict[str, str]]  # patient -> file basename -> sha256
+    checksums: dict[str, dict[str, str]]  # patient -> file basename -> checksum
 
 
 def list_patient_folders(input_dir: str, layout: layouts.Layout) -> dict[str, list[str]]:
     """Patient id -> file paths, for every sub-folder named like a patient."""
-    pattern = join(input_dir, "*", "*")
-    metadata = FileSystems.match([pattern])[0].metadata_list
     folders: dict[str, list[str]] = collections.defaultdict(list)
-    for m in metadata:
-        folder = posixpath.basename(posixpath.dirname(m.path))
+    for entry in storage.match(join(input_dir, "*", "*")):
+        folder = posixpath.basename(posixpath.dirname(entry.path))
         if layout.is_patient_dir(folder):
-            folders[folder].append(m.path)
+            folders[folder].append(entry.path)
     return {k: sorted(v) for k, v in sorted(folders.items())}
 
 
@@ -70,7 +55,7 @@ def read_grades(input_dir: str, layout: layouts.Layout) -> dict[str, str]:
     if not layout.grade_table:
         return {}
     path = join(input_dir, layout.grade_table)
-    if not FileSystems.exists(path):
+    if not storage.exists(path):
         return {}
     rows = csv.DictReader(io.StringIO(read_bytes(path).decode("utf-8-sig")))
     grades = {}
@@ -82,10 +67,10 @@ def read_grades(input_dir: str, layout: layouts.Layout) -> dict[str, str]:
 
 
 def checksum_files(paths: list[str], threads: int = 8, progress=None) -> dict[str, str]:
-    """sha256 of each path, read in parallel (I/O bound, so threads suffice)."""
+    """The checksum of each path, in parallel (metadata look-ups or reads: I/O bound, so threads suffice)."""
     result: dict[str, str] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = {pool.submit(sha256_of, p): p for p in paths}
+        futures = {pool.submit(checksums_lib.of_file, p): p for p in paths}
         for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
             result[futures[future]] = future.result()
             if progress:
@@ -116,6 +101,6 @@ def discover(input_dir: str, layout: layouts.Layout, modalities: tuple[str, ...]
             patient_id=pid,
             grade=grades.get(pid, UNKNOWN_GRADE),
             files=match.paths,
-            sha256={p: sums[p] for p in match.paths.values()},
+            checksums={p: sums[p] for p in match.paths.values()},
         ))
     return Cohort(patients=patients, failures=failures, checksums=checksums)

@@ -27,13 +27,16 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from beam_pipeline.discovery import Failure
+from preprocessing.discovery import list_patient_folders
+from shared import failures as failures_lib
+from shared.failures import Failure
 from shared import labels, layouts, manifest as manifest_lib, metrics, schema, volume_ops
-from shared.manifest import canonical_json
-from shared.nifti_io import load_array, parse_nifti, read_bytes, write_bytes
-from trainer import inference, prediction
+from shared.nifti_io import load_array, parse_nifti
+from shared import storage
+from shared.storage import read_bytes, write_bytes
+from serving import inference, prediction
 
-SCORES, SUMMARY, ERRORS = "scores.csv", "summary.json", "errors.jsonl"
+SCORES, SUMMARY, ERRORS = "scores.csv", "summary.json", failures_lib.ERRORS_NAME
 PRED_NAMES = ("{pid}.nii.gz", "{pid}.nii", "{pid}_seg.nii.gz", "{pid}_seg.nii", "{pid}/{pid}_seg.nii.gz",
               "{pid}/{pid}.nii.gz", "{pid}_pred.nii.gz")
 
@@ -87,15 +90,13 @@ def find_prediction(pred_dir: str, patient_id: str) -> str | None:
     """The prediction file of a patient, under any of the usual namings."""
     for pattern in PRED_NAMES:
         path = posixpath.join(pred_dir, pattern.format(pid=patient_id))
-        if tf.io.gfile.exists(path):
+        if storage.exists(path):
             return path
     return None
 
 
 def _truth_folders(truth_dir: str, layout_name: str | None) -> tuple[layouts.Layout, dict[str, list[str]]]:
     """Patient folders under ``truth_dir``, with the layout that names them."""
-    from beam_pipeline.discovery import list_patient_folders
-
     candidates = [layouts.get_layout(layout_name)] if layout_name else list(layouts.LAYOUTS.values())
     for layout in candidates:
         folders = list_patient_folders(truth_dir, layout)
@@ -162,12 +163,11 @@ def scores_csv(rows: list[dict]) -> str:
 
 def write_report(rows: list[dict], failures: list[dict], output_dir: str, about: dict) -> Report:
     """scores.csv, summary.json (with ``about``: what was scored against what) and errors.jsonl."""
-    tf.io.gfile.makedirs(output_dir)
     summary = metrics.summarize(rows) if rows else {"convention": metrics.CONVENTION, "n": 0}
     summary.update(about=about, failed=len(failures))
     write_bytes(posixpath.join(output_dir, SCORES), scores_csv(rows).encode())
     write_bytes(posixpath.join(output_dir, SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode())
-    write_bytes(posixpath.join(output_dir, ERRORS), "".join(canonical_json(f) + "\n" for f in failures).encode())
+    failures_lib.write_errors(output_dir, failures)
     return Report(rows, summary, failures, output_dir)
 
 
@@ -175,7 +175,7 @@ def format_report(report: Report) -> str:
     lines = [metrics.format_table(report.summary) if report.rows else "No patient could be scored."]
     if report.failures:
         lines.append(f"{len(report.failures)} patient(s) not scored:")
-        lines += [f"    {f['patient']} [{f['stage']}] {f['file']}: {f['reason']}" for f in report.failures]
+        lines += [failures_lib.format_line(f) for f in report.failures]
     lines.append(f"Per-patient scores: {posixpath.join(report.output_dir, SCORES)}; "
                  f"summary: {posixpath.join(report.output_dir, SUMMARY)}")
     return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""What a dataset's preprocessing expects and produces, read from its config.
+
+The preprocessing config (``configs/preprocess``) is stored in every dataset's
+manifest and in a run's ``lineage.json``.  Training, prediction, the launcher
+and the web app each need the same few facts from it (the channels, the crop
+and so the shape of a record, the classes); :class:`PreprocessingSpec` derives
+them in one place instead of each reader computing them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from shared import labels, layouts
+from shared.manifest import DEFAULT_COMPRESSION, check_compression
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessingSpec:
+    """The shape-deciding part of a preprocessing config."""
+
+    layout: str
+    modalities: tuple[str, ...]
+    crop_mode: str  # "fixed": ``crop_box`` on the source grid; "centered": ``crop_size`` around the brain
+    crop_box: tuple[tuple[int, int], ...] | None
+    crop_size_centered: tuple[int, int, int] | None
+    compression: str
+    num_classes: int = labels.NUM_CLASSES
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "PreprocessingSpec":
+        crop = cfg["crop"]
+        if crop["mode"] not in ("fixed", "centered"):
+            raise ValueError(f"unknown crop mode {crop['mode']!r}; use fixed or centered")
+        layouts.get_layout(cfg["layout"])  # an unknown layout fails here
+        return cls(
+            layout=cfg["layout"],
+            modalities=tuple(cfg["modalities"]),
+            crop_mode=crop["mode"],
+            crop_box=tuple((int(a), int(b)) for a, b in crop["box"]) if crop["mode"] == "fixed" else None,
+            crop_size_centered=tuple(int(s) for s in crop["size"]) if crop["mode"] == "centered" else None,
+            compression=check_compression(cfg.get("shards", {}).get("compression", DEFAULT_COMPRESSION)),
+        )
+
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """Spatial shape of every record's image and mask (and of the ``volume`` window)."""
+        if self.crop_mode == "fixed":
+            return tuple(b - a for a, b in self.crop_box)
+        return self.crop_size_centered
+
+    @property
+    def channels(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def label_convention(self) -> str:
+        return layouts.get_layout(self.layout).label_convention
+
+    def record_bytes(self) -> int:
+        """Upper bound of one serialised record: float16 image, uint8 one-hot, and the metadata."""
+        return math.prod(self.crop_shape) * (2 * self.channels + self.num_classes) + 4096
