@@ -165,8 +165,10 @@ def test_verify_catches_changed_missing_and_extra_shards(tiny_dataset, tmp_path)
     assert any("missing" in p.reason for p in manifest_lib.verify(str(copy)))
 
 
-def test_a_crash_while_writing_leaves_no_final_shard_and_the_rerun_resumes(tiny_cohort, tiny_dataset, tmp_path,
-                                                                            monkeypatch):
+def test_a_crash_while_writing_leaves_no_final_shard_and_the_rerun_resumes(tiny_cohort, tmp_path, monkeypatch):
+    tight = {"crop.size": (24, 24, 24)}  # cuts tumour voxels: every patient gets a warning to keep
+    clean = pathlib.Path(run_pipeline(tiny_cohort, tmp_path / "clean", **tight).dataset_dir)
+    assert manifest_lib.read_manifest(str(clean))["warnings"], "the case needs warnings"
     real_rename = sharding.storage.rename
 
     def broken_rename(source, destination):
@@ -176,16 +178,14 @@ def test_a_crash_while_writing_leaves_no_final_shard_and_the_rerun_resumes(tiny_
 
     monkeypatch.setattr(sharding.storage, "rename", broken_rename)
     with pytest.raises(Exception, match="disk vanished"):
-        run_pipeline(tiny_cohort, tmp_path)
+        run_pipeline(tiny_cohort, tmp_path / "crashed", **tight)
     monkeypatch.undo()
-    (dataset_dir,) = (tmp_path / "synthetic").iterdir()
+    (dataset_dir,) = (tmp_path / "crashed" / "synthetic").iterdir()
     assert not list(dataset_dir.glob("*-of-*.tfrecord.gz")) and not (dataset_dir / "manifest.json").exists()
-    resumed = run_pipeline(tiny_cohort, tmp_path)
+    resumed = run_pipeline(tiny_cohort, tmp_path / "crashed", **tight)
     assert resumed.run["patients_resumed"] == 6
     assert manifest_lib.verify(resumed.dataset_dir) == []
     # The resumed run wrote the same bytes as a clean run of the same version, warnings included.
-    clean = pathlib.Path(tiny_dataset.dataset_dir)
-    assert resumed.version_id == tiny_dataset.version_id
     for name in ["manifest.json", "errors.jsonl"] + sorted(p.name for p in clean.glob("*.tfrecord.gz")):
         assert (pathlib.Path(resumed.dataset_dir) / name).read_bytes() == (clean / name).read_bytes(), name
 
