@@ -14,10 +14,13 @@ WORKDIR /opt/brats
 COPY requirements.txt constraints.txt setup.py ./
 RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt "apache-beam[gcp]==2.77.0"
 COPY shared ./shared
+COPY preprocessing ./preprocessing
 COPY beam_pipeline ./beam_pipeline
 COPY trainer ./trainer
+COPY serving ./serving
+COPY synthetic ./synthetic
 COPY configs ./configs
 RUN pip install --no-cache-dir --no-deps .
 
-# One ITK thread per worker process: byte-reproducible N4 (beam_pipeline/__init__.py sets it too).
+# One ITK thread per N4: byte-reproducible output (preprocessing/n4.py sets it too, before antspyx loads).
 ENV ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1

@@ -67,6 +67,19 @@ def check_config(cfg: dict) -> PreprocessingSpec:
     return spec
 
 
+# Runners Beam knows only by their full class name, under the short name users type.
+RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def runner_aliases(beam_args: list[str]) -> list[str]:
+    """``--runner=DaskRunner`` as Beam needs it (``--runner=apache_beam.runners.dask...DaskRunner``)."""
+    out = []
+    for arg in beam_args:
+        name = arg.split("=", 1)[1] if arg.startswith("--runner=") else None
+        out.append(f"--runner={RUNNER_ALIASES[name]}" if name in RUNNER_ALIASES else arg)
+    return out
+
+
 def check_runner(cfg: dict, options: PipelineOptions) -> None:
     """Refuse what the chosen runner cannot do, with the fix, before the job starts."""
     runner = str(options.view_as(StandardOptions).runner or "")
@@ -103,6 +116,13 @@ def plan_dataset(cfg: dict, input_dir: str, output_dir: str, progress=None) -> P
     )
 
 
+def _release(result) -> None:
+    """Close the Dask client that DaskRunner opens for each run (and never closes)."""
+    client = getattr(result, "client", None)
+    if client is not None:
+        client.close()
+
+
 def read_run(dataset_dir: str) -> dict:
     path = join(dataset_dir, RUN_NAME)
     return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
@@ -130,7 +150,7 @@ def _no_patient_message(plan: Plan, failures: list[dict]) -> str:
 def run(cfg: dict, input_dir: str, output_dir: str, beam_args: list[str], echo=print) -> Summary:
     """Build the dataset version for ``cfg`` (a plain dict of the config)."""
     start = time.time()
-    options = PipelineOptions(beam_args)
+    options = PipelineOptions(runner_aliases(beam_args))
     check_runner(cfg, options)
     echo(f"Discovering patients under {input_dir} (layout {cfg['layout']}) and checksumming their files...")
     plan = plan_dataset(cfg, input_dir, output_dir, progress=_progress_printer(echo))
@@ -143,8 +163,12 @@ def run(cfg: dict, input_dir: str, output_dir: str, beam_args: list[str], echo=p
         failures_lib.write_errors(plan.dataset_dir, plan.discovery_failures)
         raise NoPatientSucceeded(_no_patient_message(plan, plan.discovery_failures))
     with ProgressReporter(join(plan.dataset_dir, STAGING), len(plan.sources), echo):
-        with beam.Pipeline(options=options) as root:
-            build(root, plan)
+        root = beam.Pipeline(options=options)
+        try:
+            with root:
+                build(root, plan)
+        finally:
+            _release(getattr(root, "result", None))
     if not is_complete(plan.dataset_dir):
         raise NoPatientSucceeded(_no_patient_message(plan, failures_lib.read_errors(plan.dataset_dir)))
     return summary_from_manifest(plan.dataset_dir, time.time() - start, False)

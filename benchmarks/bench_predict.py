@@ -21,6 +21,13 @@ preprocessing seconds (load, mask, crop, N4, z-score) and inference seconds
 (sliding window with Gaussian weighting; TTA ``axes`` = 4 passes per window,
 ``all`` = 8), the median over patients.  A warm-up pass over one window of
 the same shape runs first, so graph tracing is not counted.
+
+Preprocessing alone, side by side (``preprocessing_cores``): one patient
+preprocessed with ``threads=1`` (what interactive prediction ran before the
+core took a core count: every channel's N4 one after another on one core)
+and with ``threads=os.cpu_count()`` (today: the channels' N4 side by side),
+alternating for ``--preprocess_rounds`` rounds; medians, their ratio, and
+whether both gave the same record bytes.
 """
 
 from __future__ import annotations
@@ -104,11 +111,39 @@ def _measure(model_path: str, folders: list[str], tta: str) -> dict:
             "all_preprocess_s": [round(x, 2) for x in pre], "all_inference_s": [round(x, 2) for x in inf]}
 
 
+def _preprocess_cores(model_path: str, folder: str, rounds: int) -> dict:
+    """Seconds to preprocess one patient on one core vs on all cores, alternating; same bytes?"""
+    from preprocessing.patient import preprocess
+    from serving import prediction
+    from shared import schema
+
+    predictor = prediction.load_predictor(model_path, with_model=False)
+    source, _ = prediction.source_from_folder(folder, predictor)
+    cfg = dict(predictor.preprocess_cfg, require_seg=False)
+    cores = os.cpu_count() or 1
+    preprocess(source, cfg, threads=cores)  # warm-up: antspyx import, page cache
+    times: dict[int, list[float]] = {1: [], cores: []}
+    records = {}
+    for r in range(rounds):
+        for threads in (1, cores):
+            start = time.perf_counter()
+            records[threads] = schema.encode(preprocess(source, cfg, threads=threads).record)
+            times[threads].append(time.perf_counter() - start)
+            log(f"  preprocess threads={threads} round {r + 1}: {times[threads][-1]:.2f} s")
+    one, many = statistics.median(times[1]), statistics.median(times[cores])
+    return {"patient": os.path.basename(folder), "cores": cores, "rounds": rounds,
+            "one_core_s": round(one, 2), "all_cores_s": round(many, 2), "speedup": round(one / many, 2),
+            "same_record_bytes": records[1] == records[cores],
+            "all_one_core_s": [round(x, 2) for x in times[1]], "all_all_cores_s": [round(x, 2) for x in times[cores]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="seed,nnunet", help="Model presets (seed, nnunet, tiny).")
     parser.add_argument("--tta", default="none,axes", help="TTA modes to time (none, axes, all).")
     parser.add_argument("--patients", type=int, default=1, help="Synthetic patients predicted per combination.")
+    parser.add_argument("--preprocess_rounds", type=int, default=3,
+                        help="Rounds of the one-core vs all-cores preprocessing comparison (0: skip it).")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "bench_data", "predict"), help="Data and models.")
     args = parser.parse_args()
 
@@ -116,6 +151,10 @@ def main() -> None:
     import tensorflow as tf
 
     folders = _cohort(args.workdir, args.patients)
+    cores = None
+    if args.preprocess_rounds:
+        log("preprocessing one patient on one core vs all cores")
+        cores = _preprocess_cores(_run_dir(args.workdir, "tiny"), folders[0], args.preprocess_rounds)
     results = []
     for preset in args.presets.split(","):
         model_path = _run_dir(args.workdir, preset)
@@ -131,7 +170,8 @@ def main() -> None:
         "benchmark": "predict",
         "environment": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
                         "gpu": [d.name for d in tf.config.list_physical_devices("GPU")]},
-        "volume_shape": SHAPE, "crop": [144, 144, 144], "patients": len(folders), "results": results,
+        "volume_shape": SHAPE, "crop": [144, 144, 144], "patients": len(folders),
+        "preprocessing_cores": cores, "results": results,
     }, indent=2))
 
 
