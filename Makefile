@@ -12,7 +12,7 @@ BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --dire
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -r requirements.txt pytest
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -r requirements.txt pytest gcp-storage-emulator
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 

@@ -27,6 +27,7 @@ setuptools.setup(
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.77,<2.78"],
+        "dask": ["dask[distributed]>=2024.4.2", "dask-jobqueue"],
         "test": ["pytest>=8"],
     },
 )

@@ -66,15 +66,20 @@ def read_grades(input_dir: str, layout: layouts.Layout) -> dict[str, str]:
     return grades
 
 
-def checksum_files(paths: list[str], threads: int = 8, progress=None) -> dict[str, str]:
-    """The checksum of each path, in parallel (metadata look-ups or reads: I/O bound, so threads suffice)."""
-    result: dict[str, str] = {}
+def checksum_files(paths: list[str], known: dict[str, str] | None = None, threads: int = 8,
+                   progress=None) -> dict[str, str]:
+    """The checksum of each path: from ``known`` (the object store's), else read in parallel threads."""
+    known = known or {}
+    result: dict[str, str] = {p: known[p] for p in paths if p in known}
+    todo = [p for p in paths if p not in result]
+    if progress and result:
+        progress(len(result), len(paths))
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = {pool.submit(checksums_lib.of_file, p): p for p in paths}
-        for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+        futures = {pool.submit(checksums_lib.of_file, p): p for p in todo}
+        for future in concurrent.futures.as_completed(futures):
             result[futures[future]] = future.result()
             if progress:
-                progress(n, len(paths))
+                progress(len(result), len(paths))
     return result
 
 
@@ -88,7 +93,8 @@ def discover(input_dir: str, layout: layouts.Layout, modalities: tuple[str, ...]
         )
     grades = read_grades(input_dir, layout)
     channels = tuple(modalities) + ((layouts.SEGMENTATION,) if require_seg else ())
-    sums = checksum_files([p for paths in folders.values() for p in paths], progress=progress)
+    sums = checksum_files([p for paths in folders.values() for p in paths], checksums_lib.stored(input_dir),
+                          progress=progress)
     patients, failures, checksums = [], [], {}
     for pid, paths in folders.items():
         checksums[pid] = {posixpath.basename(p): sums[p] for p in paths}
