@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from shared import labels, layouts, metrics
+from shared.spec import PreprocessingSpec
 
 MB = 1 << 20
 DEFAULT_MAX_UPLOAD_MB = 600
@@ -368,14 +369,11 @@ def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
     """A volume the model's crop fits in: the small example, or the BraTS grid for a fixed box."""
     from synthetic import cohort as synthetic_data
 
-    crop = preprocess_cfg.get("crop", {})
-    if crop.get("mode") == "centered":
-        need = tuple(crop.get("size", EXAMPLE_SHAPE))
-    else:
-        need = tuple(hi for _, hi in crop.get("box", ())) or EXAMPLE_SHAPE
+    spec = PreprocessingSpec.from_config(preprocess_cfg)
+    need = spec.min_source_shape
     if all(n <= e for n, e in zip(need, EXAMPLE_SHAPE)):
         return EXAMPLE_SHAPE
-    base = synthetic_data.DEFAULT_SHAPE if crop.get("mode") != "centered" else EXAMPLE_SHAPE
+    base = synthetic_data.DEFAULT_SHAPE if spec.crop_mode == "fixed" else EXAMPLE_SHAPE
     return tuple(max(int(n), b) for n, b in zip(need, base))  # type: ignore[return-value]
 
 
@@ -537,10 +535,7 @@ def legend_html(show: Sequence[int] = (1, 2, 3)) -> str:
 
 def model_summary(predictor) -> str:
     """A line on what the model expects, for the sidebar."""
-    cfg = predictor.preprocess_cfg
-    crop = cfg.get("crop", {})
-    crop_text = ("centred " + "x".join(map(str, crop.get("size", ()))) if crop.get("mode") == "centered"
-                 else "box " + str(crop.get("box")))
+    crop_text = PreprocessingSpec.from_config(predictor.preprocess_cfg).describe_crop()
     return (f"Modalities {', '.join(predictor.channels)}; crop {crop_text}; window "
             f"{'x'.join(map(str, predictor.window))}; trained on dataset {predictor.version_id} "
             f"({predictor.layout} naming).")

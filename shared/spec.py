@@ -51,6 +51,19 @@ class PreprocessingSpec:
         return self.crop_size_centered
 
     @property
+    def min_source_shape(self) -> tuple[int, int, int]:
+        """The smallest source grid a patient needs: the box's far corner (fixed) or the crop (centred)."""
+        if self.crop_mode == "fixed":
+            return tuple(b for _, b in self.crop_box)
+        return self.crop_size_centered
+
+    def describe_crop(self) -> str:
+        """``box 48:192 x 48:192 x 5:149`` or ``centred 128x128x128``, for people."""
+        if self.crop_mode == "fixed":
+            return "box " + " x ".join(f"{a}:{b}" for a, b in self.crop_box)
+        return "centred " + "x".join(map(str, self.crop_size_centered))
+
+    @property
     def channels(self) -> int:
         return len(self.modalities)
 

@@ -182,10 +182,14 @@ def test_models_are_found_model_keras_first(tmp_path):
 
 
 def test_example_fits_the_model_crop():
-    assert logic.example_shape({"crop": {"mode": "centered", "size": [32, 32, 32]}}) == logic.EXAMPLE_SHAPE
-    assert logic.example_shape({"crop": {"mode": "centered", "size": [128, 128, 128]}}) == (128, 128, 128)
-    box = {"crop": {"mode": "box", "box": [[48, 192], [48, 192], [5, 149]]}}
-    assert logic.example_shape(box) == (240, 240, 155)
+    from configs.preprocess import default
+
+    def cfg(**crop):
+        return dict(default.get_config().to_dict(), crop=crop)
+
+    assert logic.example_shape(cfg(mode="centered", size=[32, 32, 32])) == logic.EXAMPLE_SHAPE
+    assert logic.example_shape(cfg(mode="centered", size=[128, 128, 128])) == (128, 128, 128)
+    assert logic.example_shape(cfg(mode="fixed", box=[[48, 192], [48, 192], [5, 149]])) == (240, 240, 155)
 
 
 def test_progress_bar_moves_forward():

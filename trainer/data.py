@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from shared import manifest as manifest_lib
 from shared import schema
+from shared.spec import PreprocessingSpec
 
 
 class DatasetError(Exception):
@@ -58,8 +59,10 @@ def open_dataset(data_dir: str, verify: bool = True) -> DatasetInfo:
         compression = manifest_lib.record_compression(manifest)
     except ValueError as exc:
         raise DatasetError(f"{data_dir}: {exc}") from None
-    crop = manifest["config"]["crop"]
-    shape = crop["size"] if crop["mode"] == "centered" else [b - a for a, b in crop["box"]]
+    try:
+        shape = PreprocessingSpec.from_config(manifest["config"]).crop_shape
+    except (KeyError, ValueError) as exc:
+        raise DatasetError(f"{data_dir}: the manifest's preprocessing config is unusable: {exc}") from None
     return DatasetInfo(
         data_dir=data_dir,
         version_id=manifest["version_id"],
