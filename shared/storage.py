@@ -159,7 +159,8 @@ def delete(paths: list[str]) -> None:
 def delete_tree(folder: str) -> None:
     """Everything under a folder (on an object store: every object below the prefix)."""
     if is_remote(folder):
-        delete([e.path for e in match(join(folder.rstrip("/"), "**"))])
+        if match(join(folder.rstrip("/"), "*")):  # one prefix delete (batched), not one request per object
+            _fs().delete([folder.rstrip("/") + "/"])
     else:
         delete([folder])
 
