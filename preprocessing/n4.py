@@ -2,16 +2,18 @@
 
 ITK runs each N4 on one thread.  Results differ in the last digits between
 ITK thread counts, and ITK's own threads gained little here, so a patient
-that may use several cores runs its channels' N4 side by side instead (the
-native code releases the GIL, so threads of this process suffice): the output
-is then the same bytes whether a patient is preprocessed by a Beam worker on
-one core or by interactive prediction on all of them.
+that may use several cores runs its channels' N4 side by side in worker
+processes instead (antspyx holds the GIL for a whole N4 call, so threads of
+one process would only take turns).  The output is then the same bytes
+whether a patient is preprocessed by a Beam worker on one core or by
+interactive prediction on all of them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import multiprocessing
 import os
 
 import numpy as np
@@ -97,20 +99,49 @@ def correct(volume: np.ndarray, mask: np.ndarray, spacing, params: N4Params) -> 
 
 def correct_channels(volumes: list[np.ndarray], mask: np.ndarray, spacing, params: N4Params,
                      threads: int = 1) -> list[np.ndarray]:
-    """Every channel bias-corrected, ``threads`` channels at a time; same bytes for any ``threads``.
+    """Every channel bias-corrected, up to ``threads`` channels at a time; the same bytes for any ``threads``.
 
-    Raises :class:`ChannelError` naming the first channel (in channel order)
-    whose data N4 cannot fit.
+    With ``threads`` > 1 the channels run in a pool of worker processes kept
+    for the life of this process (started from a forkserver, never by forking
+    a process that runs TensorFlow's threads), so an app or a prediction loop
+    pays the workers' start-up once.  Raises :class:`ChannelError` naming the
+    first channel (in channel order) whose data N4 cannot fit.
     """
-    def one(index: int) -> np.ndarray:
-        try:
-            return correct(volumes[index], mask, spacing, params)[0]
-        except InputError as exc:
-            raise ChannelError(index, str(exc)) from exc
-
     if threads <= 1 or len(volumes) == 1:
-        return [one(i) for i in range(len(volumes))]
-    _ants()  # load antspyx once, before the threads race to import it
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(threads, len(volumes))) as pool:
-        futures = [pool.submit(one, i) for i in range(len(volumes))]
-        return [f.result() for f in futures]  # in channel order, so the first bad channel is reported
+        results = (_correct_one(v, mask, spacing, params) for v in volumes)  # lazily: stop at a bad channel
+    else:
+        results = _in_pool(min(threads, len(volumes)), volumes, mask, spacing, params)
+    corrected = []
+    for index, result in enumerate(results):
+        if isinstance(result, str):
+            raise ChannelError(index, result)
+        corrected.append(result)
+    return corrected
+
+
+def _correct_one(volume, mask, spacing, params) -> np.ndarray | str:
+    """The corrected volume, or the reason N4 cannot fit this channel (a value, so it crosses processes)."""
+    try:
+        return correct(volume, mask, spacing, params)[0]
+    except InputError as exc:
+        return str(exc)
+
+
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+_pool_size = 0
+
+
+def _in_pool(workers: int, volumes, mask, spacing, params) -> list:
+    global _pool, _pool_size
+    if _pool is None or _pool_size != workers:
+        if _pool is not None:
+            _pool.shutdown()
+        _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        _pool_size = workers
+    futures = [_pool.submit(_correct_one, v, mask, spacing, params) for v in volumes]
+    try:
+        return [f.result() for f in futures]
+    except concurrent.futures.process.BrokenProcessPool as exc:  # a native crash in a worker
+        _pool.shutdown(wait=False, cancel_futures=True)
+        _pool = None
+        return [f"N4 worker process crashed ({exc})"] * len(volumes)

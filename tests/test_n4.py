@@ -35,3 +35,21 @@ def test_n4_refuses_a_blank_modality():
         assert "too few for N4" in str(exc)
     else:
         raise AssertionError("N4 accepted a blank volume")
+
+
+def test_channels_on_all_cores_give_the_same_bytes_and_name_the_bad_channel():
+    patient = synthetic_data.make_patient("BraTS20_Training_001", 1, shape=(48, 48, 40), seed=7)
+    volumes = [patient.images[m].astype(np.float32) for m in synthetic_data.MODALITIES]
+    brain = volume_ops.nonzero_brain_mask(volumes)
+    params = n4.N4Params(shrink_factor=2, iterations=(10, 10), tolerance=1e-3, spline_mesh=1)
+    one = n4.correct_channels(volumes, brain, (1.0, 1.0, 1.0), params, threads=1)
+    many = n4.correct_channels(volumes, brain, (1.0, 1.0, 1.0), params, threads=2)  # worker processes
+    assert len(many) == 4 and all(a.tobytes() == b.tobytes() for a, b in zip(one, many))
+    volumes[2] = np.zeros_like(volumes[2])
+    for threads in (1, 2):
+        try:
+            n4.correct_channels(volumes, brain, (1.0, 1.0, 1.0), params, threads=threads)
+        except n4.ChannelError as exc:
+            assert exc.index == 2 and "too few for N4" in exc.reason
+        else:
+            raise AssertionError("a blank channel was corrected")
