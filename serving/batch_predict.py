@@ -138,7 +138,7 @@ def _prepare_fn(options: Options):
             if "predictor" not in state:  # its preprocessing only; the network runs in RunInference
                 state["predictor"] = options.load(with_model=False)
             source, convention = prediction.source_from_folder(folder, state["predictor"])
-            yield prediction.prepare(state["predictor"], source, convention)
+            yield prediction.prepare(state["predictor"], source, convention, threads=1)  # Beam: a patient per core
         except Exception as exc:
             yield beam.pvalue.TaggedOutput("failed", _failure(folder, exc))
 

@@ -194,9 +194,14 @@ class Prepared:
     header: object  # nibabel header of the first modality, copied into the written segmentation
 
 
-def prepare(predictor: Predictor, source: PatientSource, label_convention: str) -> Prepared:
-    """The data engine's preprocessing with the model's dataset config; PatientError names stage and file."""
-    record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=os.cpu_count() or 1).record
+def prepare(predictor: Predictor, source: PatientSource, label_convention: str, threads: int | None = None) -> Prepared:
+    """The data engine's preprocessing with the model's dataset config; PatientError names stage and file.
+
+    ``threads``: cores this patient may use (default all of them: one patient
+    at a time here; a Beam worker, which runs one patient per core, passes 1).
+    """
+    threads = threads or os.cpu_count() or 1
+    record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=threads).record
     first = source.files[predictor.channels[0]]
     header = parse_nifti(read_bytes(first), posixpath.basename(first)).header
     return Prepared(source, label_convention, record, header)
