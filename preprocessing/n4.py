@@ -61,32 +61,68 @@ def _ants():
     return ants
 
 
+def _shrink_grid(n: int, factor: int) -> tuple[int, int]:
+    """(first voxel, count) of every ``factor``-th voxel along an axis of ``n``, centred like ITK's ShrinkImageFilter."""
+    count = max(1, n // factor)
+    return max(0, ((n - 1) - (count - 1) * factor) // 2), count
+
+
+def _upsample_axis_weights(n: int, first: int, count: int, factor: int) -> np.ndarray:
+    """(n, count) linear-interpolation weights from the shrunk grid back to every voxel (constant beyond its ends)."""
+    x = np.clip((np.arange(n) - first) / factor, 0, count - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, count - 1)
+    weights = np.zeros((n, count), dtype=np.float32)
+    np.add.at(weights, (np.arange(n), lo), (1 - (x - lo)).astype(np.float32))
+    np.add.at(weights, (np.arange(n), hi), (x - lo).astype(np.float32))
+    return weights
+
+
 def estimate_bias(volume: np.ndarray, mask: np.ndarray, spacing, params: N4Params) -> np.ndarray:
     """The multiplicative bias field N4 estimates for ``volume`` (float32, 1 outside fit).
 
     The mask is always given: with ``mask=None`` antspyx fits the whole box,
     air included, which is several times slower and no better.
+
+    The volume is shrunk here (every ``shrink_factor``-th voxel, as ITK's
+    ShrinkImageFilter does) and N4 runs with ``shrink_factor=1`` on the small
+    image; its log field is brought back to the full grid by separable linear
+    interpolation.  Letting antspyx shrink instead costs about 0.5 CPU-s per
+    volume on the full grid (shrink, B-spline reconstruction, corrected image)
+    for the same field: it is a cubic B-spline with a few control points,
+    smooth at the scale of the shrunk grid.
     """
     ants = _ants()
     fit_mask = mask & (volume > 0)  # N4 works on log intensities
     if fit_mask.sum() < 64:
         raise InputError(f"only {int(fit_mask.sum())} positive brain voxels, too few for N4")
-    image = ants.from_numpy(np.ascontiguousarray(volume, dtype=np.float32), spacing=tuple(spacing))
-    weight = ants.from_numpy(fit_mask.astype(np.float32), spacing=tuple(spacing))
+    factor = max(1, params.shrink_factor)
+    grids = [_shrink_grid(n, factor) for n in volume.shape]
+    picks = tuple(slice(first, first + count * factor, factor) for first, count in grids)
+    small_mask = fit_mask[picks]
+    if small_mask.sum() < 64:
+        raise InputError(f"only {int(small_mask.sum())} positive brain voxels after shrinking, too few for N4")
+    small_spacing = tuple(float(s) * factor for s in spacing)
+    image = ants.from_numpy(np.ascontiguousarray(volume[picks], dtype=np.float32), spacing=small_spacing)
+    weight = ants.from_numpy(small_mask.astype(np.float32), spacing=small_spacing)
     try:
-        field = ants.n4_bias_field_correction(
+        small_field = ants.n4_bias_field_correction(
             image,
             mask=weight,
-            shrink_factor=params.shrink_factor,
+            shrink_factor=1,
             convergence={"iters": list(params.iterations), "tol": params.tolerance},
             spline_param=[params.spline_mesh] * volume.ndim,  # a mesh size; a scalar would mean a spline distance in mm
             return_bias_field=True,
         ).numpy()
     except RuntimeError as exc:  # ITK's exceptions on degenerate input reach Python as RuntimeError
         raise InputError(f"N4 failed in ITK: {exc}") from exc
-    if not np.all(np.isfinite(field[fit_mask])) or np.any(field[fit_mask] <= 0):
+    if not np.all(np.isfinite(small_field)) or np.any(small_field <= 0):
         raise InputError("N4 returned a non-finite or non-positive bias field")
-    return field.astype(np.float32)
+    wx, wy, wz = (_upsample_axis_weights(n, first, count, factor) for n, (first, count) in zip(volume.shape, grids))
+    log_field = np.log(small_field, dtype=np.float32) @ wz.T  # (x', y', z)
+    log_field = wy @ log_field  # (x', y, z)
+    log_field = (wx @ log_field.reshape(len(log_field), -1)).reshape(volume.shape)
+    return np.exp(log_field, out=log_field)
 
 
 def correct(volume: np.ndarray, mask: np.ndarray, spacing, params: N4Params) -> tuple[np.ndarray, np.ndarray]:

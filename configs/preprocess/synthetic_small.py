@@ -15,5 +15,6 @@ def get_config():
     c.crop.mode = "centered"
     c.crop.size = (48, 48, 48)
     c.min_brain_voxels = 500
+    c.n4.shrink_factor = 2  # a 32-64 voxel crop shrunk by 8 leaves too few voxels to fit a field
     c.runtime.isolate = False  # tiny volumes: spawning a subprocess costs more than the work
     return c
