@@ -78,8 +78,63 @@ def _upsample_axis_weights(n: int, first: int, count: int, factor: int) -> np.nd
     return weights
 
 
+@dataclasses.dataclass
+class _Shrunk:
+    """A channel on the coarse grid N4 fits (every ``factor``-th voxel), and where that grid lies."""
+
+    volume: np.ndarray
+    mask: np.ndarray
+    spacing: tuple[float, ...]
+    grids: list[tuple[int, int]]  # per axis: (first voxel, count)
+    factor: int
+
+
+def _shrink(volume: np.ndarray, mask: np.ndarray, spacing, factor: int) -> _Shrunk:
+    fit_mask = mask & (volume > 0)  # N4 works on log intensities
+    if fit_mask.sum() < 64:
+        raise InputError(f"only {int(fit_mask.sum())} positive brain voxels, too few for N4")
+    factor = max(1, factor)
+    grids = [_shrink_grid(n, factor) for n in volume.shape]
+    picks = tuple(slice(first, first + count * factor, factor) for first, count in grids)
+    small_mask = fit_mask[picks]
+    if small_mask.sum() < 64:
+        raise InputError(f"only {int(small_mask.sum())} positive brain voxels after shrinking, too few for N4")
+    return _Shrunk(np.ascontiguousarray(volume[picks], dtype=np.float32), small_mask,
+                   tuple(float(s) * factor for s in spacing), grids, factor)
+
+
+def _fit(shrunk: _Shrunk, params: N4Params) -> np.ndarray:
+    """N4's bias field on the coarse grid (the only step that runs ITK)."""
+    ants = _ants()
+    image = ants.from_numpy(shrunk.volume, spacing=shrunk.spacing)
+    weight = ants.from_numpy(shrunk.mask.astype(np.float32), spacing=shrunk.spacing)
+    try:
+        field = ants.n4_bias_field_correction(
+            image,
+            mask=weight,
+            shrink_factor=1,
+            convergence={"iters": list(params.iterations), "tol": params.tolerance},
+            spline_param=[params.spline_mesh] * shrunk.volume.ndim,  # a mesh size; a scalar would mean a distance in mm
+            return_bias_field=True,
+        ).numpy()
+    except RuntimeError as exc:  # ITK's exceptions on degenerate input reach Python as RuntimeError
+        raise InputError(f"N4 failed in ITK: {exc}") from exc
+    if not np.all(np.isfinite(field)) or np.any(field <= 0):
+        raise InputError("N4 returned a non-finite or non-positive bias field")
+    return field
+
+
+def _expand(small_field: np.ndarray, shrunk: _Shrunk, shape) -> np.ndarray:
+    """The coarse field on the full grid: separable linear interpolation of its log."""
+    wx, wy, wz = (_upsample_axis_weights(n, first, count, shrunk.factor) for n, (first, count) in zip(shape, shrunk.grids))
+    log_field = np.log(small_field, dtype=np.float32) @ wz.T  # (x', y', z)
+    log_field = wy @ log_field  # (x', y, z)
+    log_field = (wx @ log_field.reshape(len(log_field), -1)).reshape(shape)
+    return np.exp(log_field, out=log_field)
+
+
 def estimate_bias(volume: np.ndarray, mask: np.ndarray, spacing, params: N4Params) -> np.ndarray:
-    """The multiplicative bias field N4 estimates for ``volume`` (float32, 1 outside fit).
+    """The multiplicative bias field N4 estimates for ``volume`` (float32).
 
     The mask is always given: with ``mask=None`` antspyx fits the whole box,
     air included, which is several times slower and no better.
@@ -92,37 +147,8 @@ def estimate_bias(volume: np.ndarray, mask: np.ndarray, spacing, params: N4Param
     for the same field: it is a cubic B-spline with a few control points,
     smooth at the scale of the shrunk grid.
     """
-    ants = _ants()
-    fit_mask = mask & (volume > 0)  # N4 works on log intensities
-    if fit_mask.sum() < 64:
-        raise InputError(f"only {int(fit_mask.sum())} positive brain voxels, too few for N4")
-    factor = max(1, params.shrink_factor)
-    grids = [_shrink_grid(n, factor) for n in volume.shape]
-    picks = tuple(slice(first, first + count * factor, factor) for first, count in grids)
-    small_mask = fit_mask[picks]
-    if small_mask.sum() < 64:
-        raise InputError(f"only {int(small_mask.sum())} positive brain voxels after shrinking, too few for N4")
-    small_spacing = tuple(float(s) * factor for s in spacing)
-    image = ants.from_numpy(np.ascontiguousarray(volume[picks], dtype=np.float32), spacing=small_spacing)
-    weight = ants.from_numpy(small_mask.astype(np.float32), spacing=small_spacing)
-    try:
-        small_field = ants.n4_bias_field_correction(
-            image,
-            mask=weight,
-            shrink_factor=1,
-            convergence={"iters": list(params.iterations), "tol": params.tolerance},
-            spline_param=[params.spline_mesh] * volume.ndim,  # a mesh size; a scalar would mean a spline distance in mm
-            return_bias_field=True,
-        ).numpy()
-    except RuntimeError as exc:  # ITK's exceptions on degenerate input reach Python as RuntimeError
-        raise InputError(f"N4 failed in ITK: {exc}") from exc
-    if not np.all(np.isfinite(small_field)) or np.any(small_field <= 0):
-        raise InputError("N4 returned a non-finite or non-positive bias field")
-    wx, wy, wz = (_upsample_axis_weights(n, first, count, factor) for n, (first, count) in zip(volume.shape, grids))
-    log_field = np.log(small_field, dtype=np.float32) @ wz.T  # (x', y', z)
-    log_field = wy @ log_field  # (x', y, z)
-    log_field = (wx @ log_field.reshape(len(log_field), -1)).reshape(volume.shape)
-    return np.exp(log_field, out=log_field)
+    shrunk = _shrink(volume, mask, spacing, params.shrink_factor)
+    return _expand(_fit(shrunk, params), shrunk, volume.shape)
 
 
 def correct(volume: np.ndarray, mask: np.ndarray, spacing, params: N4Params) -> tuple[np.ndarray, np.ndarray]:
@@ -135,30 +161,41 @@ def correct(volume: np.ndarray, mask: np.ndarray, spacing, params: N4Params) -> 
 
 def correct_channels(volumes: list[np.ndarray], mask: np.ndarray, spacing, params: N4Params,
                      threads: int = 1) -> list[np.ndarray]:
-    """Every channel bias-corrected, up to ``threads`` channels at a time; the same bytes for any ``threads``.
+    """Every channel bias-corrected, up to ``threads`` N4 fits at a time; the same bytes for any ``threads``.
 
-    With ``threads`` > 1 the channels run in a pool of worker processes kept
-    for the life of this process (started from a forkserver, never by forking
-    a process that runs TensorFlow's threads), so an app or a prediction loop
-    pays the workers' start-up once.  Raises :class:`ChannelError` naming the
-    first channel (in channel order) whose data N4 cannot fit.
+    With ``threads`` > 1 the fits (ITK, on the coarse grids: small arrays to
+    move) run in a pool of worker processes kept for the life of this process,
+    started from a forkserver (never by forking a process that runs
+    TensorFlow's threads), so an app or a prediction loop pays their start-up
+    once; shrinking and interpolating stay here.  Raises
+    :class:`ChannelError` naming the first channel (in channel order) whose
+    data N4 cannot fit.
     """
+    shrunk = []
+    for index, volume in enumerate(volumes):
+        try:
+            shrunk.append(_shrink(volume, mask, spacing, params.shrink_factor))
+        except InputError as exc:
+            raise ChannelError(index, str(exc)) from exc
     if threads <= 1 or len(volumes) == 1:
-        results = (_correct_one(v, mask, spacing, params) for v in volumes)  # lazily: stop at a bad channel
+        fields = (_fit_or_reason(s, params) for s in shrunk)  # lazily: stop at the first bad channel
     else:
-        results = _in_pool(min(threads, len(volumes)), volumes, mask, spacing, params)
+        fields = _in_pool(min(threads, len(volumes)), shrunk, params)
     corrected = []
-    for index, result in enumerate(results):
-        if isinstance(result, str):
-            raise ChannelError(index, result)
-        corrected.append(result)
+    for index, (volume, small, field) in enumerate(zip(volumes, shrunk, fields)):
+        if isinstance(field, str):
+            raise ChannelError(index, field)
+        full = _expand(field, small, volume.shape)
+        out = np.zeros(volume.shape, dtype=np.float32)
+        out[mask] = volume[mask] / full[mask]
+        corrected.append(out)
     return corrected
 
 
-def _correct_one(volume, mask, spacing, params) -> np.ndarray | str:
-    """The corrected volume, or the reason N4 cannot fit this channel (a value, so it crosses processes)."""
+def _fit_or_reason(shrunk: _Shrunk, params: N4Params) -> np.ndarray | str:
+    """The coarse field, or why N4 cannot fit this channel (a value, so it crosses processes)."""
     try:
-        return correct(volume, mask, spacing, params)[0]
+        return _fit(shrunk, params)
     except InputError as exc:
         return str(exc)
 
@@ -167,17 +204,17 @@ _pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_size = 0
 
 
-def _in_pool(workers: int, volumes, mask, spacing, params) -> list:
+def _in_pool(workers: int, shrunk: list[_Shrunk], params: N4Params) -> list:
     global _pool, _pool_size
     if _pool is None or _pool_size != workers:
         if _pool is not None:
             _pool.shutdown()
         _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
         _pool_size = workers
-    futures = [_pool.submit(_correct_one, v, mask, spacing, params) for v in volumes]
+    futures = [_pool.submit(_fit_or_reason, s, params) for s in shrunk]
     try:
         return [f.result() for f in futures]
     except concurrent.futures.process.BrokenProcessPool as exc:  # a native crash in a worker
         _pool.shutdown(wait=False, cancel_futures=True)
         _pool = None
-        return [f"N4 worker process crashed ({exc})"] * len(volumes)
+        return [f"N4 worker process crashed ({exc})"] * len(shrunk)
