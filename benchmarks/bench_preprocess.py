@@ -583,7 +583,7 @@ def compare(seed: dict, pipe: dict) -> tuple[dict, dict]:
 def main(args: argparse.Namespace) -> dict:
     """Runs every phase and returns the report."""
     from beam_pipeline import launch
-from synthetic import cohort as synthetic_data
+    from synthetic import cohort as synthetic_data
 
     global IDLE_WAIT_S
     start = time.perf_counter()
