@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthetic import cohort as synthetic_data
 from shared import layouts
 from tests.conftest import IN_PROCESS, ROOT, TINY_SHAPE
 from serving import batch_predict, inference, prediction

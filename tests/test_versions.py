@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from beam_pipeline import launch
-from shared import manifest as manifest_lib
 from shared import volume_ops
 from tests.conftest import ROOT, TINY_SHAPE, run_pipeline, tiny_config
 
