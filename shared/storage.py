@@ -46,10 +46,6 @@ def join(*parts: str) -> str:
     return _fs().join(*parts) if is_remote(parts[0]) else posixpath.join(*parts)
 
 
-def basename(path: str) -> str:
-    return posixpath.basename(str(path).rstrip("/"))
-
-
 def open_read(path: str) -> BinaryIO:
     if is_remote(path):
         return _fs().open(path, compression_type="uncompressed")
