@@ -11,6 +11,7 @@ interactive prediction on all of them.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import dataclasses
 import multiprocessing
@@ -211,6 +212,7 @@ def _in_pool(workers: int, shrunk: list[_Shrunk], params: N4Params) -> list:
             _pool.shutdown()
         _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
         _pool_size = workers
+        atexit.register(_pool.shutdown)  # before interpreter teardown, which would break the pool's own callbacks
     futures = [_pool.submit(_fit_or_reason, s, params) for s in shrunk]
     try:
         return [f.result() for f in futures]
