@@ -39,7 +39,7 @@ from beam_pipeline import fingerprint, sharding
 from preprocessing import patient as patient_lib
 from preprocessing.discovery import PatientSource
 from shared import failures as failures_lib
-from shared import labels, schema, storage
+from shared import schema, storage
 from shared.manifest import FORMAT, SPLITS, canonical_json, write_manifest
 from shared.spec import PreprocessingSpec
 from shared.storage import join, write_bytes
@@ -271,8 +271,11 @@ def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warning
         "schema_version": schema.SCHEMA_VERSION,
         "record": {
             "channels": list(spec.modalities),
-            "classes": list(labels.CLASS_NAMES),
-            "regions": {k: list(v) for k, v in labels.REGIONS.items()},
+            "challenge": spec.challenge.name,
+            "label_convention": spec.label_convention,
+            "label_values": [0, *spec.challenge.label_values],
+            "classes": list(spec.challenge.class_keys),
+            "regions": {k: list(v) for k, v in spec.challenge.region_classes().items()},
             "image_dtype": "float16",
             "mask_dtype": "uint8",
             "compression": spec.compression,

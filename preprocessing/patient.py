@@ -93,7 +93,7 @@ def validate(loaded: Loaded, convention: str) -> None:
             raise PatientError(
                 "validate",
                 f"unexpected label values {unexpected} (convention {convention} allows "
-                f"{sorted(labels.LABEL_CONVENTIONS[convention])})",
+                f"{list(labels.stored_values(convention))})",
                 loaded.names[layouts.SEGMENTATION],
             )
 
@@ -175,7 +175,7 @@ def _one_hot_mask(seg, convention, box, image_grid, warnings) -> np.ndarray:
     lost = int(np.count_nonzero(classes)) - int(np.count_nonzero(cropped))
     if lost:
         warnings.append(f"{lost} tumour voxels fall outside the crop box {box}")
-    return labels.one_hot(cropped)
+    return labels.one_hot(cropped, labels.num_classes(convention))
 
 
 def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:

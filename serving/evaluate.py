@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 
 from shared import console
-from shared import labels, layouts
+from shared import challenges
 from serving import evaluation, inference, prediction
 
 _MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) to evaluate on --data_dir's --split.")
@@ -26,9 +26,10 @@ _SPLIT = flags.DEFINE_string("split", "val", "Split of the dataset to score (val
 _PRED_DIR = flags.DEFINE_string("pred_dir", None, "Folder of NIfTI predictions (<patient>.nii.gz or "
                                 "<patient>_seg.nii.gz) to score against --truth_dir.")
 _TRUTH_DIR = flags.DEFINE_string("truth_dir", None, "BraTS cohort root with one folder per patient and its seg file.")
-_LAYOUT = flags.DEFINE_enum("layout", None, list(layouts.LAYOUTS),
-                            "Layout of --truth_dir (default: detected from the folder names).")
-_PRED_CONVENTION = flags.DEFINE_enum("pred_convention", None, list(labels.LABEL_CONVENTIONS),
+_LAYOUT = flags.DEFINE_enum("layout", None, list(challenges.CHALLENGES),
+                            "Challenge of --truth_dir: its naming, labels and regions (default: detected from "
+                            "the folder names; GLI 2023 and GLI 2024 share names, so pass it for GLI 2024).")
+_PRED_CONVENTION = flags.DEFINE_enum("pred_convention", None, list(challenges.CONVENTIONS),
                                      "Label numbering of the predictions (default: the ground truth's).")
 _WINDOW = flags.DEFINE_string(
     "window", "patch", "Sliding window for --model: 'patch' (training patch size), 'volume' (whole cropped "
@@ -50,15 +51,15 @@ def _by_model():
     about = {"model": _MODEL.value, "data_dir": data_dir, "version_id": predictor.version_id,
              "split": _SPLIT.value, "tta": _TTA.value,
              "window": list(predictor.window)}
-    return rows, failures, output, about
+    return rows, failures, output, about, predictor.challenge
 
 
 def _by_folders():
     output = _OUTPUT.value or os.path.join(_PRED_DIR.value, "evaluation")
     print(f"Scoring the segmentations in {_PRED_DIR.value} against {_TRUTH_DIR.value}")
-    rows, failures = evaluation.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _LAYOUT.value,
-                                              _PRED_CONVENTION.value)
-    return rows, failures, output, {"pred_dir": _PRED_DIR.value, "truth_dir": _TRUTH_DIR.value}
+    rows, failures, challenge = evaluation.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _LAYOUT.value,
+                                                         _PRED_CONVENTION.value)
+    return rows, failures, output, {"pred_dir": _PRED_DIR.value, "truth_dir": _TRUTH_DIR.value}, challenge
 
 
 def main(argv):
@@ -70,11 +71,11 @@ def main(argv):
     if _PRED_DIR.value and not _TRUTH_DIR.value:
         raise app.UsageError("--pred_dir needs --truth_dir")
     try:
-        rows, failures, output, about = _by_model() if _MODEL.value else _by_folders()
+        rows, failures, output, about, challenge = _by_model() if _MODEL.value else _by_folders()
     except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    report = evaluation.write_report(rows, failures, output, about)
+    report = evaluation.write_report(rows, failures, output, about, challenge)
     print(evaluation.format_report(report))
     if not rows:
         sys.exit(1)

@@ -30,7 +30,7 @@ import tensorflow as tf
 from preprocessing.discovery import list_patient_folders
 from shared import failures as failures_lib
 from shared.failures import Failure
-from shared import labels, layouts, manifest as manifest_lib, metrics, schema, volume_ops
+from shared import challenges, labels, layouts, manifest as manifest_lib, metrics, schema, volume_ops
 from shared.nifti_io import load_array, parse_nifti
 from shared import storage
 from shared.storage import read_bytes, write_bytes
@@ -79,11 +79,16 @@ def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta:
                                          overlap=overlap, tta=tta)
         pred = np.argmax(probs, axis=-1).astype(np.uint8)
         truth = np.argmax(record.mask, axis=-1).astype(np.uint8)
-        row = {"patient": record.patient_id, **metrics.score_patient(pred, truth, _spacing(record.affine))}
+        row = {"patient": record.patient_id,
+               **metrics.score_patient(pred, truth, predictor.challenge, _spacing(record.affine))}
         rows.append(row)
-        echo(f"  [{n}/{total}] {record.patient_id}: Dice WT {row['dice_WT']:.3f} TC {row['dice_TC']:.3f} "
-             f"ET {row['dice_ET']:.3f} ({time.perf_counter() - start:.1f} s)")
+        echo(f"  [{n}/{total}] {record.patient_id}: {_dice_line(row, predictor.challenge)} "
+             f"({time.perf_counter() - start:.1f} s)")
     return rows, failures
+
+
+def _dice_line(row: dict, challenge) -> str:
+    return "Dice " + " ".join(f"{r} {row[f'dice_{r}']:.3f}" for r in challenge.regions)
 
 
 def find_prediction(pred_dir: str, patient_id: str) -> str | None:
@@ -107,7 +112,7 @@ def _truth_folders(truth_dir: str, layout_name: str | None) -> tuple[layouts.Lay
 
 
 def _load_labels(path: str, convention: str) -> tuple[np.ndarray, np.ndarray]:
-    """Classes 0..3 and affine of a segmentation file; ValueError naming the file."""
+    """Classes and affine of a segmentation file in ``convention``; ValueError naming the file."""
     name = posixpath.basename(path)
     image = parse_nifti(read_bytes(path), name)
     stored = load_array(image, name)
@@ -120,9 +125,14 @@ def _load_labels(path: str, convention: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None, pred_convention: str | None = None,
-                  echo: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
-    """Per-patient scores of NIfTI predictions against BraTS ground-truth folders."""
+                  echo: Callable[[str], None] = print) -> tuple[list[dict], list[dict], "challenges.Challenge"]:
+    """Per-patient scores of NIfTI predictions against BraTS ground-truth folders, and the truth's challenge."""
     layout, folders = _truth_folders(truth_dir, layout_name)
+    challenge = layout.challenge
+    pred_convention = pred_convention or layout.label_convention
+    if not challenges.same_classes(pred_convention, layout.label_convention):
+        raise ValueError(f"predictions numbered {pred_convention!r} cannot be scored against {challenge.name} "
+                         f"truth (numbered {layout.label_convention!r}): the labels mean different tissues")
     rows, failures = [], []
     for n, (pid, paths) in enumerate(folders.items(), 1):
         match = layouts.match_patient_files(layout, pid, paths, (layouts.SEGMENTATION,))
@@ -137,18 +147,17 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
             continue
         try:
             truth, affine = _load_labels(match.paths[layouts.SEGMENTATION], layout.label_convention)
-            pred, _ = _load_labels(pred_path, pred_convention or layout.label_convention)
+            pred, _ = _load_labels(pred_path, pred_convention)
             if pred.shape != truth.shape:
                 raise ValueError(f"{posixpath.basename(pred_path)}: shape {pred.shape} differs from the ground "
                                  f"truth's {truth.shape}")
         except ValueError as exc:
             failures.append(Failure(pid, "load", posixpath.basename(pred_path), str(exc)).to_json())
             continue
-        row = {"patient": pid, **metrics.score_patient(pred, truth, _spacing(affine))}
+        row = {"patient": pid, **metrics.score_patient(pred, truth, challenge, _spacing(affine))}
         rows.append(row)
-        echo(f"  [{n}/{len(folders)}] {pid}: Dice WT {row['dice_WT']:.3f} TC {row['dice_TC']:.3f} "
-             f"ET {row['dice_ET']:.3f}")
-    return rows, failures
+        echo(f"  [{n}/{len(folders)}] {pid}: {_dice_line(row, challenge)}")
+    return rows, failures, challenge
 
 
 def scores_csv(rows: list[dict]) -> str:
@@ -161,10 +170,11 @@ def scores_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def write_report(rows: list[dict], failures: list[dict], output_dir: str, about: dict) -> Report:
+def write_report(rows: list[dict], failures: list[dict], output_dir: str, about: dict, challenge) -> Report:
     """scores.csv, summary.json (with ``about``: what was scored against what) and errors.jsonl."""
-    summary = metrics.summarize(rows) if rows else {"convention": metrics.CONVENTION, "n": 0}
-    summary.update(about=about, failed=len(failures))
+    summary = (metrics.summarize(rows, tuple(challenge.regions)) if rows
+               else {"convention": metrics.CONVENTION, "n": 0})
+    summary.update(about=about, failed=len(failures), challenge=challenge.name)
     write_bytes(posixpath.join(output_dir, SCORES), scores_csv(rows).encode())
     write_bytes(posixpath.join(output_dir, SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode())
     failures_lib.write_errors(output_dir, failures)

@@ -29,16 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image, ImageDraw, ImageFont
 
-from shared.labels import EDEMA, ENHANCING, NECROTIC_CORE, NUM_CLASSES
+from shared.challenges import Challenge
 from shared.metrics import voxel_ml
-
-# RGB of each tumour class, and the name the legend gives it.
-CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
-    NECROTIC_CORE: (255, 0, 0),  # red
-    EDEMA: (0, 255, 0),  # green
-    ENHANCING: (255, 255, 0),  # yellow
-}
-CLASS_LABELS: dict[int, str] = {NECROTIC_CORE: "necrotic core", EDEMA: "oedema", ENHANCING: "enhancing"}
 
 # The BraTS affine's axis directions (+1: index grows towards R, A or S).
 BRATS_AXIS_SIGNS = (-1, -1, 1)
@@ -53,9 +45,14 @@ VIEWS: dict[str, tuple[int, int, int]] = {
 }
 
 
-def legend_entries() -> list[tuple[int, str, tuple[int, int, int]]]:
-    """(class, legend name, RGB) for each tumour class, in class order."""
-    return [(cls, CLASS_LABELS[cls], CLASS_COLOURS[cls]) for cls in sorted(CLASS_COLOURS)]
+def legend_entries(challenge: Challenge) -> list[tuple[int, str, tuple[int, int, int]]]:
+    """(class, legend name, RGB) for each label of the challenge, in class order.
+
+    Names and colours come from the registry, so a GLI 2024 resection cavity
+    is drawn and named as one, never as enhancing tumour.
+    """
+    return [(cls, f"{label.title} ({label.key}, label {label.value})", label.colour)
+            for cls, label in enumerate(challenge.labels, start=1)]
 
 
 def tumour_centre(classes: np.ndarray) -> tuple[int, int, int]:
@@ -87,30 +84,33 @@ def _grey(image_slice: np.ndarray) -> np.ndarray:
     return grey
 
 
-def _colour_tables(show: Sequence[int], alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def _colour_tables(challenge: Challenge, show: Sequence[int], alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-class RGB and opacity lookup tables (background and hidden classes: opacity 0)."""
-    colours = np.zeros((NUM_CLASSES, 3), dtype=np.float32)
-    opacity = np.zeros(NUM_CLASSES, dtype=np.float32)
+    k = challenge.num_classes
+    colours = np.zeros((k, 3), dtype=np.float32)
+    opacity = np.zeros(k, dtype=np.float32)
     for cls in show:
-        if cls not in CLASS_COLOURS:
-            raise ValueError(f"cannot show class {cls}; tumour classes are {sorted(CLASS_COLOURS)}")
-        colours[cls] = CLASS_COLOURS[cls]
+        if not 1 <= cls < k:
+            raise ValueError(f"cannot show class {cls}; {challenge.name}'s tumour classes are 1..{k - 1}")
+        colours[cls] = challenge.labels[cls - 1].colour
         opacity[cls] = alpha
     return colours, opacity
 
 
-def overlay_rgb(image_slice: np.ndarray, class_slice: np.ndarray, show=(1, 2, 3), alpha: float = 0.45) -> np.ndarray:
-    """uint8 HxWx3: the slice in grey with the classes in ``show`` blended in their colours.
+def overlay_rgb(image_slice: np.ndarray, class_slice: np.ndarray, challenge: Challenge, show=None,
+                alpha: float = 0.45) -> np.ndarray:
+    """uint8 HxWx3: the slice in grey with the classes in ``show`` (default all) blended in their colours.
 
     Two table lookups and one blend over the whole slice, so it stays fast at
-    any size.  Class values outside 0..3 are left uncoloured.
+    any size.  Class values outside the challenge's classes are left uncoloured.
     """
     image_slice, class_slice = np.asarray(image_slice), np.asarray(class_slice)
     if image_slice.ndim != 2 or image_slice.shape != class_slice.shape:
         raise ValueError(f"need two 2-D slices of one shape, got image {image_slice.shape} and classes {class_slice.shape}")
-    colours, opacity = _colour_tables(show, float(alpha))
+    show = range(1, challenge.num_classes) if show is None else show
+    colours, opacity = _colour_tables(challenge, show, float(alpha))
     cls = class_slice.astype(np.int64, copy=False)
-    cls = np.where((cls >= 0) & (cls < NUM_CLASSES), cls, 0)
+    cls = np.where((cls >= 0) & (cls < challenge.num_classes), cls, 0)
     grey = _grey(image_slice)[..., None]
     weight = opacity[cls][..., None]
     rgb = grey + weight * (colours[cls] - grey)
@@ -163,14 +163,15 @@ def orthogonal_slices(volume: np.ndarray, classes: np.ndarray, centre, affine=No
     }
 
 
-def _legend_handles(classes: np.ndarray, spacing) -> list[Patch]:
+def _legend_handles(classes: np.ndarray, spacing, challenge: Challenge) -> list[Patch]:
     """One coloured patch per tumour class, labelled with its volume in mL and voxels."""
-    counts = np.bincount(np.clip(classes, 0, NUM_CLASSES).ravel().astype(np.int64), minlength=NUM_CLASSES + 1)
+    k = challenge.num_classes
+    counts = np.bincount(np.clip(classes, 0, k).ravel().astype(np.int64), minlength=k + 1)
     per_voxel = voxel_ml(spacing)
     return [
         Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="white",
               label=f"{name}: {counts[cls] * per_voxel:.1f} mL ({counts[cls]:,} voxels)")
-        for cls, name, rgb in legend_entries()
+        for cls, name, rgb in legend_entries(challenge)
     ]
 
 
@@ -183,8 +184,8 @@ def _write(path, data: bytes) -> None:
         handle.write(data)
 
 
-def summary_png(volume: np.ndarray, classes: np.ndarray, spacing=(1.0, 1.0, 1.0), path=None, title: str = "",
-                affine=None, dpi: int = 100) -> bytes:
+def summary_png(volume: np.ndarray, classes: np.ndarray, challenge: Challenge, spacing=(1.0, 1.0, 1.0), path=None,
+                title: str = "", affine=None, dpi: int = 100) -> bytes:
     """PNG of the three orthogonal slices through the tumour's centre, with overlay and legend.
 
     Pixels are drawn at their physical aspect ratio (from ``spacing``), so an
@@ -199,10 +200,10 @@ def summary_png(volume: np.ndarray, classes: np.ndarray, spacing=(1.0, 1.0, 1.0)
     FigureCanvasAgg(fig)
     for ax, (view, (image, cls)) in zip(fig.subplots(1, 3), slices.items()):
         fixed, row, col = VIEWS[view]
-        ax.imshow(overlay_rgb(image, cls), aspect=float(spacing[row]) / float(spacing[col]), interpolation="nearest")
+        ax.imshow(overlay_rgb(image, cls, challenge), aspect=float(spacing[row]) / float(spacing[col]), interpolation="nearest")
         ax.set_title(f"{view} (slice {centre[fixed]})", color="white", fontsize=11)
         ax.set_axis_off()
-    fig.legend(handles=_legend_handles(classes, spacing), loc="lower center", ncol=3, frameon=False,
+    fig.legend(handles=_legend_handles(classes, spacing, challenge), loc="lower center", ncol=3, frameon=False,
                labelcolor="white", fontsize=10)
     if title:
         fig.suptitle(title, color="white", fontsize=13)
@@ -232,8 +233,8 @@ def _label(frame: Image.Image, text: str) -> None:
     draw.text((4, 3), text, fill=(255, 255, 255), font=font)
 
 
-def flythrough_gif(volume: np.ndarray, classes: np.ndarray, path=None, step: int = 1, duration_ms: int = 80,
-                   max_size: int = 256, spacing=(1.0, 1.0, 1.0), affine=None) -> bytes:
+def flythrough_gif(volume: np.ndarray, classes: np.ndarray, challenge: Challenge, path=None, step: int = 1,
+                   duration_ms: int = 80, max_size: int = 256, spacing=(1.0, 1.0, 1.0), affine=None) -> bytes:
     """Animated GIF of every ``step``-th axial slice with overlay, each labelled with its index.
 
     Frames are scaled so the longer side is ``max_size`` pixels at the
@@ -248,7 +249,7 @@ def flythrough_gif(volume: np.ndarray, classes: np.ndarray, path=None, step: int
     signs, depth = _axis_signs(affine), volume.shape[2]
     frames = []
     for z in range(0, depth, step):
-        rgb = overlay_rgb(_view_slice(volume, "axial", z, signs), _view_slice(classes, "axial", z, signs))
+        rgb = overlay_rgb(_view_slice(volume, "axial", z, signs), _view_slice(classes, "axial", z, signs), challenge)
         size = _frame_size(rgb.shape[:2], spacing, max_size)
         resample = Image.Resampling.NEAREST if size[0] >= rgb.shape[1] else Image.Resampling.BILINEAR
         frame = Image.fromarray(rgb).resize(size, resample)

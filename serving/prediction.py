@@ -21,7 +21,7 @@ import numpy as np
 
 from preprocessing.discovery import PatientSource
 from preprocessing.patient import PatientError, preprocess
-from shared import labels, layouts, manifest, metrics, storage, volume_ops
+from shared import challenges, labels, layouts, manifest, metrics, storage, volume_ops
 from shared.spec import PreprocessingSpec
 from shared.nifti_io import load_array, nifti_bytes, parse_nifti
 from shared.storage import read_bytes, write_bytes
@@ -54,6 +54,11 @@ class Predictor:
     def layout(self) -> str:
         return self.preprocess_cfg["layout"]
 
+    @property
+    def challenge(self) -> challenges.Challenge:
+        """What the model's classes mean (the challenge of its training data)."""
+        return challenges.get(self.layout)
+
     def predict_fn(self):
         return inference.keras_predict_fn(self.model)
 
@@ -61,8 +66,9 @@ class Predictor:
 @dataclasses.dataclass
 class Prediction:
     patient_id: str
-    classes: np.ndarray  # training classes 0..3 in the source grid (uint8)
+    classes: np.ndarray  # the model's classes in the source grid (uint8)
     label_convention: str  # numbering the written segmentation uses
+    challenge: challenges.Challenge  # what the classes mean (the model's)
     affine: np.ndarray
     header: object  # nibabel header of the source's first modality
     spacing: tuple[float, float, float]
@@ -75,7 +81,7 @@ class Prediction:
         return labels.to_source(self.classes, self.label_convention)
 
     def volumes_ml(self) -> dict[str, float]:
-        return metrics.volumes_ml(self.classes, self.spacing)
+        return metrics.volumes_ml(self.classes, self.challenge, self.spacing)
 
 
 def _read_json(path: str) -> dict:
@@ -165,7 +171,7 @@ def load_predictor(model_path: str, data_dir: str | None = None, window=None, wi
 
 
 def source_from_folder(folder: str, predictor: Predictor) -> tuple[PatientSource, str]:
-    """The patient's modality files (any BraTS release naming) and its label convention."""
+    """The patient's modality files (any BraTS release naming) and the numbering to write its segmentation in."""
     patient_id = posixpath.basename(folder.rstrip("/"))
     if not storage.is_dir(folder):
         raise PatientError("discover", "not a folder", folder)
@@ -174,7 +180,8 @@ def source_from_folder(folder: str, predictor: Predictor) -> tuple[PatientSource
     if layout is None:
         channel, reason = sorted(match.missing.items())[0]
         raise PatientError("discover", f"missing modality {channel}: {reason}", folder)
-    return PatientSource(patient_id, "unknown", match.paths, {}), layout.label_convention
+    return (PatientSource(patient_id, "unknown", match.paths, {}),
+            challenges.output_convention(predictor.challenge, layout.label_convention))
 
 
 def source_image(path: str) -> tuple[object, np.ndarray]:
@@ -190,6 +197,7 @@ class Prepared:
 
     source: PatientSource
     label_convention: str
+    challenge: challenges.Challenge
     record: object  # shared.schema.PatientRecord: cropped, normalised image and the crop geometry
     header: object  # nibabel header of the first modality, copied into the written segmentation
 
@@ -205,7 +213,9 @@ def prepare(predictor: Predictor, source: PatientSource, label_convention: str, 
     record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=threads).record
     first = source.files[predictor.channels[0]]
     header = parse_nifti(read_bytes(first), posixpath.basename(first)).header
-    return Prepared(source, label_convention, record, header)
+    if not challenges.same_classes(label_convention, predictor.challenge.label_convention):
+        raise ValueError(f"a {predictor.challenge.name} model cannot write labels in numbering {label_convention!r}")
+    return Prepared(source, label_convention, predictor.challenge, record, header)
 
 
 def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
@@ -226,7 +236,7 @@ def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, second
     record, source = prepared.record, prepared.source
     picture = source_image(source.files[record.channels[0]])[1] if display else None
     return Prediction(
-        patient_id=source.patient_id, label_convention=prepared.label_convention,
+        patient_id=source.patient_id, label_convention=prepared.label_convention, challenge=prepared.challenge,
         classes=volume_ops.uncrop(cropped, record.crop_box, record.original_shape),
         affine=record.affine, header=prepared.header, spacing=volume_ops.voxel_spacing(record.affine),
         display=picture, seconds=dict(seconds or {}), source_files=dict(source.files),
@@ -269,9 +279,10 @@ def volumes_report(prediction: Prediction, predictor: Predictor | None = None) -
         "patient_id": prediction.patient_id,
         "volumes_ml": {k: round(v, 3) for k, v in prediction.volumes_ml().items()},
         "voxel_spacing_mm": list(prediction.spacing),
+        "challenge": prediction.challenge.name,
         "label_convention": prediction.label_convention,
-        "labels": {cls: int(labels.to_source(np.array([i]), prediction.label_convention)[0])
-                   for i, cls in enumerate(labels.CLASS_NAMES)},
+        "labels": dict(zip(labels.class_keys(prediction.label_convention),
+                           labels.stored_values(prediction.label_convention))),
         "seconds": {k: round(v, 3) for k, v in prediction.seconds.items()},
         "source_files": {k: posixpath.basename(v) for k, v in prediction.source_files.items()},
     }
@@ -294,9 +305,10 @@ def write_outputs(prediction: Prediction, output_dir: str, predictor: Predictor 
 
         paths["png"] = posixpath.join(output_dir, f"{pid}.png")
         paths["gif"] = posixpath.join(output_dir, f"{pid}.gif")
-        write_bytes(paths["png"], pics.summary_png(prediction.display, prediction.classes, prediction.spacing,
+        write_bytes(paths["png"], pics.summary_png(prediction.display, prediction.classes, prediction.challenge,
+                                                   prediction.spacing,
                                                    title=pid, affine=prediction.affine))
-        write_bytes(paths["gif"], pics.flythrough_gif(prediction.display, prediction.classes,
+        write_bytes(paths["gif"], pics.flythrough_gif(prediction.display, prediction.classes, prediction.challenge,
                                                       spacing=prediction.spacing, affine=prediction.affine))
     return paths
 

@@ -1,51 +1,47 @@
-"""Label conventions of the BraTS releases and the tumour regions scored on them.
+"""Stored label values <-> contiguous training classes, per label convention.
 
-The model always sees four contiguous classes (background, necrotic core,
-oedema, enhancing tumour).  BraTS 2020/2021 store enhancing tumour as label 4,
-BraTS 2023 as label 3; a *label convention* maps the stored values onto the
-training classes and back, so predictions can be written in the source's own
-numbering.
-
-Regions are ordered [WT, TC, ET] (the nnU-Net order) everywhere in the project.
+A *label convention* is a challenge's numbering (:mod:`shared.challenges`):
+BraTS 2020/2021 store enhancing tumour as 4, 2023 as 3, GLI 2024 adds 4 for
+the resection cavity, PED 2024 numbers its own way.  Models see contiguous
+classes (0 background, then the convention's labels in increasing value), and
+predictions are written back in the source's own numbering.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-BACKGROUND, NECROTIC_CORE, EDEMA, ENHANCING = 0, 1, 2, 3
-NUM_CLASSES = 4
-CLASS_NAMES = ("background", "necrotic_core", "edema", "enhancing")
-
-# Stored label value -> training class, per convention.
-LABEL_CONVENTIONS: dict[str, dict[int, int]] = {
-    "brats2020": {0: BACKGROUND, 1: NECROTIC_CORE, 2: EDEMA, 4: ENHANCING},
-    "brats2023": {0: BACKGROUND, 1: NECROTIC_CORE, 2: EDEMA, 3: ENHANCING},
-}
-
-# Training classes making up each evaluated region, in the project's order.
-REGIONS: dict[str, tuple[int, ...]] = {
-    "WT": (NECROTIC_CORE, EDEMA, ENHANCING),
-    "TC": (NECROTIC_CORE, ENHANCING),
-    "ET": (ENHANCING,),
-}
-REGION_NAMES = tuple(REGIONS)
+from shared import challenges
 
 
-def _convention(name: str) -> dict[int, int]:
+def _values(convention: str) -> tuple[int, ...]:
     try:
-        return LABEL_CONVENTIONS[name]
+        return tuple(label.value for label in challenges.CONVENTIONS[convention])
     except KeyError:
         raise ValueError(
-            f"unknown label convention {name!r}; known: {sorted(LABEL_CONVENTIONS)}"
+            f"unknown label convention {convention!r}; known: {', '.join(challenges.CONVENTIONS)}"
         ) from None
+
+
+def stored_values(convention: str) -> tuple[int, ...]:
+    """Every value a segmentation in ``convention`` may hold, background included."""
+    return (0,) + _values(convention)
+
+
+def num_classes(convention: str) -> int:
+    return len(_values(convention)) + 1
+
+
+def class_keys(convention: str) -> tuple[str, ...]:
+    """``("background", <label keys>...)`` in class order."""
+    return ("background",) + tuple(label.key for label in challenges.CONVENTIONS[convention])
 
 
 def unexpected_labels(seg: np.ndarray, convention: str) -> list[int]:
     """Stored values in ``seg`` that the convention does not define (sorted)."""
     present = np.unique(seg)
-    known = set(_convention(convention))
-    return [int(v) for v in present if int(v) != v or int(v) not in known]
+    known = set(stored_values(convention))
+    return [int(v) if int(v) == v else float(v) for v in present if int(v) != v or int(v) not in known]
 
 
 def to_classes(seg: np.ndarray, convention: str) -> np.ndarray:
@@ -56,22 +52,26 @@ def to_classes(seg: np.ndarray, convention: str) -> np.ndarray:
     """
     bad = unexpected_labels(seg, convention)
     if bad:
-        raise ValueError(f"unexpected label values {bad} for convention {convention!r}")
-    lut = np.zeros(max(_convention(convention)) + 1, dtype=np.uint8)
-    for stored, cls in _convention(convention).items():
+        raise ValueError(f"unexpected label values {bad} for convention {convention!r}"
+                         f" (it defines {list(stored_values(convention))})")
+    values = stored_values(convention)
+    lut = np.zeros(max(values) + 1, dtype=np.uint8)
+    for cls, stored in enumerate(values):
         lut[stored] = cls
     return lut[np.asarray(seg).astype(np.int64)]
 
 
 def to_source(classes: np.ndarray, convention: str) -> np.ndarray:
     """Inverse of :func:`to_classes`: training classes back to stored labels."""
-    lut = np.zeros(NUM_CLASSES, dtype=np.uint8)
-    for stored, cls in _convention(convention).items():
-        lut[cls] = stored
-    return lut[np.asarray(classes).astype(np.int64)]
+    lut = np.asarray(stored_values(convention), dtype=np.uint8)
+    classes = np.asarray(classes).astype(np.int64)
+    if classes.size and (classes.min() < 0 or classes.max() >= lut.size):
+        raise ValueError(f"class values must lie in 0..{lut.size - 1} for convention {convention!r},"
+                         f" got {int(classes.min())}..{int(classes.max())}")
+    return lut[classes]
 
 
-def one_hot(classes: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def one_hot(classes: np.ndarray, num_classes: int) -> np.ndarray:
     """Channels-last one-hot encoding as uint8 (1 byte per class, not float)."""
     classes = np.asarray(classes)
     if classes.size and int(classes.max()) >= num_classes:
@@ -79,6 +79,6 @@ def one_hot(classes: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     return (classes[..., None] == np.arange(num_classes, dtype=classes.dtype)).astype(np.uint8)
 
 
-def region_masks(classes: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean mask per region (WT, TC, ET) from a class volume."""
-    return {name: np.isin(classes, members) for name, members in REGIONS.items()}
+def region_masks(classes: np.ndarray, challenge: challenges.Challenge) -> dict[str, np.ndarray]:
+    """Boolean mask per scored region of ``challenge`` from a class volume."""
+    return {name: np.isin(classes, members) for name, members in challenge.region_classes().items()}

@@ -5,9 +5,10 @@ A layout turns a patient folder's file listing into one path per modality
 cannot, so the data engine and prediction can reject a patient with a reason
 that names the file a researcher has to fix.
 
-The project calls the four modalities by their BraTS 2020 names (flair, t1,
-t1ce, t2) whatever the release; BraTS 2023 files (t2f, t1n, t1c, t2w) are
-mapped onto them.
+The naming itself is data in :mod:`shared.challenges`; this module matches
+files against it.  The project calls modalities by their BraTS 2020 names
+(flair, t1, t1ce, t2) whatever the release; 2023+ files (t2f, t1n, t1c, t2w)
+are mapped onto them.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import fnmatch
 import posixpath
 import re
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
-SEGMENTATION = "seg"
+from shared import challenges
+
+MODALITIES = challenges.MODALITIES
+SEGMENTATION = challenges.SEGMENTATION
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """File naming of one BraTS release."""
+    """File naming of one challenge (its registry entry's :class:`~shared.challenges.Naming`)."""
 
     name: str
     patient_dir: str  # regular expression a patient folder name must match
@@ -34,42 +37,34 @@ class Layout:
     grade_table: str | None = None  # CSV in the cohort root with a Grade column
     misnamed_seg_globs: tuple[str, ...] = ()
 
+    @classmethod
+    def of(cls, challenge: challenges.Challenge) -> "Layout":
+        naming = challenge.naming
+        return cls(name=challenge.name, patient_dir=naming.patient_dir, separator=naming.separator,
+                   tokens=dict(naming.tokens), label_convention=challenge.label_convention,
+                   grade_table=naming.grade_table, misnamed_seg_globs=naming.misnamed_seg_globs)
+
+    @property
+    def challenge(self) -> challenges.Challenge:
+        return challenges.get(self.name)
+
     def is_patient_dir(self, name: str) -> bool:
         return re.fullmatch(self.patient_dir, name) is not None
 
     def expected_name(self, patient_id: str, channel: str, extension: str = ".nii.gz") -> str:
+        if channel not in self.tokens:
+            raise ValueError(f"{self.name} has no {channel!r} files; it ships {sorted(self.tokens)}")
         return f"{patient_id}{self.separator}{self.tokens[channel]}{extension}"
 
     def suffixes(self, channel: str) -> tuple[str, ...]:
         """Lower-case name endings of a channel's file, whatever the patient id (``_flair.nii.gz``...)."""
+        if channel not in self.tokens:
+            return ()
         return tuple(f"{self.separator}{self.tokens[channel]}{ext}".lower() for ext in NIFTI_EXTENSIONS)
 
 
-LAYOUTS: dict[str, Layout] = {
-    "brats2020": Layout(
-        name="brats2020",
-        patient_dir=r"BraTS20_(Training|Validation)_\d+",
-        separator="_",
-        tokens={"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2", "seg": "seg"},
-        label_convention="brats2020",
-        grade_table="name_mapping.csv",
-        misnamed_seg_globs=("*_Segm.nii", "*_Segm.nii.gz", "*seg*.nii*"),
-    ),
-    "brats2021": Layout(
-        name="brats2021",
-        patient_dir=r"BraTS2021_\d+",
-        separator="_",
-        tokens={"flair": "flair", "t1": "t1", "t1ce": "t1ce", "t2": "t2", "seg": "seg"},
-        label_convention="brats2020",
-    ),
-    "brats2023_gli": Layout(
-        name="brats2023_gli",
-        patient_dir=r"BraTS-GLI-\d+-\d+",
-        separator="-",
-        tokens={"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"},
-        label_convention="brats2023",
-    ),
-}
+# One layout per registry entry, in registry order.
+LAYOUTS: dict[str, Layout] = {name: Layout.of(c) for name, c in challenges.CHALLENGES.items()}
 
 
 def get_layout(name: str) -> Layout:
@@ -108,6 +103,9 @@ def match_patient_files(
     found: dict[str, str] = {}
     missing: dict[str, str] = {}
     for channel in channels:
+        if channel not in layout.tokens:
+            missing[channel] = f"{layout.name} has no {channel} files (it ships {', '.join(layout.tokens)})"
+            continue
         names = [layout.expected_name(patient_id, channel, ext) for ext in NIFTI_EXTENSIONS]
         hit = next((by_name[n] for n in names if n in by_name), None)
         if hit is not None:

@@ -7,9 +7,9 @@ re-implements them (see :data:`CONVENTION`); the official 2023+ package differs
 by dropping regions that are empty in both, so every report carries the
 sentence in :data:`CONVENTION`.
 
-Inputs are class-index volumes in the internal convention of
-:mod:`shared.labels` (0 background, 1 necrotic core, 2 oedema, 3 enhancing);
-regions come from :data:`shared.labels.REGIONS`.  No TensorFlow here: the
+Inputs are class-index volumes (0 background, class i the i-th label of the
+challenge, see :mod:`shared.challenges`); what is scored is every region the
+challenge defines, then every label on its own.  No TensorFlow here: the
 evaluator, the predictor, the Beam job and a notebook can all import it.
 """
 
@@ -21,16 +21,16 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from shared.labels import CLASS_NAMES, NUM_CLASSES, REGION_NAMES, REGIONS
+from shared.challenges import SRI24_DIAGONAL_MM, Challenge
 from shared.volume_ops import bounding_box, crop
 
 # Diagonal of the 240x240x155 BraTS grid at 1 mm: the HD95 of a region that
 # exists in only one of prediction and truth (the largest distance possible).
-EMPTY_HD95 = 373.12866
+EMPTY_HD95 = SRI24_DIAGONAL_MM
 
 CONVENTION = (
-    "BraTS 2017-2020 conventions: regions WT={1,2,3}, TC={1,3}, ET={3} of the classes "
-    "(1 necrotic core, 2 oedema, 3 enhancing); Dice 1 and HD95 0 mm when prediction and "
+    "BraTS 2017-2020 conventions: the challenge's regions (each a set of labels); "
+    "Dice 1 and HD95 0 mm when prediction and "
     f"truth are both empty, Dice 0 and HD95 {EMPTY_HD95} mm when exactly one is empty, and "
     "such cases are kept in every mean; HD95 is the larger of the two directed 95th "
     "percentiles of surface-to-surface distances in mm (6-connected surfaces, voxel spacing "
@@ -39,12 +39,14 @@ CONVENTION = (
     "population standard deviation (ddof=0)."
 )
 
-# Tumour classes scored on their own, by the names shared.labels gives them.
-TUMOUR_CLASSES: dict[str, tuple[int, ...]] = {
-    CLASS_NAMES[c]: (c,) for c in range(1, NUM_CLASSES)
-}
-# Everything scored per patient: the three regions, then the three classes.
-STRUCTURES: dict[str, tuple[int, ...]] = {**REGIONS, **TUMOUR_CLASSES}
+
+def structures(challenge: Challenge) -> dict[str, tuple[int, ...]]:
+    """Everything scored per patient, as class indices: the regions, then each label not already a region."""
+    scored = dict(challenge.region_classes())
+    for cls, key in enumerate(challenge.class_keys[1:], start=1):
+        scored.setdefault(key, (cls,))
+    return scored
+
 
 # Surfaces are taken with 6-connectivity, as MedPy and nnU-Net do.
 _SURFACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)
@@ -170,27 +172,28 @@ def volume_ml(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
     return int(np.count_nonzero(mask)) * voxel_ml(spacing)
 
 
-def _check_classes(classes: np.ndarray) -> None:
-    """Refuse values outside 0..NUM_CLASSES-1 (e.g. a source label 4 not mapped to 3)."""
-    if classes.size and (int(classes.min()) < 0 or int(classes.max()) >= NUM_CLASSES):
+def _check_classes(classes: np.ndarray, num_classes: int) -> None:
+    """Refuse values outside 0..num_classes-1 (e.g. a source label 4 not mapped to 3)."""
+    if classes.size and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
         raise ValueError(
-            f"class values must lie in 0..{NUM_CLASSES - 1}, got {int(classes.min())}..{int(classes.max())}"
+            f"class values must lie in 0..{num_classes - 1}, got {int(classes.min())}..{int(classes.max())}"
             " (map source labels with shared.labels.to_classes first)"
         )
 
 
-def _class_counts(classes: np.ndarray) -> np.ndarray:
-    """Voxels per class 0..NUM_CLASSES-1 in one pass (bincount beats six isin calls)."""
+def _class_counts(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Voxels per class in one pass (bincount beats one isin call per structure)."""
     classes = np.asarray(classes)
-    _check_classes(classes)
-    return np.bincount(classes.ravel().astype(np.int64), minlength=NUM_CLASSES)
+    _check_classes(classes, num_classes)
+    return np.bincount(classes.ravel().astype(np.int64), minlength=num_classes)
 
 
-def volumes_ml(classes: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
-    """Volume in mL of each region (WT, TC, ET) and tumour class (by CLASS_NAMES)."""
-    counts = _class_counts(classes)
+def volumes_ml(classes: np.ndarray, challenge: Challenge, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Volume in mL of each region and label of ``challenge``."""
+    counts = _class_counts(classes, challenge.num_classes)
     per_voxel = voxel_ml(spacing)
-    return {name: float(counts[list(members)].sum()) * per_voxel for name, members in STRUCTURES.items()}
+    return {name: float(counts[list(members)].sum()) * per_voxel
+            for name, members in structures(challenge).items()}
 
 
 def _tumour_box(pred_classes: np.ndarray, truth_classes: np.ndarray):
@@ -218,14 +221,14 @@ def _overlap_scores(pred: np.ndarray, truth: np.ndarray, spacing, outside: int) 
     }
 
 
-def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
+def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge: Challenge,
+                  spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
     """Every per-patient number, as one flat dict (one CSV row).
 
-    For each structure S in WT, TC, ET, necrotic_core, edema, enhancing:
-    ``dice_S``, ``hd95_S``, ``sensitivity_S``, ``specificity_S``,
-    ``volume_pred_S_ml``, ``volume_truth_S_ml``.  The ET region and the
-    enhancing class are the same voxels; both are kept so region and class
-    tables read on their own, and their scores are computed once.  Everything
+    For each structure S of :func:`structures` (the challenge's regions, then
+    its labels): ``dice_S``, ``hd95_S``, ``sensitivity_S``, ``specificity_S``,
+    ``volume_pred_S_ml``, ``volume_truth_S_ml``.  Structures with the same
+    voxels are scored once.  Everything
     is computed inside the box around the tumour voxels of both volumes (a
     full scan takes ~10x longer and gives the same numbers).
     """
@@ -233,15 +236,16 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, spacing=(
     _check_same_shape(pred_classes, truth_classes, "predicted and true class volumes")
     if len(tuple(spacing)) != pred_classes.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match a volume of shape {pred_classes.shape}")
-    _check_classes(pred_classes)
-    _check_classes(truth_classes)
+    _check_classes(pred_classes, challenge.num_classes)
+    _check_classes(truth_classes, challenge.num_classes)
     box = _tumour_box(pred_classes, truth_classes)
     pred_box, truth_box = pred_classes[box], truth_classes[box]
     outside = pred_classes.size - pred_box.size
-    pred_volumes, truth_volumes = volumes_ml(pred_box, spacing), volumes_ml(truth_box, spacing)
+    pred_volumes = volumes_ml(pred_box, challenge, spacing)
+    truth_volumes = volumes_ml(truth_box, challenge, spacing)
     done: dict[tuple[int, ...], dict[str, float]] = {}
     row: dict[str, float] = {}
-    for name, members in STRUCTURES.items():
+    for name, members in structures(challenge).items():
         if members not in done:
             done[members] = _overlap_scores(
                 np.isin(pred_box, members), np.isin(truth_box, members), spacing, outside
@@ -301,24 +305,25 @@ def _extremes(rows: list[dict], column: str, id_key: str) -> tuple[dict, dict] |
     return {"id": best[0], "dice": best[1]}, {"id": worst[0], "dice": worst[1]}
 
 
-def summarize(rows: list[dict], id_key: str = "patient") -> dict:
+def summarize(rows: list[dict], regions: Sequence[str], id_key: str = "patient") -> dict:
     """Cohort summary of per-patient rows (e.g. from :func:`score_patient`).
 
     Returns ``{"convention", "n", "metrics": {column: describe(...)},
     "best": {region: {"id", "dice"}}, "worst": {region: {"id", "dice"}}}``;
-    best and worst are by ``dice_<region>`` for WT, TC and ET, so the cases
-    worth looking at are named in the report.
+    best and worst are by ``dice_<region>`` for each of ``regions`` (the
+    challenge's), so the cases worth looking at are named in the report.
     """
     rows = list(rows)
     summary: dict = {
         "convention": CONVENTION,
         "n": len(rows),
+        "regions": list(regions),
         "metrics": {column: describe([row[column] for row in rows if _is_number(row.get(column))])
                     for column in _numeric_columns(rows, id_key)},
         "best": {},
         "worst": {},
     }
-    for region in REGION_NAMES:
+    for region in regions:
         found = _extremes(rows, f"dice_{region}", id_key)
         if found:
             summary["best"][region], summary["worst"][region] = found
@@ -346,7 +351,7 @@ def format_table(summary: dict) -> str:
     metrics = summary.get("metrics", {})
     header = ("region", "Dice mean±std", "Dice median", "HD95 mm mean±std", "HD95 median", "best (Dice)", "worst (Dice)")
     lines = [header]
-    for region in REGION_NAMES:
+    for region in summary.get("regions", ()):
         d, h = metrics.get(f"dice_{region}"), metrics.get(f"hd95_{region}")
         lines.append((region, _mean_std(d, 3), _median(d, 3), _mean_std(h, 2), _median(h, 2),
                       _who(summary.get("best", {}).get(region)), _who(summary.get("worst", {}).get(region))))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from shared import labels, layouts
+from shared import challenges
 from shared.manifest import DEFAULT_COMPRESSION, check_compression
 
 
@@ -26,14 +26,13 @@ class PreprocessingSpec:
     crop_box: tuple[tuple[int, int], ...] | None
     crop_size_centered: tuple[int, int, int] | None
     compression: str
-    num_classes: int = labels.NUM_CLASSES
 
     @classmethod
     def from_config(cls, cfg: dict) -> "PreprocessingSpec":
         crop = cfg["crop"]
         if crop["mode"] not in ("fixed", "centered"):
             raise ValueError(f"unknown crop mode {crop['mode']!r}; use fixed or centered")
-        layouts.get_layout(cfg["layout"])  # an unknown layout fails here
+        challenges.get(cfg["layout"])  # an unknown challenge fails here
         return cls(
             layout=cfg["layout"],
             modalities=tuple(cfg["modalities"]),
@@ -68,8 +67,17 @@ class PreprocessingSpec:
         return len(self.modalities)
 
     @property
+    def challenge(self) -> challenges.Challenge:
+        """The registry entry of the dataset's ``layout`` (its challenge)."""
+        return challenges.get(self.layout)
+
+    @property
     def label_convention(self) -> str:
-        return layouts.get_layout(self.layout).label_convention
+        return self.challenge.label_convention
+
+    @property
+    def num_classes(self) -> int:
+        return self.challenge.num_classes
 
     def record_bytes(self) -> int:
         """Upper bound of one serialised record: float16 image, uint8 one-hot, and the metadata."""

@@ -7,7 +7,9 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from shared import metrics
+from shared import challenges, metrics
+
+GLI = challenges.get("brats2023_gli")  # classes 1 NETC, 2 SNFH, 3 ET
 
 SHAPE = (20, 20, 16)
 
@@ -113,40 +115,51 @@ def test_volumes_in_ml():
     classes[2, 0, :1] = 3
     spacing = (2, 2, 2)  # 8 mm³ = 0.008 mL per voxel
     assert metrics.volume_ml(classes > 0, spacing) == pytest.approx(6 * 0.008)
-    vols = metrics.volumes_ml(classes, spacing)
-    assert set(vols) == {"WT", "TC", "ET", "necrotic_core", "edema", "enhancing"}
+    vols = metrics.volumes_ml(classes, GLI, spacing)
+    assert set(vols) == {"WT", "TC", "ET", "NETC", "SNFH"}
     assert vols["WT"] == pytest.approx(6 * 0.008)
     assert vols["TC"] == pytest.approx(4 * 0.008)
-    assert vols["ET"] == vols["enhancing"] == pytest.approx(0.008)
-    assert vols["necrotic_core"] == pytest.approx(3 * 0.008)
-    assert vols["edema"] == pytest.approx(2 * 0.008)
+    assert vols["ET"] == pytest.approx(0.008)
+    assert vols["NETC"] == pytest.approx(3 * 0.008)
+    assert vols["SNFH"] == pytest.approx(2 * 0.008)
 
 
 def test_score_patient_region_logic():
     truth = np.zeros(SHAPE, dtype=np.uint8)
     truth[5:9, 5:9, 5:9] = 1  # necrotic core only
     pred = truth.copy()
-    row = metrics.score_patient(pred, truth, (1, 1, 1))
+    row = metrics.score_patient(pred, truth, GLI, (1, 1, 1))
     # Class 1 belongs to WT and TC but not to ET, which is empty in both.
-    assert row["dice_WT"] == row["dice_TC"] == row["dice_necrotic_core"] == 1.0
-    assert row["dice_ET"] == row["dice_enhancing"] == 1.0 and row["hd95_ET"] == 0.0
+    assert row["dice_WT"] == row["dice_TC"] == row["dice_NETC"] == 1.0
+    assert row["dice_ET"] == 1.0 and row["hd95_ET"] == 0.0
     assert row["volume_truth_WT_ml"] == row["volume_truth_TC_ml"] == pytest.approx(0.064)
     assert row["volume_truth_ET_ml"] == 0.0
     # Relabel the prediction as enhancing: WT and TC still match, ET now exists in only one.
     pred[pred == 1] = 3
-    row = metrics.score_patient(pred, truth, (1, 1, 1))
+    row = metrics.score_patient(pred, truth, GLI, (1, 1, 1))
     assert row["dice_WT"] == row["dice_TC"] == 1.0
     assert row["dice_ET"] == 0.0 and row["hd95_ET"] == metrics.EMPTY_HD95
-    assert row["dice_necrotic_core"] == 0.0 and row["sensitivity_necrotic_core"] == 0.0
-    for name in ("WT", "TC", "ET", "necrotic_core", "edema", "enhancing"):
+    assert row["dice_NETC"] == 0.0 and row["sensitivity_NETC"] == 0.0
+    for name in ("WT", "TC", "ET", "NETC", "SNFH"):
         for key in ("dice_{}", "hd95_{}", "sensitivity_{}", "specificity_{}", "volume_pred_{}_ml", "volume_truth_{}_ml"):
             assert key.format(name) in row
-    assert len(row) == 36
+    assert len(row) == 30
+
+
+def test_score_patient_scores_every_region_of_gli_2024():
+    """RC is its own region (label 4, class 4) and never part of WT or ET."""
+    gli24 = challenges.get("brats2024_gli")
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[2:6, 2:6, 2:6] = 4  # resection cavity only
+    row = metrics.score_patient(truth, truth, gli24, (1, 1, 1))
+    assert row["dice_RC"] == 1.0 and row["volume_truth_RC_ml"] == pytest.approx(0.064)
+    assert row["volume_truth_WT_ml"] == row["volume_truth_ET_ml"] == 0.0
+    assert {f"dice_{r}" for r in ("WT", "TC", "ET", "NETC", "SNFH", "RC")} <= set(row)
 
 
 def test_score_patient_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(4, 4, 4\).*\(4, 4, 5\)"):
-        metrics.score_patient(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), (1, 1, 1))
+        metrics.score_patient(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), GLI, (1, 1, 1))
 
 
 def test_summarize_three_rows():
@@ -155,7 +168,7 @@ def test_summarize_three_rows():
         {"patient": "b", "dice_WT": 0.6, "hd95_WT": 8.0, "dice_TC": 0.7},
         {"patient": "c", "dice_WT": 0.3, "hd95_WT": 5.0, "dice_TC": float("nan")},
     ]
-    summary = metrics.summarize(rows)
+    summary = metrics.summarize(rows, ("WT", "TC", "ET"))
     assert summary["convention"] == metrics.CONVENTION and summary["n"] == 3
     wt = summary["metrics"]["dice_WT"]
     assert wt["mean"] == pytest.approx(0.6) and wt["median"] == pytest.approx(0.6)
@@ -174,14 +187,15 @@ def test_format_table_shows_regions_and_convention():
     truth = np.zeros(SHAPE, dtype=np.uint8)
     truth[4:10, 4:10, 4:10] = 2
     truth[6:8, 6:8, 6:8] = 3
-    rows = [{"patient": f"p{i}", **metrics.score_patient(np.roll(truth, i, axis=0), truth, (1, 1, 1))} for i in range(3)]
-    table = metrics.format_table(metrics.summarize(rows))
+    rows = [{"patient": f"p{i}", **metrics.score_patient(np.roll(truth, i, axis=0), truth, GLI, (1, 1, 1))}
+            for i in range(3)]
+    table = metrics.format_table(metrics.summarize(rows, tuple(GLI.regions)))
     lines = table.splitlines()
     assert lines[0].startswith("region") and "Dice mean±std" in lines[0]
     assert [line.split()[0] for line in lines[2:5]] == ["WT", "TC", "ET"]
     assert "p0 (1.000)" in lines[2] and metrics.CONVENTION in table
     assert "n = 3 patients" in table
-    empty_table = metrics.format_table(metrics.summarize([])).splitlines()
+    empty_table = metrics.format_table(metrics.summarize([], tuple(GLI.regions))).splitlines()
     assert empty_table[2].split() == ["WT", "-", "-", "-", "-", "-", "-"]
 
 
@@ -193,8 +207,8 @@ def test_score_patient_box_gives_the_full_volume_numbers():
     pred = np.roll(truth, 2, axis=1)
     pred[18, 1, 14] = 3  # a stray voxel far from the rest
     spacing = (1.0, 1.0, 2.0)
-    row = metrics.score_patient(pred, truth, spacing)
-    for name, members in metrics.STRUCTURES.items():
+    row = metrics.score_patient(pred, truth, GLI, spacing)
+    for name, members in metrics.structures(GLI).items():
         p, t = np.isin(pred, members), np.isin(truth, members)
         assert row[f"dice_{name}"] == pytest.approx(metrics.dice(p, t))
         assert row[f"hd95_{name}"] == pytest.approx(metrics.hd95(p, t, spacing))
@@ -207,4 +221,4 @@ def test_score_patient_refuses_source_labels():
     seg = np.zeros((4, 4, 4), dtype=np.uint8)
     seg[0, 0, 0] = 4  # BraTS 2020 enhancing, not yet mapped to class 3
     with pytest.raises(ValueError, match="to_classes"):
-        metrics.score_patient(seg, seg, (1, 1, 1))
+        metrics.score_patient(seg, seg, GLI, (1, 1, 1))

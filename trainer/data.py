@@ -32,6 +32,7 @@ class DatasetInfo:
     manifest_sha256: str
     channels: tuple[str, ...]
     num_classes: int
+    challenge: str  # registry name (shared/challenges.py): labels, regions, numbering
     volume_shape: tuple[int, int, int]  # cropped grid of every record
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
@@ -60,7 +61,8 @@ def open_dataset(data_dir: str, verify: bool = True) -> DatasetInfo:
     except ValueError as exc:
         raise DatasetError(f"{data_dir}: {exc}") from None
     try:
-        shape = PreprocessingSpec.from_config(manifest["config"]).crop_shape
+        preprocessing = PreprocessingSpec.from_config(manifest["config"])
+        shape = preprocessing.crop_shape
     except (KeyError, ValueError) as exc:
         raise DatasetError(f"{data_dir}: the manifest's preprocessing config is unusable: {exc}") from None
     return DatasetInfo(
@@ -69,6 +71,7 @@ def open_dataset(data_dir: str, verify: bool = True) -> DatasetInfo:
         manifest_sha256=manifest_lib.manifest_sha256(data_dir),
         channels=tuple(manifest["record"]["channels"]),
         num_classes=len(manifest["record"]["classes"]),
+        challenge=preprocessing.challenge.name,
         volume_shape=tuple(int(s) for s in shape),
         train_files=tuple(manifest_lib.shard_paths(data_dir, manifest, "train")),
         val_files=tuple(manifest_lib.shard_paths(data_dir, manifest, "val")),

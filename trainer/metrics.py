@@ -5,7 +5,7 @@ divides once at the end, so the reported Dice is that of the whole epoch's
 voxels, not a mean of noisy per-batch ratios (a batch with no enhancing tumour
 would otherwise count as 0 or 1 at random).  Predictions are hard labels
 (argmax), matching how BraTS scores submissions.  Regions and class names come
-from :mod:`shared.labels`.
+from the dataset's challenge (:mod:`shared.challenges`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from shared.labels import CLASS_NAMES, NUM_CLASSES, REGION_NAMES, REGIONS
+from shared.challenges import Challenge
 
 # Registered so a saved .keras model reloads with its compiled metrics.
 _serializable = keras.saving.register_keras_serializable(package="trainer")
@@ -45,7 +45,7 @@ def _dice(intersection, pred_sum, true_sum):
 class _MaskDice(keras.metrics.Metric):
     """Accumulated Dice of the voxels whose class is in ``members``."""
 
-    def __init__(self, members, name, num_classes: int = NUM_CLASSES, **kwargs):
+    def __init__(self, members, name, num_classes: int, **kwargs):
         super().__init__(name=name, dtype="float32", **kwargs)
         self.members = tuple(int(c) for c in members)
         self.num_classes = num_classes
@@ -65,49 +65,31 @@ class _MaskDice(keras.metrics.Metric):
         return _dice(self.intersection, self.pred_sum, self.true_sum)
 
     def get_config(self):
-        return {"name": self.name, "num_classes": self.num_classes}
+        return {"name": self.name, "members": list(self.members), "num_classes": self.num_classes}
 
 
 @_serializable
 class RegionDice(_MaskDice):
-    """Dice of a BraTS region ("WT", "TC", "ET"), named ``dice_wt`` etc."""
+    """Dice of one region (a set of classes), named ``dice_<region>`` (``dice_wt``, ``dice_rc``)."""
 
-    def __init__(self, region: str, name: str | None = None, **kwargs):
-        if region not in REGIONS:
-            raise ValueError(f"unknown region {region!r}; choose one of {list(REGION_NAMES)}")
-        super().__init__(REGIONS[region], name=name or f"dice_{region.lower()}", **kwargs)
-        self.region = region
-
-    def get_config(self):
-        return {**super().get_config(), "region": self.region}
-
-
-@_serializable
-class ClassDice(_MaskDice):
-    """Dice of one training class, named ``dice_<class name>`` (e.g. dice_edema)."""
-
-    def __init__(self, class_id: int, name: str | None = None, **kwargs):
-        if not 0 <= class_id < len(CLASS_NAMES):
-            raise ValueError(f"class_id {class_id} outside 0..{len(CLASS_NAMES) - 1}")
-        super().__init__((class_id,), name=name or f"dice_{CLASS_NAMES[class_id]}", **kwargs)
-        self.class_id = class_id
-
-    def get_config(self):
-        return {**super().get_config(), "class_id": self.class_id}
+    def __init__(self, members, name: str, num_classes: int, **kwargs):
+        super().__init__(members, name=name, num_classes=num_classes, **kwargs)
 
 
 @_serializable
 class MeanRegionDice(keras.metrics.Metric):
-    """Mean of the WT, TC and ET epoch Dice (each accumulated separately).
+    """Mean of the regions' epoch Dice (each accumulated separately).
 
     It owns its own region accumulators so it does not depend on the other
     metrics being present in the compile list.
     """
 
-    def __init__(self, name: str = "dice_mean", num_classes: int = NUM_CLASSES, **kwargs):
+    def __init__(self, regions: dict, num_classes: int, name: str = "dice_mean", **kwargs):
         super().__init__(name=name, dtype="float32", **kwargs)
         self.num_classes = num_classes
-        self.regions = [RegionDice(r, num_classes=num_classes) for r in REGION_NAMES]
+        self.region_members = {str(k): tuple(int(c) for c in v) for k, v in regions.items()}
+        self.regions = [RegionDice(m, name=f"dice_{r.lower()}", num_classes=num_classes)
+                        for r, m in self.region_members.items()]
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         for metric in self.regions:
@@ -121,14 +103,24 @@ class MeanRegionDice(keras.metrics.Metric):
             metric.reset_state()
 
     def get_config(self):
-        return {"name": self.name, "num_classes": self.num_classes}
+        return {"name": self.name, "regions": {k: list(v) for k, v in self.region_members.items()},
+                "num_classes": self.num_classes}
 
 
-def training_metrics() -> list:
-    """Metrics for ``model.compile``: region Dice, their mean, tumour-class Dice, accuracy."""
+def training_metrics(challenge: Challenge) -> list:
+    """Metrics for ``model.compile``: the challenge's region Dice, their mean, each label's Dice, accuracy.
+
+    ``dice_mean`` averages the regions the challenge ranks by (WT, TC and ET
+    where it has them; otherwise all of its regions).
+    """
+    regions = challenge.region_classes()
+    ranked = {r: m for r, m in regions.items() if r in ("WT", "TC", "ET")} or regions
+    k = challenge.num_classes
+    labels_only = [(key, (cls,)) for cls, key in enumerate(challenge.class_keys[1:], start=1)
+                   if key not in regions]
     return [
-        *(RegionDice(r) for r in REGION_NAMES),
-        MeanRegionDice(),
-        *(ClassDice(c) for c in range(1, NUM_CLASSES)),
+        *(RegionDice(m, name=f"dice_{r.lower()}", num_classes=k) for r, m in regions.items()),
+        MeanRegionDice(ranked, num_classes=k),
+        *(RegionDice(m, name=f"dice_{key.lower()}", num_classes=k) for key, m in labels_only),
         keras.metrics.CategoricalAccuracy(name="accuracy"),
     ]

@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import layers
 
-from shared.labels import NUM_CLASSES
 
 NORMALIZATIONS = ("none", "batch", "instance", "group")
 ACTIVATIONS = ("relu", "leaky_relu", "elu")
@@ -50,7 +49,7 @@ class UNetSpec:
     normalization: str = "none"
     activation: str = "relu"
     kernel_initializer: str = "he_normal"
-    num_classes: int = NUM_CLASSES
+    num_classes: int = 4  # background + 3 tumour labels; training sets the dataset's own
 
     def __post_init__(self):
         # Fail at config time, not halfway through building a graph.

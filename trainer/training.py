@@ -17,8 +17,7 @@ import time
 import keras
 import tensorflow as tf
 
-from shared import manifest as manifest_lib
-from shared.labels import REGION_NAMES
+from shared import challenges, manifest as manifest_lib
 from trainer import data, losses, metrics, model as model_lib, runtime
 
 LINEAGE = "lineage.json"
@@ -43,6 +42,9 @@ def _check_lineage(workdir: str, info: data.DatasetInfo) -> dict:
     data_dir = info.data_dir if "://" in info.data_dir else os.path.abspath(info.data_dir)
     lineage = {"data_dir": data_dir, "version_id": info.version_id, "manifest_sha256": info.manifest_sha256,
                "channels": list(info.channels), "num_train": info.num_train, "num_val": info.num_val,
+               # the label numbering predictions are written in, and the app's legend
+               "challenge": info.challenge, "label_convention": challenges.get(info.challenge).label_convention,
+               "num_classes": info.num_classes,
                # a copy, so prediction can repeat the preprocessing where the dataset is not reachable
                "preprocess": manifest_lib.read_manifest(info.data_dir)["config"]}
     path = os.path.join(workdir, LINEAGE)
@@ -66,7 +68,8 @@ def prepare(cfg, workdir: str):
         raise LaunchError("no dataset: pass --config.data_dir=<output_dir>/<name>/<version_id>")
     try:
         info = data.open_dataset(cfg["data_dir"], verify=cfg["verify_data"])
-        spec = model_lib.spec_from_config(cfg["model"])
+        # as many outputs as the dataset's challenge has classes (4 for GLI 2023, 5 for GLI 2024...)
+        spec = dataclasses.replace(model_lib.spec_from_config(cfg["model"]), num_classes=info.num_classes)
         model_lib.check_patch_size(cfg["patch_size"], spec.depth)
         data.check_patch_fits(cfg["patch_size"], info.volume_shape)
         model_lib.check_patch_size(info.volume_shape, spec.depth)  # validation runs on whole volumes
@@ -98,9 +101,9 @@ def _optimizer(cfg, total_steps: int):
 class EpochSummary(keras.callbacks.Callback):
     """One line per epoch with the BraTS region Dice, whatever the verbosity."""
 
-    def __init__(self, epochs: int, echo=print):
+    def __init__(self, epochs: int, regions, echo=print):
         super().__init__()
-        self._epochs, self._echo, self._start = epochs, echo, 0.0
+        self._epochs, self._regions, self._echo, self._start = epochs, tuple(regions), echo, 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
@@ -109,7 +112,7 @@ class EpochSummary(keras.callbacks.Callback):
         logs = logs or {}
         line = f"epoch {epoch + 1}/{self._epochs}: loss {logs.get('loss', float('nan')):.4f}"
         if "val_loss" in logs:
-            dice = " ".join(f"{r} {logs.get(f'val_dice_{r.lower()}', float('nan')):.3f}" for r in REGION_NAMES)
+            dice = " ".join(f"{r} {logs.get(f'val_dice_{r.lower()}', float('nan')):.3f}" for r in self._regions)
             line += f", val loss {logs['val_loss']:.4f}, val Dice {dice} mean {logs.get('val_dice_mean', 0):.3f}"
         self._echo(line + f" ({time.time() - self._start:.1f} s)")
 
@@ -120,7 +123,7 @@ def _callbacks(cfg, workdir: str, chief: bool, echo, extra=()):
         keras.callbacks.BackupAndRestore(os.path.join(scratch, "backup")),
         keras.callbacks.CSVLogger(os.path.join(scratch, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(scratch, "tensorboard")),
-        EpochSummary(cfg["epochs"], echo),
+        EpochSummary(cfg["epochs"], challenges.get(cfg["challenge"]).regions, echo),
     ]
     if cfg["num_val_patients"]:
         cbs.append(keras.callbacks.ModelCheckpoint(
@@ -189,9 +192,10 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
     with strategy.scope():
         net = model_lib.build_unet((None, None, None, len(info.channels)), spec)
         net.compile(optimizer=_optimizer(cfg, cfg["epochs"] * cfg["steps_per_epoch"]),
-                    loss=losses.get_loss(cfg["loss"]), metrics=metrics.training_metrics(),
+                    loss=losses.get_loss(cfg["loss"]), metrics=metrics.training_metrics(challenges.get(info.challenge)),
                     jit_compile=cfg["jit_compile"])
     cfg["num_val_patients"] = info.num_val
+    cfg["challenge"] = info.challenge
     history = net.fit(train_ds, epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
                       validation_data=val_ds, validation_freq=cfg["val_every"], verbose=_verbosity(chief),
                       callbacks=_callbacks(cfg, workdir, chief, echo if chief else (lambda *_: None),
