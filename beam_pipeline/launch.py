@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from beam_pipeline import fingerprint, sharding, splits
 from beam_pipeline.pipeline import RUN_NAME, STAGING, Plan, build
 from preprocessing import discovery
+from preprocessing.patient import LOST_TUMOUR
 from shared import failures as failures_lib
 from shared import layouts, storage
 from shared.manifest import is_complete, read_manifest, version_id
@@ -61,9 +62,12 @@ def check_config(cfg: dict) -> PreprocessingSpec:
     spec = PreprocessingSpec.from_config(cfg)  # layout, crop mode, shards.compression
     if cfg["brain_mask"] not in BRAIN_MASKS:
         raise ValueError(f"brain_mask must be one of {', '.join(BRAIN_MASKS)}, not {cfg['brain_mask']!r}")
-    unknown = [m for m in spec.modalities if m not in layouts.MODALITIES]
+    ships = spec.challenge.modalities
+    unknown = [m for m in spec.modalities if m not in ships]
     if unknown:
-        raise ValueError(f"unknown modalities {unknown}; known: {', '.join(layouts.MODALITIES)}")
+        raise ValueError(f"{spec.challenge.name} has no modality {', '.join(unknown)}; it ships {', '.join(ships)}"
+                         f" (--config.modalities={','.join(ships)}, or configs/preprocess/challenge.py:"
+                         f"{spec.challenge.name} sets it)")
     return spec
 
 
@@ -90,17 +94,34 @@ def check_runner(cfg: dict, options: PipelineOptions) -> None:
             "crash then restarts the Dask worker, and Dask retries its tasks)")
 
 
-def plan_dataset(cfg: dict, input_dir: str, output_dir: str, progress=None) -> Plan:
-    """Discover, fingerprint and split; no heavy work yet."""
+def _inputs(input_dir) -> list[str]:
+    """One input folder, or several (a dataset from several cohorts), as a list."""
+    dirs = [input_dir] if isinstance(input_dir, str) else list(input_dir)
+    if not dirs:
+        raise ValueError("no input folder given")
+    return dirs
+
+
+def _strata(patients) -> dict[str, str]:
+    """What splits are stratified by: the grade, and the cohort where there are several."""
+    several = len({p.cohort for p in patients}) > 1
+    return {p.patient_id: f"{p.cohort}/{p.grade}" if several else p.grade for p in patients}
+
+
+def plan_dataset(cfg: dict, input_dir, output_dir: str, progress=None) -> Plan:
+    """Discover, fingerprint and split; no heavy work yet.  ``input_dir``: one folder or a list."""
     spec = check_config(cfg)
     layout = layouts.get_layout(cfg["layout"])
-    cohort = discovery.discover(input_dir, layout, spec.modalities, cfg["require_seg"], progress=progress)
+    inputs = _inputs(input_dir)
+    cohort = discovery.discover_cohorts(inputs, layout, spec.modalities, cfg["require_seg"], progress=progress)
     versioned = fingerprinted_config(cfg)
     code = fingerprint.code_fingerprint()
-    vid = version_id(cohort.checksums, versioned, code)
+    cohorts = {p.patient_id: p.cohort for p in cohort.patients}
+    # the cohorts enter the id: the same files grouped into other cohorts are other records
+    vid = version_id(cohort.checksums if len(inputs) == 1 else {"files": cohort.checksums, "cohorts": cohorts},
+                     versioned, code)
     plan_split = splits.split_patients(
-        {p.patient_id: p.grade for p in cohort.patients},
-        cfg["split"]["val_fraction"], cfg["split"]["seed"], cfg["split"]["num_folds"],
+        _strata(cohort.patients), cfg["split"]["val_fraction"], cfg["split"]["seed"], cfg["split"]["num_folds"],
     )
     for p in cohort.patients:
         p.split = plan_split.assignment[p.patient_id]
@@ -109,7 +130,7 @@ def plan_dataset(cfg: dict, input_dir: str, output_dir: str, progress=None) -> P
               for s in ("train", "val")}
     return Plan(
         name=cfg["name"], version_id=vid, dataset_dir=join(output_dir, cfg["name"], vid),
-        config=versioned, runtime=dict(cfg[RUNTIME_SECTION]), input_dir=input_dir,
+        config=versioned, runtime=dict(cfg[RUNTIME_SECTION]), input_dir=inputs[0] if len(inputs) == 1 else inputs,
         sources=cohort.patients, discovery_failures=[f.to_json() for f in cohort.failures],
         checksums=cohort.checksums, shard_counts=counts, folds=plan_split.folds,
         stratified=plan_split.stratified, code=code,
@@ -147,12 +168,13 @@ def _no_patient_message(plan: Plan, failures: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: dict, input_dir: str, output_dir: str, beam_args: list[str], echo=print) -> Summary:
-    """Build the dataset version for ``cfg`` (a plain dict of the config)."""
+def run(cfg: dict, input_dir, output_dir: str, beam_args: list[str], echo=print) -> Summary:
+    """Build the dataset version for ``cfg`` (a plain dict of the config) from one input folder or a list."""
     start = time.time()
     options = PipelineOptions(runner_aliases(beam_args))
     check_runner(cfg, options)
-    echo(f"Discovering patients under {input_dir} (layout {cfg['layout']}) and checksumming their files...")
+    where = ", ".join(_inputs(input_dir))
+    echo(f"Discovering patients under {where} (challenge {cfg['layout']}) and checksumming their files...")
     plan = plan_dataset(cfg, input_dir, output_dir, progress=_progress_printer(echo))
     echo(f"{len(plan.sources)} patients to process, {len(plan.discovery_failures)} unusable folder(s); "
          f"version {plan.version_id} -> {plan.dataset_dir}")
@@ -234,6 +256,10 @@ def format_summary(summary: Summary) -> str:
     lines += [failures_lib.format_line(f) for f in summary.failures]
     if summary.warnings:
         lines.append(f"  warnings for {len(summary.warnings)} patient(s) (see manifest.json)")
+        lost = [pid for pid, notes in summary.warnings.items() if any(LOST_TUMOUR in n for n in notes)]
+        if lost:
+            lines.append(f"  {len(lost)} patient(s) lose tumour voxels outside the crop box: "
+                         f"{', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''} (a larger crop keeps them)")
     n4 = summary.run.get("stage_seconds", {}).get("n4")
     if n4:
         lines.append(f"  N4 seconds per patient: mean {n4['mean']:.1f}, min {n4['min']:.1f}, "

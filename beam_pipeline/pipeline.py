@@ -64,7 +64,7 @@ class Plan:
     dataset_dir: str
     config: dict  # the fingerprinted preprocessing config
     runtime: dict  # isolation/timeout: not part of the version
-    input_dir: str
+    input_dir: str | list[str]  # several: a dataset built from several cohorts
     sources: list[PatientSource]
     discovery_failures: list[dict]
     checksums: dict
@@ -253,6 +253,15 @@ def run_facts(plan: Plan, outcomes: list[dict]) -> dict:
             "stage_seconds": per_stage}
 
 
+def _cohorts(plan: Plan) -> dict:
+    """Each cohort's challenge (naming) and patients, so a dataset from several folders says which is which."""
+    out: dict = {}
+    for source in plan.sources:
+        entry = out.setdefault(source.cohort, {"challenge": source.cohort.split("#")[0], "patients": []})
+        entry["patients"].append(source.patient_id)
+    return {name: dict(entry, patients=sorted(entry["patients"])) for name, entry in sorted(out.items())}
+
+
 def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict) -> dict:
     """The manifest: deterministic, and the same wherever the input folder lay (``run.json`` says where)."""
     splits = {}
@@ -281,6 +290,7 @@ def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warning
             "compression": spec.compression,
         },
         "inputs": plan.checksums,
+        "cohorts": _cohorts(plan),
         "splits": splits,
         "split_stratified_by_grade": plan.stratified,
         "folds": plan.folds,

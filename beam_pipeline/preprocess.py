@@ -1,4 +1,8 @@
-r"""Preprocess a BraTS cohort into a versioned, sharded TFRecord dataset.
+r"""Preprocess a BraTS cohort (or several) into a versioned, sharded TFRecord dataset.
+
+Any challenge of shared/challenges.py, e.g. BraTS 2024 GLI post-treatment:
+    python -m beam_pipeline.preprocess --input=/data/BraTS2024-GLI \
+        --output_dir=/data/datasets --config=configs/preprocess/challenge.py:brats2024_gli
 
 Locally, on all cores:
     python -m beam_pipeline.preprocess --input=/data/MICCAI_BraTS2020_TrainingData \
@@ -23,7 +27,10 @@ from shared import console
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/preprocess/brats2020.py", "Preprocessing config file (get_config()); "
     "fields can be overridden as --config.field=value.", lock_config=True)
-_INPUT = flags.DEFINE_string("input", None, "Cohort root folder holding one folder per patient (local or gs://).")
+_INPUT = flags.DEFINE_multi_string(
+    "input", None, "Cohort root folder holding one folder per patient (local or gs://). Repeat it to build one "
+    "dataset from several cohorts whose labels mean the same classes (e.g. GLI 2023, SSA and MEN folders); "
+    "each patient's cohort is recorded and the splits are stratified by it.")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Where datasets go: <output_dir>/<name>/<version_id>/.")
 _STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any patient fails.")
 flags.mark_flags_as_required(["input", "output_dir"])
@@ -32,7 +39,8 @@ flags.mark_flags_as_required(["input", "output_dir"])
 def main(beam_args):
     console.configure_logging()
     try:
-        summary = launch.run(_CONFIG.value.to_dict(), _INPUT.value, _OUTPUT.value, beam_args[1:])
+        inputs = _INPUT.value[0] if len(_INPUT.value) == 1 else _INPUT.value
+        summary = launch.run(_CONFIG.value.to_dict(), inputs, _OUTPUT.value, beam_args[1:])
     except (FileNotFoundError, ValueError, launch.NoPatientSucceeded) as exc:  # bad input, config or runner
         raise SystemExit(f"error: {exc}") from None
     print(launch.format_summary(summary))

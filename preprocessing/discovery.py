@@ -15,7 +15,7 @@ import io
 import posixpath
 
 from preprocessing import checksums as checksums_lib
-from shared import layouts, storage
+from shared import challenges, layouts, storage
 from shared.failures import Failure
 from shared.storage import join, read_bytes
 
@@ -31,6 +31,8 @@ class PatientSource:
     files: dict[str, str]  # channel (modality or "seg") -> path
     checksums: dict[str, str]  # path -> its checksum at launch ("md5:<hex>"); empty: not checked
     split: str = ""
+    cohort: str = ""  # which input folder it came from, in a dataset built from several
+    label_convention: str = ""  # numbering of its segmentation ("": the config's challenge's)
 
 
 @dataclasses.dataclass
@@ -108,5 +110,59 @@ def discover(input_dir: str, layout: layouts.Layout, modalities: tuple[str, ...]
             grade=grades.get(pid, UNKNOWN_GRADE),
             files=match.paths,
             checksums={p: sums[p] for p in match.paths.values()},
+            cohort=layout.name,
+            label_convention=layout.label_convention,
         ))
     return Cohort(patients=patients, failures=failures, checksums=checksums)
+
+
+def layout_of_folder(input_dir: str, wanted: layouts.Layout) -> layouts.Layout:
+    """The layout naming the patient folders under ``input_dir``.
+
+    The config's own first; otherwise a challenge whose labels mean the same
+    classes (a GoAT-style dataset built from GLI, SSA and MEN folders, or a
+    2020 folder in a 2023 dataset).  Labels that mean other tissues are never
+    mixed: GLI 2024's RC is not a 2023 label.
+    """
+    candidates = [wanted] + [
+        layout for layout in layouts.LAYOUTS.values()
+        if layout.name != wanted.name and challenges.same_classes(layout.label_convention, wanted.label_convention)
+    ]
+    for layout in candidates:
+        if list_patient_folders(input_dir, layout):
+            return layout
+    raise FileNotFoundError(
+        f"no patient folders under {input_dir} named like {wanted.name} ({wanted.patient_dir!r}) or like a "
+        f"challenge with the same labels ({', '.join(c.name for c in candidates[1:]) or 'none'})"
+    )
+
+
+def discover_cohorts(input_dirs: list[str], layout: layouts.Layout, modalities: tuple[str, ...],
+                     require_seg: bool = True, progress=None) -> Cohort:
+    """Patients of one or several input folders, each patient tagged with its folder's cohort.
+
+    A cohort is named after the challenge whose naming its folder follows
+    (``brats2023_gli``, ``brats2024_ssa``...), with ``#2``, ``#3`` for a
+    challenge given twice, so the name does not depend on where the folder
+    lives.  The same patient id in two folders is refused: records and
+    splits are keyed by it.
+    """
+    merged = Cohort([], [], {})
+    seen: dict[str, str] = {}
+    names: collections.Counter = collections.Counter()
+    for input_dir in input_dirs:
+        found = layout_of_folder(input_dir, layout) if len(input_dirs) > 1 else layout
+        names[found.name] += 1
+        name = found.name if names[found.name] == 1 else f"{found.name}#{names[found.name]}"
+        part = discover(input_dir, found, modalities, require_seg, progress=progress)
+        for patient in part.patients:
+            patient.cohort = name
+        for pid in part.checksums:
+            if pid in seen:
+                raise ValueError(f"patient {pid} is in both {seen[pid]} and {input_dir}; give each patient once")
+            seen[pid] = input_dir
+        merged.patients.extend(part.patients)
+        merged.failures.extend(part.failures)
+        merged.checksums.update(part.checksums)
+    merged.patients.sort(key=lambda p: p.patient_id)
+    return merged

@@ -1,7 +1,8 @@
 """Preprocessing of one patient: NIfTI files in, one schema record out.
 
 Stages, each named in the error a bad patient is reported with:
-load -> validate -> mask -> crop -> n4 -> normalize -> encode.
+load -> validate -> resample (native-space cohorts only) -> mask -> crop ->
+n4 -> normalize -> encode.
 Everything here is plain numpy on one patient, so it runs (and is tested)
 without Beam; ``pipeline.py`` only fans it out.
 """
@@ -98,6 +99,22 @@ def validate(loaded: Loaded, convention: str) -> None:
             )
 
 
+def resample_channels(volumes: list[np.ndarray], seg, spacing, target) -> tuple[list, object, tuple, tuple]:
+    """Every channel onto ``target`` mm voxels (trilinear; labels nearest).
+
+    For native-space cohorts (MEN-RT, MET 2025 additions) whose scans come at
+    any shape and spacing: the network then always sees the same voxel size.
+    Returns the volumes, the segmentation, the new grid shape and its spacing.
+    """
+    shape = volume_ops.resampled_shape(volumes[0].shape, spacing, target)
+    if min(shape) < 2:
+        raise ValueError(f"a {volumes[0].shape} volume at {tuple(spacing)} mm is too small to resample")
+    out = [volume_ops.resample(v, shape, order=1) for v in volumes]
+    seg = volume_ops.resample(seg, shape, order=0) if seg is not None else None
+    actual = tuple(float(n) * float(s) / m for n, s, m in zip(volumes[0].shape, spacing, shape))
+    return out, seg, shape, actual
+
+
 def brain_mask(volumes: list[np.ndarray], method: str, spacing) -> np.ndarray:
     if method == "nonzero":
         return volume_ops.nonzero_brain_mask(volumes)
@@ -167,6 +184,9 @@ def _corrected(stages, names, volumes, mask, cfg, spacing, threads: int) -> list
             raise PatientError("n4", exc.reason, names[exc.index]) from exc
 
 
+LOST_TUMOUR = "tumour voxels fall outside the crop box"  # the summary counts patients with this warning
+
+
 def _one_hot_mask(seg, convention, box, image_grid, warnings) -> np.ndarray:
     if seg is None:  # unlabelled cohort (validation data): no classes
         return np.zeros(image_grid + (0,), dtype=np.uint8)
@@ -174,8 +194,14 @@ def _one_hot_mask(seg, convention, box, image_grid, warnings) -> np.ndarray:
     cropped = volume_ops.crop(classes, box)
     lost = int(np.count_nonzero(classes)) - int(np.count_nonzero(cropped))
     if lost:
-        warnings.append(f"{lost} tumour voxels fall outside the crop box {box}")
+        warnings.append(f"{lost} {LOST_TUMOUR} {box}")
     return labels.one_hot(cropped, labels.num_classes(convention))
+
+
+def _resample_cfg(cfg):
+    """(enabled, target spacing) from the config's optional ``resample`` block."""
+    block = cfg.get("resample") or {}
+    return bool(block.get("enabled", False)), tuple(float(s) for s in block.get("spacing", (1.0, 1.0, 1.0)))
 
 
 def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
@@ -188,7 +214,8 @@ def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
     """
     stages, warnings = _Stages(source.patient_id), []
     modalities = tuple(cfg["modalities"])
-    convention = layouts.get_layout(cfg["layout"]).label_convention
+    # a patient from another cohort of a multi-cohort dataset keeps its own numbering
+    convention = source.label_convention or layouts.get_layout(cfg["layout"]).label_convention
 
     loaded = stages.run("load", "", load, source)
     stages.run("validate", "", validate, loaded, convention)
@@ -196,6 +223,12 @@ def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
     affine = loaded.affines[modalities[0]]
     spacing = volume_ops.voxel_spacing(affine)
     volumes = [loaded.arrays[m] for m in modalities]
+    seg = loaded.arrays.get(layouts.SEGMENTATION)
+    source_shape = tuple(int(s) for s in volumes[0].shape)
+    resample, target = _resample_cfg(cfg)
+    if resample:
+        volumes, seg, _, spacing = stages.run("resample", first, resample_channels, volumes, seg, spacing, target,
+                                              bad_input=(n4.InputError, ValueError))
 
     mask = stages.run("mask", first, brain_mask, volumes, cfg["brain_mask"], spacing)
     if mask.sum() < cfg["min_brain_voxels"]:
@@ -209,8 +242,7 @@ def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
                 for name, v in zip(names, corrected)]
     image = np.stack(channels, axis=-1).astype(schema.IMAGE_DTYPE)
     seg_name = loaded.names.get(layouts.SEGMENTATION, "")
-    onehot = stages.run("encode", seg_name, _one_hot_mask,
-                        loaded.arrays.get(layouts.SEGMENTATION), convention, box, image.shape[:3], warnings)
+    onehot = stages.run("encode", seg_name, _one_hot_mask, seg, convention, box, image.shape[:3], warnings)
     record = schema.PatientRecord(
         patient_id=source.patient_id,
         grade=source.grade,
@@ -219,8 +251,11 @@ def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
         image=image,
         mask=onehot,
         crop_box=box,
-        original_shape=tuple(int(s) for s in volumes[0].shape),
+        original_shape=source_shape,
         affine=np.asarray(affine, dtype=np.float64),
+        grid_shape=tuple(int(s) for s in volumes[0].shape),
+        spacing=tuple(float(s) for s in spacing),
+        cohort=source.cohort,
         source_files=tuple(loaded.names[c] for c in source.files),
         source_sha256=tuple(loaded.sha256[c] for c in source.files),
     )

@@ -231,13 +231,21 @@ def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: 
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
+def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:
+    """Classes on the crop back onto the source grid: undo the crop, then any resampling (nearest)."""
+    classes = volume_ops.uncrop(cropped, record.crop_box, record.grid_shape)
+    if record.resampled:
+        classes = volume_ops.resample(classes, record.original_shape, order=0)
+    return classes
+
+
 def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None) -> Prediction:
-    """Undo the crop; read the first modality as stored for the pictures when ``display``."""
+    """Undo the crop (and resampling); read the first modality as stored for the pictures when ``display``."""
     record, source = prepared.record, prepared.source
     picture = source_image(source.files[record.channels[0]])[1] if display else None
     return Prediction(
         patient_id=source.patient_id, label_convention=prepared.label_convention, challenge=prepared.challenge,
-        classes=volume_ops.uncrop(cropped, record.crop_box, record.original_shape),
+        classes=to_source_grid(cropped, record),
         affine=record.affine, header=prepared.header, spacing=volume_ops.voxel_spacing(record.affine),
         display=picture, seconds=dict(seconds or {}), source_files=dict(source.files),
     )

@@ -85,6 +85,7 @@ class Naming:
     patient_dir: str  # regular expression a patient folder name must match
     separator: str  # between the patient id and the channel token
     tokens: dict[str, str]  # canonical channel (and "seg") -> file token
+    id_format: str  # the id of case ``index`` (synthetic cohorts, examples): "BraTS-GLI-{index:05d}-000"
     grade_table: str | None = None  # CSV in the cohort root with a Grade column
     misnamed_seg_globs: tuple[str, ...] = ()
 
@@ -152,6 +153,10 @@ class Challenge:
         """The class a stored label value becomes."""
         return self.label_values.index(value) + 1
 
+    def patient_id(self, index: int) -> str:
+        """The id of case ``index`` in this challenge's naming (synthetic cohorts, examples)."""
+        return self.naming.id_format.format(index=index)
+
     def region_classes(self) -> dict[str, tuple[int, ...]]:
         """Each scored region as class indices (what models and metrics use)."""
         return {region: tuple(self.class_of(v) for v in members) for region, members in self.regions.items()}
@@ -190,8 +195,10 @@ def _lesions(dilation: int, min_volume_mm3: float, regions) -> dict[str, LesionR
     return {region: LesionRule(dilation, min_volume_mm3) for region in regions}
 
 
-def _modern(cohort: str, *, digits: str = r"\d{5}-\d{3}") -> Naming:
-    return Naming(patient_dir=rf"BraTS-{cohort}-{digits}", separator="-", tokens=_FOUR_2023)
+def _modern(cohort: str, timepoint: str = "000") -> Naming:
+    """``BraTS-<COHORT>-<5 digits>-<3 digits>/<case>-{t1c,t1n,t2f,t2w,seg}.nii.gz``."""
+    return Naming(patient_dir=rf"BraTS-{cohort}-\d{{5}}-\d{{3}}", separator="-", tokens=_FOUR_2023,
+                  id_format=f"BraTS-{cohort}-{{index:05d}}-{timepoint}")
 
 
 _WT_TC_ET_2023 = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
@@ -200,7 +207,7 @@ _ENTRIES = (
     Challenge(
         name="brats2020", title="BraTS 2020 (adult glioma)",
         naming=Naming(patient_dir=r"BraTS20_(Training|Validation)_\d+", separator="_", tokens=_FOUR_2020,
-                      grade_table="name_mapping.csv",
+                      id_format="BraTS20_Training_{index:03d}", grade_table="name_mapping.csv",
                       misnamed_seg_globs=("*_Segm.nii", "*_Segm.nii.gz", "*seg*.nii*")),
         label_convention="brats2020", labels=_GLIOMA_2020,
         regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
@@ -208,7 +215,8 @@ _ENTRIES = (
     ),
     Challenge(
         name="brats2021", title="BraTS 2021 (adult glioma)",
-        naming=Naming(patient_dir=r"BraTS2021_\d+", separator="_", tokens=_FOUR_2020),
+        naming=Naming(patient_dir=r"BraTS2021_\d+", separator="_", tokens=_FOUR_2020,
+                      id_format="BraTS2021_{index:05d}"),
         label_convention="brats2020", labels=_GLIOMA_2020,
         regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
         grid=SRI24, crop=_SEED_BOX,
@@ -221,7 +229,7 @@ _ENTRIES = (
     ),
     Challenge(
         name="brats2024_gli", title="BraTS 2024/2025 GLI (adult glioma, post-treatment)",
-        naming=_modern("GLI"), label_convention="brats2024_post", labels=_POST_TREATMENT,
+        naming=_modern("GLI", "100"), label_convention="brats2024_post", labels=_POST_TREATMENT,
         regions={**_WT_TC_ET_2023, "NETC": (1,), "SNFH": (2,), "RC": (4,)},
         grid=MNI152, crop=_CENTRED_144,
         lesion_rules={**_lesions(3, 20, ("WT", "TC", "SNFH")), "ET": LesionRule(3, 10),
@@ -243,7 +251,8 @@ _ENTRIES = (
     ),
     Challenge(
         name="brats2024_men_rt", title="BraTS MEN-RT (meningioma radiotherapy, T1c only)",
-        naming=Naming(patient_dir=r"BraTS-MEN-RT-\d{4}-\d", separator="_", tokens={"t1ce": "t1c", "seg": "gtv"}),
+        naming=Naming(patient_dir=r"BraTS-MEN-RT-\d{4}-\d", separator="_", tokens={"t1ce": "t1c", "seg": "gtv"},
+                      id_format="BraTS-MEN-RT-{index:04d}-1"),
         label_convention="brats_gtv", labels=_GTV, regions={"GTV": (1,)},
         grid=NATIVE, crop=_CENTRED_144,
         lesion_rules=_lesions(1, 50, ("GTV",)), lesion_penalty_mm=374,
@@ -251,13 +260,13 @@ _ENTRIES = (
     ),
     Challenge(
         name="brats2024_met", title="BraTS 2023/2024 MET (brain metastases)",
-        naming=_modern("MET", digits=r"\d{5}-\d{3}"), label_convention="brats2023", labels=_GLIOMA_2023,
+        naming=_modern("MET"), label_convention="brats2023", labels=_GLIOMA_2023,
         regions=_WT_TC_ET_2023, grid=SRI24, crop=_SEED_BOX,
         lesion_rules=_lesions(1, 2, ("WT", "TC", "ET")), lesion_penalty_mm=374,
     ),
     Challenge(
         name="brats2025_met", title="BraTS 2025 MET (brain metastases, with resection cavity)",
-        naming=_modern("MET", digits=r"\d{5}-\d{3}"), label_convention="brats2024_post", labels=_POST_TREATMENT,
+        naming=_modern("MET"), label_convention="brats2024_post", labels=_POST_TREATMENT,
         regions={**_WT_TC_ET_2023, "RC": (4,)}, grid=SRI24, crop=_CENTRED_144,
         lesion_rules=_lesions(1, 2, ("WT", "TC", "ET", "RC")), lesion_penalty_mm=374,
         notes="2025 additions are in native space co-registered to T1c: preprocess those with resample on",

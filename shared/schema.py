@@ -5,11 +5,14 @@ This module is the only code that writes or parses records, on both sides
 :func:`parse_tf`; tests and tools read with :func:`decode`).
 
 Layout of a record:
-  patient_id, grade, label_convention   bytes
+  patient_id, grade, label_convention, cohort   bytes
   channels                              bytes list, modality names in channel order
   image        raw float16, channels-last, C order;  image_shape [D, H, W, C]
   mask         raw uint8 one-hot, channels-last;     mask_shape  [D, H, W, K]
-  crop_box     int64 [6]: start/stop per axis in the source grid
+               (K: the challenge's classes, background included)
+  crop_box     int64 [6]: start/stop per axis in the preprocessing grid
+  grid_shape   int64 [3]: the preprocessing grid (the source grid, or the
+               resampled one for native-space cohorts); spacing raw float64 [3] mm
   original_shape int64 [3]; affine raw float64 [4, 4] of the source volume
   source_files bytes list (basenames) with source_sha256 bytes list, aligned
   schema_version int64
@@ -23,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cohort, grid_shape and spacing (version 1 records still decode)
 IMAGE_DTYPE = np.float16
 MASK_DTYPE = np.uint8
 
@@ -41,7 +44,20 @@ class PatientRecord:
     affine: np.ndarray  # (4, 4) float64
     source_files: tuple[str, ...]
     source_sha256: tuple[str, ...]
+    grid_shape: tuple[int, int, int] | None = None  # None: the source grid (no resampling)
+    spacing: tuple[float, float, float] | None = None  # mm of the preprocessing grid; None: the affine's
+    cohort: str = ""
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.grid_shape is None:
+            self.grid_shape = tuple(int(s) for s in self.original_shape)
+        if self.spacing is None:
+            self.spacing = tuple(float(s) for s in np.sqrt((np.asarray(self.affine)[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def resampled(self) -> bool:
+        return tuple(self.grid_shape) != tuple(self.original_shape)
 
 
 def _tf():
@@ -76,6 +92,9 @@ def encode(record: PatientRecord) -> bytes:
         "crop_box": i([v for pair in record.crop_box for v in pair]),
         "original_shape": i(record.original_shape),
         "affine": b([np.asarray(record.affine, dtype="<f8").tobytes()]),
+        "grid_shape": i(record.grid_shape),
+        "spacing": b([np.asarray(record.spacing, dtype="<f8").tobytes()]),
+        "cohort": b([record.cohort.encode()]),
         "source_files": b([f.encode() for f in record.source_files]),
         "source_sha256": b([s.encode() for s in record.source_sha256]),
         "schema_version": i([record.schema_version]),
@@ -96,8 +115,9 @@ def decode(serialized: bytes) -> PatientRecord:
         return tuple(int(v) for v in feature[key].int64_list.value)
 
     version = ints("schema_version")[0]
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"record schema version {version}, this code reads {SCHEMA_VERSION}")
+    if version not in (1, SCHEMA_VERSION):
+        raise ValueError(f"record schema version {version}, this code reads 1 and {SCHEMA_VERSION}")
+    newer = version >= 2
     box = ints("crop_box")
     return PatientRecord(
         patient_id=raw("patient_id")[0].decode(),
@@ -111,6 +131,9 @@ def decode(serialized: bytes) -> PatientRecord:
         affine=np.frombuffer(raw("affine")[0], dtype="<f8").reshape(4, 4),
         source_files=tuple(f.decode() for f in raw("source_files")),
         source_sha256=tuple(s.decode() for s in raw("source_sha256")),
+        grid_shape=ints("grid_shape") if newer else None,
+        spacing=tuple(np.frombuffer(raw("spacing")[0], dtype="<f8").tolist()) if newer else None,
+        cohort=raw("cohort")[0].decode() if newer else "",
         schema_version=version,
     )
 

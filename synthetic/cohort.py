@@ -1,15 +1,18 @@
-"""A synthetic BraTS 2020 cohort: skull-stripped heads with a glioma each.
+"""A synthetic BraTS cohort of any challenge: skull-stripped heads with a tumour each.
 
 The cohort is the demo and test input of the data engine and the benchmark
 data of N4 bias-field correction, so it imitates what matters to them:
 
-* the BraTS 2020 folder layout, file names, ``name_mapping.csv`` (grades),
-  int16 voxels, 1 mm voxels and the BraTS affine;
+* the folder layout, file names and label numbering of any challenge in
+  :mod:`shared.challenges` (default BraTS 2020, with ``name_mapping.csv``
+  grades), int16 voxels, the BraTS affine at 1 mm or any voxel spacing;
 * a skull-stripped brain (background exactly 0, every brain voxel > 0) with
   CSF, grey and white matter in plausible relative contrasts per modality,
   mild texture, partial-volume smoothing and noise;
-* a lesion with the BraTS labels (1 necrosis / non-enhancing core,
-  2 oedema, 4 enhancing tumour), nested the way gliomas are;
+* a lesion nested the way gliomas are (necrosis / non-enhancing core,
+  enhancing rim, oedema), plus a resection cavity where the challenge labels
+  one (GLI 2024, MET 2025) and a cyst where it labels one (PED 2024), written
+  in the challenge's own numbering so every label appears;
 * a known smooth multiplicative bias field per modality, saved next to the
   cohort (``bias_fields/``), so N4's estimate can be scored against it.
 
@@ -36,11 +39,11 @@ import numpy as np
 from scipy import ndimage
 
 from shared.nifti_io import nifti_bytes as shared_nifti_bytes
-from shared import storage
+from shared import challenges, layouts, storage
 from shared.storage import write_bytes
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-SEG_LABELS = (0, 1, 2, 4)
+DEFAULT_CHALLENGE = "brats2020"
 GRADES = ("HGG", "LGG")
 DEFAULT_SHAPE = (240, 240, 155)
 MIN_DIM = 32
@@ -56,10 +59,26 @@ NAME_MAPPING_COLUMNS = (
 )
 
 # Tissue codes of ``SyntheticPatient.tissues``; the index into TISSUES.
-TISSUES = ("background", "csf", "grey_matter", "white_matter", "oedema", "enhancing", "necrosis", "non_enhancing")
-BG, CSF, GM, WM, OEDEMA, ENHANCING, NECROSIS, NON_ENHANCING = range(len(TISSUES))
-# BraTS label of each tissue code: necrosis and non-enhancing tumour share label 1.
-_SEG_OF_TISSUE = np.array([0, 0, 0, 0, 2, 4, 1, 1], dtype=np.uint8)
+TISSUES = ("background", "csf", "grey_matter", "white_matter", "oedema", "enhancing", "necrosis", "non_enhancing",
+           "cavity", "cyst")
+BG, CSF, GM, WM, OEDEMA, ENHANCING, NECROSIS, NON_ENHANCING, CAVITY, CYST = range(len(TISSUES))
+
+# Which tissues each label key of the registry stands for.  Necrosis and
+# non-enhancing tumour share the core label; a cyst is core unless the
+# challenge labels cysts; the GTV of radiotherapy is the tumour without oedema.
+_TISSUES_OF_LABEL = {
+    "NCR": (NECROSIS, NON_ENHANCING, CYST), "NETC": (NECROSIS, NON_ENHANCING, CYST),
+    "ED": (OEDEMA,), "SNFH": (OEDEMA,), "ET": (ENHANCING,), "RC": (CAVITY,), "CC": (CYST,),
+    "GTV": (NECROSIS, NON_ENHANCING, ENHANCING, CYST),
+}
+
+
+def seg_lut(challenge: challenges.Challenge) -> np.ndarray:
+    """Stored label of each tissue code in ``challenge``'s numbering (later labels win a shared tissue)."""
+    lut = np.zeros(len(TISSUES), dtype=np.uint8)
+    for label in challenge.labels:
+        lut[list(_TISSUES_OF_LABEL[label.key])] = label.value
+    return lut
 
 # Mean intensity of each tissue (order of TISSUES) before the per-patient
 # gain.  Relative contrasts follow clinical appearance:
@@ -72,6 +91,8 @@ _BASE_INTENSITY = {
     "t1ce": (0.0, 300.0, 600.0, 860.0, 520.0, 1800.0, 330.0, 500.0),
     "t2": (0.0, 2300.0, 1150.0, 800.0, 1700.0, 1350.0, 2000.0, 1600.0),
 }
+# Cavity (fluid, like CSF) and cyst (proteinaceous fluid: brighter on FLAIR and T1).
+_EXTRA_INTENSITY = {"flair": (180.0, 800.0), "t1": (260.0, 380.0), "t1ce": (280.0, 420.0), "t2": (2250.0, 2100.0)}
 _TISSUE_JITTER = 0.05  # +-5 % per tissue and patient: keeps the orderings above
 _GAIN_RANGE = (0.75, 1.3)  # scanner gain per modality: why intensity normalisation is needed
 _NOISE_FRACTION = 0.025  # noise sd as a fraction of the modality's WM intensity
@@ -96,11 +117,12 @@ class SyntheticPatient:
     patient_id: str
     grade: str
     images: dict[str, np.ndarray]  # modality -> int16 volume (bias applied)
-    seg: np.ndarray  # uint8, BraTS labels {0, 1, 2, 4}
+    seg: np.ndarray  # uint8, the challenge's labels (BraTS 2020: {0, 1, 2, 4})
     bias_fields: dict[str, np.ndarray]  # modality -> float32 multiplicative field
     brain_mask: np.ndarray  # bool
     affine: np.ndarray
     tissues: np.ndarray | None = None  # uint8 tissue codes (TISSUES), e.g. a WM mask for N4 metrics
+    challenge: str = DEFAULT_CHALLENGE  # naming and label numbering of the files
 
 
 # --------------------------------------------------------------------------
@@ -108,11 +130,11 @@ class SyntheticPatient:
 # --------------------------------------------------------------------------
 
 
-def patient_id_for(index: int) -> str:
-    """BraTS 2020 training id of the ``index``-th patient (1-based): 1 -> BraTS20_Training_001."""
+def patient_id_for(index: int, challenge: str = DEFAULT_CHALLENGE) -> str:
+    """Id of the ``index``-th patient (1-based) in the challenge's naming: 1 -> BraTS20_Training_001."""
     if index < 1:
         raise ValueError(f"patient index must be >= 1, got {index}")
-    return f"BraTS20_Training_{index:03d}"
+    return challenges.get(challenge).patient_id(index)
 
 
 def validate_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -142,10 +164,11 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return validate_shape(dims)
 
 
-def brats_affine(shape: Sequence[int]) -> np.ndarray:
-    """The BraTS 2020 voxel-to-world affine for ``shape`` (LPS-flipped axes, 1 mm voxels)."""
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine[1, 3] = shape[1] - 1
+def brats_affine(shape: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """The BraTS voxel-to-world affine for ``shape`` (LPS-flipped axes) at ``spacing`` mm (default 1 mm)."""
+    sx, sy, sz = (float(v) for v in spacing)
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[1, 3] = (shape[1] - 1) * sy
     return affine
 
 
@@ -445,6 +468,36 @@ def _place_lesion(rng, shape, anatomy: _Anatomy, grade: str) -> tuple[tuple[slic
     raise RuntimeError(f"could not place a {grade} lesion in a brain of shape {shape}")
 
 
+def _add_cavity(rng, lesion: np.ndarray) -> None:
+    """Turn a ball of oedema at the lesion's edge into a resection cavity (post-treatment labels).
+
+    The ball is centred on a random oedema voxel and never takes all the
+    oedema, so every label of a post-treatment challenge stays present.
+    """
+    oedema = np.argwhere(lesion == OEDEMA)
+    if len(oedema) < 2:
+        return
+    centre = oedema[rng.integers(len(oedema))]
+    radius = max(1.5, 0.3 * np.count_nonzero(lesion) ** (1 / 3))
+    grid = np.indices(lesion.shape).reshape(3, -1).T
+    ball = (np.linalg.norm(grid - centre, axis=1) < radius).reshape(lesion.shape) & (lesion == OEDEMA)
+    if ball.sum() >= len(oedema):
+        ball &= np.indices(lesion.shape)[0] < centre[0]
+    lesion[ball] = CAVITY
+
+
+def _add_cyst(lesion: np.ndarray) -> None:
+    """Turn one half of the tumour core (along the first axis) into a cyst (PED 2024's CC label)."""
+    core = np.isin(lesion, (NECROSIS, NON_ENHANCING))
+    where = np.argwhere(core)
+    if len(where) < 2:
+        return
+    cut = np.median(where[:, 0])
+    half = core & (np.indices(lesion.shape)[0] > cut)
+    if half.any() and half.sum() < core.sum():
+        lesion[half] = CYST
+
+
 # --------------------------------------------------------------------------
 # Intensities and bias field
 # --------------------------------------------------------------------------
@@ -491,20 +544,30 @@ def _bias_field(rng: np.random.Generator, shape, brain_box, brain: np.ndarray) -
     return field
 
 
-def _tissue_intensities(rng: np.random.Generator, modality: str) -> np.ndarray:
-    """Per-patient tissue means of one modality: base contrast, tissue jitter, scanner gain."""
+def _tissue_intensities(rng: np.random.Generator, modality: str, extra: bool = False) -> np.ndarray:
+    """Per-patient tissue means of one modality: base contrast, tissue jitter, scanner gain.
+
+    Cavity and cyst are jittered only when the patient has them (``extra``),
+    so cohorts without them draw the same random numbers as before they existed.
+    """
     base = np.array(_BASE_INTENSITY[modality])
     jitter = rng.uniform(1 - _TISSUE_JITTER, 1 + _TISSUE_JITTER, base.size)
-    return (base * jitter * rng.uniform(*_GAIN_RANGE)).astype(np.float32)
+    gain = rng.uniform(*_GAIN_RANGE)
+    means = base * jitter * gain
+    extras = np.array(_EXTRA_INTENSITY[modality]) * gain
+    if extra:
+        extras = extras * rng.uniform(1 - _TISSUE_JITTER, 1 + _TISSUE_JITTER, extras.size)
+    return np.concatenate([means, extras]).astype(np.float32)
 
 
-def _clean_image(rng, modality, tissues, brain, texture, tumour_window, tumour_texture) -> np.ndarray:
+def _clean_image(rng, modality, tissues, brain, texture, tumour_window, tumour_texture,
+                 extra: bool = False) -> np.ndarray:
     """Bias-free image on the brain crop: tissue means, partial-volume blur, texture, noise.
 
     Brain voxels are floored at _MIN_CLEAN (dark CSF plus noise must stay
     positive, as in skull-stripped BraTS); background is exactly 0.
     """
-    means = _tissue_intensities(rng, modality)
+    means = _tissue_intensities(rng, modality, extra)
     image = ndimage.gaussian_filter(means[tissues], _PARTIAL_VOLUME_SIGMA, truncate=2.0, mode="constant")
     image *= texture
     image[tumour_window] *= tumour_texture
@@ -536,9 +599,11 @@ def make_patient(
     shape: Sequence[int] = DEFAULT_SHAPE,
     grade: str = "HGG",
     seed: int = 0,
+    challenge: str = DEFAULT_CHALLENGE,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> SyntheticPatient:
-    """Generate one patient; a pure function of (seed, index, shape, grade)."""
-    patient, _ = synthesize(patient_id, index, shape, grade, seed)
+    """Generate one patient; a pure function of (seed, index, shape, grade, challenge, spacing)."""
+    patient, _ = synthesize(patient_id, index, shape, grade, seed, challenge, spacing)
     return patient
 
 
@@ -548,6 +613,8 @@ def synthesize(
     shape: Sequence[int] = DEFAULT_SHAPE,
     grade: str = "HGG",
     seed: int = 0,
+    challenge: str = DEFAULT_CHALLENGE,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> tuple[SyntheticPatient, dict[str, np.ndarray]]:
     """Like make_patient, also returning the clean (bias-free) float32 images.
 
@@ -559,10 +626,17 @@ def synthesize(
         raise ValueError(f"grade must be one of {GRADES}, got {grade!r}")
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    entry = challenges.get(challenge)
     rng = np.random.default_rng([seed, index])
 
     anatomy = _make_anatomy(rng, shape)
     window, lesion = _place_lesion(rng, shape, anatomy, grade)
+    keys = {label.key for label in entry.labels}
+    if "RC" in keys:
+        _add_cavity(rng, lesion)
+    if "CC" in keys:
+        _add_cyst(lesion)
+    extra = bool(keys & {"RC", "CC"})
     tumour = lesion > 0
     anatomy.tissues[window][tumour] = lesion[tumour]
     box, tissues = anatomy.box, anatomy.tissues
@@ -578,11 +652,11 @@ def synthesize(
     full_brain[box] = brain
     full_tissues = np.zeros(shape, dtype=np.uint8)
     full_tissues[box] = tissues
-    seg = _SEG_OF_TISSUE[full_tissues]
+    seg = seg_lut(entry)[full_tissues]
 
     images, bias_fields, cleans = {}, {}, {}
-    for modality in MODALITIES:
-        clean = _clean_image(rng, modality, tissues, brain, texture, window, tumour_texture)
+    for modality in entry.modalities:
+        clean = _clean_image(rng, modality, tissues, brain, texture, window, tumour_texture, extra)
         bias = _bias_field(rng, shape, box, brain)
         image = np.zeros(shape, dtype=np.int16)
         image[box] = apply_bias(clean, bias[box], brain)
@@ -597,8 +671,9 @@ def synthesize(
         seg=seg,
         bias_fields=bias_fields,
         brain_mask=full_brain,
-        affine=brats_affine(shape),
+        affine=brats_affine(shape, spacing),
         tissues=full_tissues,
+        challenge=challenge,
     )
     return patient, cleans
 
@@ -621,24 +696,28 @@ def _ensure_dir(path: str) -> None:
 _write = write_bytes
 
 
-def patient_paths(output_dir: str, patient_id: str, compressed: bool = True) -> dict[str, str]:
+def patient_paths(output_dir: str, patient_id: str, compressed: bool = True,
+                  challenge: str = DEFAULT_CHALLENGE) -> dict[str, str]:
     """Channel (modality, "seg", "<modality>_bias") -> path of each file of one patient."""
     ext = ".nii.gz" if compressed else ".nii"
+    layout = layouts.get_layout(challenge)
     folder = storage.join(output_dir, patient_id)
-    paths = {c: storage.join(folder, f"{patient_id}_{c}{ext}") for c in MODALITIES + ("seg",)}
-    for m in MODALITIES:
+    modalities = challenges.get(challenge).modalities
+    paths = {c: storage.join(folder, layout.expected_name(patient_id, c, ext)) for c in modalities + ("seg",)}
+    for m in modalities:
         paths[f"{m}_bias"] = storage.join(output_dir, BIAS_DIR, f"{patient_id}_{m}_bias.nii.gz")
     return paths
 
 
 def write_patient(patient: SyntheticPatient, output_dir: str, compressed: bool = True) -> None:
-    """Write the four modalities and seg (BraTS layout) and the true bias fields (always .nii.gz)."""
-    paths = patient_paths(output_dir, patient.patient_id, compressed)
+    """Write the modalities and seg (the challenge's layout) and the true bias fields (always .nii.gz)."""
+    paths = patient_paths(output_dir, patient.patient_id, compressed, patient.challenge)
     _ensure_dir(storage.join(output_dir, patient.patient_id))
     _ensure_dir(storage.join(output_dir, BIAS_DIR))
-    jobs = [(paths[m], patient.images[m], compressed) for m in MODALITIES]
+    modalities = tuple(patient.images)
+    jobs = [(paths[m], patient.images[m], compressed) for m in modalities]
     jobs.append((paths["seg"], patient.seg.astype(np.uint8), compressed))
-    jobs += [(paths[f"{m}_bias"], patient.bias_fields[m].astype(np.float32), True) for m in MODALITIES]
+    jobs += [(paths[f"{m}_bias"], patient.bias_fields[m].astype(np.float32), True) for m in modalities]
 
     def write_one(job) -> None:
         path, array, gz = job
@@ -667,8 +746,10 @@ def write_cohort(
     lgg_fraction: float = 0.25,
     compressed: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
+    challenge: str = DEFAULT_CHALLENGE,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> list[str]:
-    """Generate and write patients 1..num_patients plus name_mapping.csv; returns their ids.
+    """Generate and write patients 1..num_patients (plus name_mapping.csv for BraTS 2020); returns their ids.
 
     name_mapping.csv is written last, so its presence marks a complete cohort.
     ``progress(done, total, patient_id)`` is called after each patient.
@@ -678,11 +759,12 @@ def write_cohort(
     _ensure_dir(output_dir)
     ids = []
     for index in range(1, num_patients + 1):
-        patient_id = patient_id_for(index)
-        patient = make_patient(patient_id, index, shape, grades[index - 1], seed)
+        patient_id = patient_id_for(index, challenge)
+        patient = make_patient(patient_id, index, shape, grades[index - 1], seed, challenge, spacing)
         write_patient(patient, output_dir, compressed)
         ids.append(patient_id)
         if progress is not None:
             progress(index, num_patients, patient_id)
-    _write(storage.join(output_dir, NAME_MAPPING), name_mapping_csv(ids, grades).encode())
+    if challenges.get(challenge).naming.grade_table == NAME_MAPPING:
+        _write(storage.join(output_dir, NAME_MAPPING), name_mapping_csv(ids, grades).encode())
     return ids

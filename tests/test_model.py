@@ -7,7 +7,18 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from shared.labels import NUM_CLASSES, one_hot  # noqa: E402
+from shared import challenges  # noqa: E402
+from shared import labels  # noqa: E402
+
+NUM_CLASSES = 4
+
+
+def one_hot(classes):
+    return labels.one_hot(classes, NUM_CLASSES)
+
+
+GLI = challenges.get("brats2023_gli")  # classes 1 NETC, 2 SNFH, 3 ET
+WT, TC, ET = (1, 2, 3), (1, 3), (3,)
 from trainer import losses, metrics, model  # noqa: E402
 
 SEED_PARAMS = 5_645_828
@@ -169,6 +180,14 @@ def _hand_volumes():
     return one_hot(truth), one_hot(pred).astype(np.float32)
 
 
+def _region(members):
+    return metrics.RegionDice(members, name="dice_x", num_classes=NUM_CLASSES)
+
+
+def _mean():
+    return metrics.MeanRegionDice({"WT": WT, "TC": TC, "ET": ET}, num_classes=NUM_CLASSES)
+
+
 def _result(metric, y_true, y_pred):
     metric.update_state(y_true, y_pred)
     return float(metric.result())
@@ -177,36 +196,39 @@ def _result(metric, y_true, y_pred):
 def test_region_and_class_dice_match_hand_values():
     y_true, y_pred = _hand_volumes()
     # WT: truth {1..6}, pred {1,2,3,5,6,7}: I=5 -> 10/12
-    assert _result(metrics.RegionDice("WT"), y_true, y_pred) == pytest.approx(10 / 12)
+    assert _result(_region(WT), y_true, y_pred) == pytest.approx(10 / 12)
     # TC: truth {1,2,5,6}, pred {1,2,5,6}: perfect
-    assert _result(metrics.RegionDice("TC"), y_true, y_pred) == pytest.approx(1.0)
+    assert _result(_region(TC), y_true, y_pred) == pytest.approx(1.0)
     # ET: truth {5,6}, pred {2,5}: I=1 -> 2/4
-    assert _result(metrics.RegionDice("ET"), y_true, y_pred) == pytest.approx(0.5)
-    assert _result(metrics.MeanRegionDice(), y_true, y_pred) == pytest.approx((10 / 12 + 1 + 0.5) / 3)
+    assert _result(_region(ET), y_true, y_pred) == pytest.approx(0.5)
+    assert _result(_mean(), y_true, y_pred) == pytest.approx((10 / 12 + 1 + 0.5) / 3)
     # necrotic: truth {1,2}, pred {1,6}: 2/4; edema: truth {3,4}, pred {3,7}: 2/4
-    assert _result(metrics.ClassDice(1), y_true, y_pred) == pytest.approx(0.5)
-    assert _result(metrics.ClassDice(2), y_true, y_pred) == pytest.approx(0.5)
-    assert _result(metrics.ClassDice(3), y_true, y_pred) == pytest.approx(0.5)
+    assert _result(_region((1,)), y_true, y_pred) == pytest.approx(0.5)
+    assert _result(_region((2,)), y_true, y_pred) == pytest.approx(0.5)
+    assert _result(_region((3,)), y_true, y_pred) == pytest.approx(0.5)
 
 
-def test_metric_names():
-    names = [m.name for m in metrics.training_metrics()]
-    assert names == [
-        "dice_wt", "dice_tc", "dice_et", "dice_mean",
-        "dice_necrotic_core", "dice_edema", "dice_enhancing", "accuracy",
-    ]
+def test_metric_names_follow_the_challenge():
+    names = [m.name for m in metrics.training_metrics(GLI)]
+    assert names == ["dice_wt", "dice_tc", "dice_et", "dice_mean", "dice_netc", "dice_snfh", "accuracy"]
+    names = [m.name for m in metrics.training_metrics(challenges.get("brats2020"))]
+    assert names == ["dice_wt", "dice_tc", "dice_et", "dice_mean", "dice_ncr", "dice_ed", "accuracy"]
+    names = [m.name for m in metrics.training_metrics(challenges.get("brats2024_gli"))]
+    assert names[:7] == ["dice_wt", "dice_tc", "dice_et", "dice_netc", "dice_snfh", "dice_rc", "dice_mean"]
+    gtv = metrics.training_metrics(challenges.get("brats2024_men_rt"))
+    assert [m.name for m in gtv] == ["dice_gtv", "dice_mean", "accuracy"] and gtv[0].num_classes == 2
 
 
 def test_both_empty_gives_one():
     background = one_hot(np.zeros((1, 2, 2, 2), np.int64))
-    for metric in (metrics.RegionDice("ET"), metrics.ClassDice(1), metrics.MeanRegionDice()):
+    for metric in (_region(ET), _region((1,)), _mean()):
         assert _result(metric, background, background.astype(np.float16)) == 1.0
 
 
 def test_accumulation_equals_one_call_on_concatenation():
     (_, t1), (_, p1) = _volume(seed=3), _volume(seed=4)
     (_, t2), (_, p2) = _volume(seed=5), _volume(seed=6)
-    for make in (lambda: metrics.RegionDice("TC"), lambda: metrics.ClassDice(2), metrics.MeanRegionDice):
+    for make in (lambda: _region(TC), lambda: _region((2,)), _mean):
         split, joint = make(), make()
         split.update_state(t1, p1)
         split.update_state(t2, p2)
@@ -216,9 +238,9 @@ def test_accumulation_equals_one_call_on_concatenation():
         assert float(split.result()) == 1.0
 
 
-def test_unknown_region_rejected():
-    with pytest.raises(ValueError, match="WT"):
-        metrics.RegionDice("NET")
+def test_class_outside_the_model_rejected():
+    with pytest.raises(ValueError, match="outside 0..3"):
+        _result(_region((4,)), *_hand_volumes())
 
 
 # --- training ----------------------------------------------------------------
@@ -231,9 +253,9 @@ def test_tiny_model_fits_with_dice_ce_and_metrics():
     y = one_hot(rng.integers(0, NUM_CLASSES, (2, 16, 16, 16)))  # uint8, as on disk
     net = model.build_unet((16, 16, 16, 4), model.preset("tiny"))
     net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("dice_ce"),
-                metrics=metrics.training_metrics())
+                metrics=metrics.training_metrics(GLI))
     history = net.fit(x, y, batch_size=1, epochs=3, steps_per_epoch=1, verbose=0)
-    for name in ("loss", "dice_wt", "dice_tc", "dice_et", "dice_mean", "dice_edema", "accuracy"):
+    for name in ("loss", "dice_wt", "dice_tc", "dice_et", "dice_mean", "dice_snfh", "accuracy"):
         assert name in history.history, sorted(history.history)
         assert len(history.history[name]) == 3
         assert all(np.isfinite(history.history[name]))
@@ -241,7 +263,7 @@ def test_tiny_model_fits_with_dice_ce_and_metrics():
 
 def test_saved_model_reloads_with_loss_and_metrics(tmp_path):
     net = model.build_unet((16, 16, 16, 4), model.preset("tiny"))
-    net.compile(optimizer="adam", loss=losses.dice_ce_loss, metrics=metrics.training_metrics())
+    net.compile(optimizer="adam", loss=losses.dice_ce_loss, metrics=metrics.training_metrics(GLI))
     x = np.zeros((1, 16, 16, 16, 4), np.float32)
     y = one_hot(np.zeros((1, 16, 16, 16), np.int64))
     net.evaluate(x, y, verbose=0)  # builds the compiled metrics

@@ -7,6 +7,9 @@ import pytest
 from PIL import Image
 
 from serving import pictures
+from shared import challenges
+
+GLI = challenges.get("brats2023_gli")
 
 SHAPE = (32, 32, 24)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -25,12 +28,17 @@ def head_and_tumour():
     return volume, classes
 
 
-def test_legend_names_and_colours():
-    assert pictures.legend_entries() == [
-        (1, "necrotic core", (255, 0, 0)),
-        (2, "oedema", (0, 255, 0)),
-        (3, "enhancing", (255, 255, 0)),
+def test_legend_names_and_colours_come_from_the_challenge():
+    assert pictures.legend_entries(GLI) == [
+        (1, "Non-enhancing tumour core (NETC, label 1)", (220, 50, 47)),
+        (2, "Surrounding FLAIR hyperintensity (SNFH, label 2)", (60, 180, 75)),
+        (3, "Enhancing tumour (ET, label 3)", (255, 215, 0)),
     ]
+    gli24 = pictures.legend_entries(challenges.get("brats2024_gli"))
+    assert gli24[3] == (4, "Resection cavity (RC, label 4)", (0, 130, 200))
+    ped = pictures.legend_entries(challenges.get("brats2024_ped"))
+    assert [entry[1].split(" (")[1] for entry in ped] == ["ET, label 1)", "NETC, label 2)", "CC, label 3)",
+                                                          "ED, label 4)"]
 
 
 def test_overlay_keeps_background_grey_and_colours_enhancing_yellow():
@@ -38,28 +46,28 @@ def test_overlay_keeps_background_grey_and_colours_enhancing_yellow():
     image = rng.normal(size=(20, 30)).astype(np.float32)
     classes = np.zeros((20, 30), dtype=np.uint8)
     classes[5, 7] = 3
-    rgb = pictures.overlay_rgb(image, classes)
+    rgb = pictures.overlay_rgb(image, classes, GLI)
     assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8
     untouched = classes == 0
     assert (rgb[untouched, 0] == rgb[untouched, 1]).all() and (rgb[untouched, 1] == rgb[untouched, 2]).all()
-    grey = pictures.overlay_rgb(image, classes, show=())[5, 7].astype(int)
+    grey = pictures.overlay_rgb(image, classes, GLI, show=())[5, 7].astype(int)
     r, g, b = rgb[5, 7].astype(int)
-    assert r == g and r > grey[0] and b < r  # pulled towards (255, 255, 0)
+    assert r > g > b and r > grey[0]  # pulled towards (255, 215, 0)
     assert b == pytest.approx(grey[2] * (1 - 0.45), abs=1)
 
 
 def test_overlay_show_nothing_is_pure_grey_windowed_to_percentiles():
     image = np.tile(np.arange(1, 101, dtype=np.float32), (4, 1))
     classes = np.full(image.shape, 2, dtype=np.uint8)
-    rgb = pictures.overlay_rgb(image, classes, show=())
+    rgb = pictures.overlay_rgb(image, classes, GLI, show=())
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
     assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255  # 1st and 99th percentile saturate
-    assert pictures.overlay_rgb(np.zeros((3, 3)), np.zeros((3, 3), dtype=np.uint8)).max() == 0
+    assert pictures.overlay_rgb(np.zeros((3, 3)), np.zeros((3, 3), dtype=np.uint8), GLI).max() == 0
 
 
 def test_overlay_refuses_mismatched_slices():
     with pytest.raises(ValueError, match=r"\(4, 5\).*\(5, 4\)"):
-        pictures.overlay_rgb(np.zeros((4, 5)), np.zeros((5, 4)))
+        pictures.overlay_rgb(np.zeros((4, 5)), np.zeros((5, 4)), GLI)
 
 
 def test_tumour_centre_of_a_cube_and_of_nothing():
@@ -92,7 +100,7 @@ def test_views_are_radiological_with_anterior_and_superior_up(affine, front):
 def test_summary_png_decodes(tmp_path):
     volume, classes = head_and_tumour()
     path = tmp_path / "out" / "summary.png"
-    data = pictures.summary_png(volume, classes, (1.0, 1.0, 2.0), path=path, title="synthetic")
+    data = pictures.summary_png(volume, classes, GLI, (1.0, 1.0, 2.0), path=path, title="synthetic")
     assert data.startswith(PNG_SIGNATURE) and path.read_bytes() == data
     image = Image.open(io.BytesIO(data))
     assert image.width > 400 and image.height > 150
@@ -103,7 +111,7 @@ def test_flythrough_has_one_frame_per_step(tmp_path):
     volume, classes = head_and_tumour()
     for step in (1, 5):
         path = tmp_path / f"fly{step}.gif"
-        data = pictures.flythrough_gif(volume, classes, path=path, step=step, max_size=64)
+        data = pictures.flythrough_gif(volume, classes, GLI, path=path, step=step, max_size=64)
         gif = Image.open(io.BytesIO(data))
         assert data[:6] == b"GIF89a" and path.read_bytes() == data
         assert gif.n_frames == len(range(0, SHAPE[2], step)) and max(gif.size) == 64
@@ -112,5 +120,5 @@ def test_flythrough_has_one_frame_per_step(tmp_path):
 def test_no_tumour_still_draws():
     volume, _ = head_and_tumour()
     nothing = np.zeros(SHAPE, dtype=np.uint8)
-    assert pictures.summary_png(volume, nothing).startswith(PNG_SIGNATURE)
-    assert Image.open(io.BytesIO(pictures.flythrough_gif(volume, nothing, step=4))).n_frames == 6
+    assert pictures.summary_png(volume, nothing, GLI).startswith(PNG_SIGNATURE)
+    assert Image.open(io.BytesIO(pictures.flythrough_gif(volume, nothing, GLI, step=4))).n_frames == 6

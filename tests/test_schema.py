@@ -13,7 +13,7 @@ def _record():
     return schema.PatientRecord(
         patient_id="BraTS20_Training_007", grade="LGG", label_convention="brats2020",
         channels=("flair", "t1ce", "t2"),
-        image=rng.normal(size=(8, 9, 10, 3)).astype(np.float16), mask=labels.one_hot(classes),
+        image=rng.normal(size=(8, 9, 10, 3)).astype(np.float16), mask=labels.one_hot(classes, 4),
         crop_box=((48, 56), (48, 57), (5, 15)), original_shape=(240, 240, 155), affine=affine,
         source_files=("a_flair.nii.gz", "a_seg.nii.gz"), source_sha256=("ab" * 32, "cd" * 32),
     )

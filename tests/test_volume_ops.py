@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shared import labels, volume_ops
+from shared import challenges, labels, volume_ops
 
 
 def test_relabel_and_back_for_each_convention():
@@ -16,6 +16,18 @@ def test_relabel_and_back_for_each_convention():
     assert labels.to_source(np.array([3]), "brats2023").tolist() == [3]
 
 
+def test_label_4_means_what_the_challenge_says():
+    """4 is enhancing tumour in 2020, resection cavity in GLI 2024, oedema in PED 2024."""
+    four = np.array([4])
+    assert labels.to_classes(four, "brats2020").tolist() == [3]  # ET
+    assert labels.to_classes(four, "brats2024_post").tolist() == [4]  # RC, its own class
+    assert labels.to_classes(four, "brats2024_ped").tolist() == [4]  # ED
+    assert challenges.get("brats2024_gli").class_keys[4] == "RC"
+    assert challenges.get("brats2024_ped").class_keys[4] == "ED"
+    with pytest.raises(ValueError, match=r"\[4\]"):
+        labels.to_classes(four, "brats_gtv")
+
+
 def test_unexpected_labels_are_named():
     with pytest.raises(ValueError, match=r"\[3, 7\]"):
         labels.to_classes(np.array([0, 3, 7]), "brats2020")
@@ -25,18 +37,18 @@ def test_unexpected_labels_are_named():
 def test_one_hot_is_valid():
     rng = np.random.default_rng(0)
     classes = rng.integers(0, 4, size=(5, 6, 7)).astype(np.uint8)
-    onehot = labels.one_hot(classes)
+    onehot = labels.one_hot(classes, 4)
     assert onehot.dtype == np.uint8 and onehot.shape == (5, 6, 7, 4)
     assert (onehot.sum(-1) == 1).all()
     assert (onehot.argmax(-1) == classes).all()
 
 
 def test_regions_follow_brats_definitions():
-    masks = labels.region_masks(np.array([0, 1, 2, 3]))
+    masks = labels.region_masks(np.array([0, 1, 2, 3]), challenges.get("brats2020"))
     assert masks["WT"].tolist() == [False, True, True, True]
     assert masks["TC"].tolist() == [False, True, False, True]
     assert masks["ET"].tolist() == [False, False, False, True]
-    assert labels.REGION_NAMES == ("WT", "TC", "ET")
+    assert tuple(masks) == ("WT", "TC", "ET")
 
 
 @pytest.mark.parametrize("box", [((48, 192), (48, 192), (5, 149)), ((-10, 30), (5, 20), (140, 170))])

@@ -14,7 +14,7 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.name = "brats2020"  # datasets land in <output_dir>/<name>/<version_id>/
-    c.layout = "brats2020"  # brats2020 | brats2021 | brats2023_gli (shared/layouts.py)
+    c.layout = "brats2020"  # the challenge: naming, labels, regions (shared/challenges.py; challenge.py sets it)
     c.modalities = ("flair", "t1", "t1ce", "t2")  # channel order of the image
     c.require_seg = True  # False for unlabelled (validation) cohorts
     c.brain_mask = "nonzero"  # nonzero | ants_get_mask
@@ -32,6 +32,13 @@ def get_config():
     c.n4.iterations = (20, 20, 20)
     c.n4.tolerance = 1e-4
     c.n4.spline_mesh = 1
+
+    # Native-space cohorts (MEN-RT, MET 2025 additions) come at any shape and
+    # spacing: resample every scan to `spacing` mm before cropping; prediction
+    # writes the segmentation back on the source grid.
+    c.resample = ml_collections.ConfigDict()
+    c.resample.enabled = False
+    c.resample.spacing = (1.0, 1.0, 1.0)
 
     c.crop = ml_collections.ConfigDict()
     c.crop.mode = "fixed"  # fixed: the box below; centered: `size` around the brain
