@@ -286,36 +286,52 @@ _ENTRIES = (
     ),
 )
 
-CHALLENGES: types.MappingProxyType = types.MappingProxyType({c.name: c for c in _ENTRIES})
+_REGISTRY: dict[str, Challenge] = {}
+_CONVENTIONS: dict[str, tuple[Label, ...]] = {}
+# Read-only live views: an entry added with register() shows up in both.
+CHALLENGES: types.MappingProxyType = types.MappingProxyType(_REGISTRY)
+CONVENTIONS: types.MappingProxyType = types.MappingProxyType(_CONVENTIONS)
+
+
+def register(challenge: Challenge) -> Challenge:
+    """Add a challenge to the registry: every package then discovers, encodes, trains,
+    predicts and scores it.  Refuses a second entry of the same name, and a
+    label convention another entry numbers differently."""
+    if challenge.name in _REGISTRY:
+        raise ValueError(f"challenge {challenge.name!r} is already registered")
+    known = _CONVENTIONS.get(challenge.label_convention)
+    if known is not None and [(lb.value, lb.key) for lb in known] != [(lb.value, lb.key) for lb in challenge.labels]:
+        raise ValueError(f"convention {challenge.label_convention!r} is numbered otherwise by another challenge")
+    _REGISTRY[challenge.name] = challenge
+    _CONVENTIONS.setdefault(challenge.label_convention, challenge.labels)
+    return challenge
+
+
+def unregister(name: str) -> None:
+    """Remove an entry (tests that show a new challenge working end to end clean up with it)."""
+    removed = _REGISTRY.pop(name)
+    if not any(c.label_convention == removed.label_convention for c in _REGISTRY.values()):
+        _CONVENTIONS.pop(removed.label_convention, None)
+
+
+for _entry in _ENTRIES:
+    register(_entry)
 
 
 def get(name: str) -> Challenge:
     """The registry entry ``name``; an unknown name lists the known ones."""
     try:
-        return CHALLENGES[name]
+        return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown challenge {name!r}; known: {', '.join(CHALLENGES)}") from None
-
-
-def _conventions() -> dict[str, tuple[Label, ...]]:
-    """Label numbering by convention name; entries sharing a name must agree."""
-    found: dict[str, tuple[Label, ...]] = {}
-    for challenge in _ENTRIES:
-        known = found.setdefault(challenge.label_convention, challenge.labels)
-        if [(lb.value, lb.key) for lb in known] != [(lb.value, lb.key) for lb in challenge.labels]:
-            raise ValueError(f"convention {challenge.label_convention!r} numbered two ways")
-    return found
-
-
-CONVENTIONS: types.MappingProxyType = types.MappingProxyType(_conventions())
+        raise ValueError(f"unknown challenge {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
 def by_convention(convention: str) -> Challenge:
     """The first challenge numbered in ``convention`` (for legends and class names)."""
-    for challenge in _ENTRIES:
+    for challenge in _REGISTRY.values():
         if challenge.label_convention == convention:
             return challenge
-    raise ValueError(f"unknown label convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+    raise ValueError(f"unknown label convention {convention!r}; known: {', '.join(_CONVENTIONS)}")
 
 
 # Numberings whose classes mean the same tissue: BraTS 2023 renamed 2020's

@@ -13,6 +13,7 @@ are mapped onto them.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import fnmatch
 import posixpath
@@ -63,8 +64,22 @@ class Layout:
         return tuple(f"{self.separator}{self.tokens[channel]}{ext}".lower() for ext in NIFTI_EXTENSIONS)
 
 
-# One layout per registry entry, in registry order.
-LAYOUTS: dict[str, Layout] = {name: Layout.of(c) for name, c in challenges.CHALLENGES.items()}
+class _Layouts(collections.abc.Mapping):
+    """One layout per registry entry, in registry order (a live view: registered entries appear)."""
+
+    def __getitem__(self, name: str) -> Layout:
+        if name not in challenges.CHALLENGES:
+            raise KeyError(name)
+        return Layout.of(challenges.CHALLENGES[name])
+
+    def __iter__(self):
+        return iter(list(challenges.CHALLENGES))
+
+    def __len__(self) -> int:
+        return len(challenges.CHALLENGES)
+
+
+LAYOUTS: collections.abc.Mapping = _Layouts()
 
 
 def get_layout(name: str) -> Layout:
