@@ -8,8 +8,9 @@ everything the page shows and offers for download.
 Uploads are checked before anything is written: total size against the limit,
 zips opened in memory (members with absolute or ``..`` paths, or links, refuse
 the whole zip; the expanded size counts against the limit too), each file's
-NIfTI header read, the modalities recognised by any BraTS release's naming
-(:data:`shared.layouts.LAYOUTS`), and their shapes compared.  Only then are the
+NIfTI header read, the challenge and its modalities recognised from the
+file names (:mod:`shared.challenges`; the model's own challenge first, or the
+one the user picks), and their shapes compared.  Only then are the
 files written, under their base names, into a ``tempfile.TemporaryDirectory``
 that is removed when the segmentation returns or fails.  The prediction itself
 is :func:`serving.prediction.predict_patient`, the same code as
@@ -36,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from shared import labels, layouts, metrics
+from shared import challenges, labels, layouts, metrics
 from shared.spec import PreprocessingSpec
 
 MB = 1 << 20
@@ -48,15 +49,6 @@ EXAMPLE_ID = "Synthetic_Example_001"
 EXAMPLE_SEED = 2024  # not the demo cohort's seed 0: the demo model never saw this patient
 EXAMPLE_SHAPE = (96, 96, 80)
 
-# The page's names for the tumour classes and regions (table rows, toggles).
-CLASS_TITLES = {labels.NECROTIC_CORE: "Necrotic core", labels.EDEMA: "Oedema", labels.ENHANCING: "Enhancing tumour"}
-TABLE_ROWS = (  # (row title, key in metrics.STRUCTURES)
-    ("Necrotic core (NCR)", "necrotic_core"),
-    ("Oedema (ED)", "edema"),
-    ("Enhancing tumour (ET)", "enhancing"),
-    ("Tumour core (TC = NCR + ET)", "TC"),
-    ("Whole tumour (WT = NCR + ED + ET)", "WT"),
-)
 MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce (contrast)", "t2": "T2"}
 
 # One segmentation at a time per process: sessions share the cached model, and
@@ -85,7 +77,7 @@ class PatientInput:
     """One patient's checked files, ready to be written and segmented."""
 
     patient_id: str
-    layout: str  # the BraTS release whose naming the files follow
+    layout: str  # the challenge whose naming (and so label numbering) the files follow
     files: dict[str, Upload]  # modality -> file
     shape: tuple[int, ...]
     truth: Upload | None = None  # a segmentation to compare with
@@ -261,21 +253,34 @@ def nifti_shape(upload: Upload) -> tuple[int, ...]:
 
 
 def _expected_names(channel: str) -> str:
-    """'_flair.nii.gz (BraTS 2020/2021) or -t2f.nii.gz (BraTS 2023)' for a message."""
+    """'_flair.nii.gz (BraTS 2020/2021) or -t2f.nii.gz (BraTS 2023...)' for a message."""
     seen: dict[str, list[str]] = {}
     for layout in layouts.LAYOUTS.values():
-        seen.setdefault(layout.suffixes(channel)[0], []).append(layout.name)
-    return " or ".join(f"{s} ({', '.join(n.replace('brats', 'BraTS ') for n in names)})" for s, names in seen.items())
+        if layout.suffixes(channel):
+            seen.setdefault(layout.suffixes(channel)[0], []).append(layout.name)
+    return " or ".join(f"{s} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" for s, names in seen.items())
 
 
-def detect_modalities(names: Sequence[str], channels: Sequence[str]) -> tuple[str, dict[str, str], str | None]:
-    """(layout, modality -> file name, segmentation name or None) by the files' name endings.
+def _layout_order(preferred: str | None) -> list[layouts.Layout]:
+    """Every challenge's naming, the preferred one (the model's, or the user's pick) first."""
+    names = list(layouts.LAYOUTS)
+    if preferred in names:
+        names.remove(preferred)
+        names.insert(0, preferred)
+    return [layouts.LAYOUTS[n] for n in names]
 
-    Every BraTS release's naming is tried (2020/2021 ``_flair``, 2023 ``-t2f``
-    and so on); the first one that finds exactly one file per modality wins.
+
+def detect_modalities(names: Sequence[str], channels: Sequence[str],
+                      preferred: str | None = None) -> tuple[str, dict[str, str], str | None]:
+    """(challenge, modality -> file name, segmentation name or None) by the files' name endings.
+
+    Every challenge's naming is tried, ``preferred`` first (2020/2021
+    ``_flair``, 2023+ ``-t2f``, MEN-RT ``_t1c``...); the first one that finds
+    exactly one file per modality wins.  GLI 2023 and GLI 2024 name files
+    alike, so the model's challenge (or the user's pick) decides between them.
     """
     best: tuple[int, str, dict[str, list[str]]] | None = None
-    for layout in layouts.LAYOUTS.values():
+    for layout in _layout_order(preferred):
         hits = {ch: [n for n in names if n.lower().endswith(layout.suffixes(ch))] for ch in channels}
         if all(len(h) == 1 for h in hits.values()):
             segs = [n for n in names if n.lower().endswith(layout.suffixes(layouts.SEGMENTATION))]
@@ -294,6 +299,19 @@ def detect_modalities(names: Sequence[str], channels: Sequence[str]) -> tuple[st
     raise InputError("Cannot use these files: " + "; ".join(problems) + f". Received: {got}.")
 
 
+def check_numbering(found: str, model: challenges.Challenge | None) -> None:
+    """Refuse files of a challenge whose labels mean other tissues than the model's classes."""
+    if model is None:
+        return
+    entry = challenges.get(found)
+    if not challenges.same_classes(entry.label_convention, model.label_convention):
+        raise InputError(
+            f"These files belong to {entry.title} (labels {', '.join(entry.class_keys[1:])}), but the model was "
+            f"trained on {model.title} (labels {', '.join(model.class_keys[1:])}): its label numbering differs, "
+            "so its segmentation would be read wrongly. Choose a model trained on this challenge, or pick the "
+            "right challenge in the sidebar if the names are misleading.")
+
+
 def _patient_id(name: str, layout: str, channel: str) -> str:
     """The id in front of the modality token, made safe as a folder name."""
     suffix = next(s for s in layouts.LAYOUTS[layout].suffixes(channel) if name.lower().endswith(s))
@@ -302,11 +320,15 @@ def _patient_id(name: str, layout: str, channel: str) -> str:
 
 
 def prepare(uploads: Sequence[Upload], channels: Sequence[str], limit_mb: int = DEFAULT_MAX_UPLOAD_MB,
-            truth: Upload | None = None) -> PatientInput:
+            truth: Upload | None = None, model: challenges.Challenge | None = None,
+            pick: str | None = None) -> PatientInput:
     """Check one patient's uploads (files and/or a zip) and sort them by modality.
 
-    A segmentation among the files (``_seg.nii.gz`` or ``-seg.nii.gz``) becomes
-    the truth to compare with, unless ``truth`` is given separately.
+    A segmentation among the files (``_seg.nii.gz``, ``-seg.nii.gz``,
+    ``_gtv.nii.gz``) becomes the truth to compare with, unless ``truth`` is
+    given separately.  The challenge comes from the file names (``pick``, the
+    user's choice, or else the ``model``'s own challenge tried first), and
+    files whose labels mean other tissues than the model's are refused.
     """
     if not uploads:
         raise InputError("Upload the patient's scans first: the four modalities as .nii/.nii.gz files, "
@@ -316,7 +338,12 @@ def prepare(uploads: Sequence[Upload], channels: Sequence[str], limit_mb: int = 
     for f in files:
         if not is_nifti_name(f.name):
             raise InputError(f"{f.name} is not a NIfTI file: upload .nii or .nii.gz scans, or one zip of them.")
-    layout, by_channel, seg_name = detect_modalities([f.name for f in files], channels)
+    preferred = pick or (model.name if model is not None else None)
+    layout, by_channel, seg_name = detect_modalities([f.name for f in files], channels, preferred)
+    if pick and layout != pick:
+        raise InputError(f"These files are not named as {challenges.get(pick).title} names them "
+                         f"(expected e.g. {layouts.get_layout(pick).expected_name('<case>', channels[0])}).")
+    check_numbering(layout, model)
     by_name = {f.name: f for f in files}
     chosen = {ch: by_name[n] for ch, n in by_channel.items()}
     if truth is None and seg_name is not None:
@@ -377,19 +404,27 @@ def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
     return tuple(max(int(n), b) for n, b in zip(need, base))  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=2)
-def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE) -> tuple[Upload, ...]:
-    """The synthetic example patient as uploads (four modalities and its true segmentation).
+@functools.lru_cache(maxsize=4)
+def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE, challenge: str = "brats2020") -> tuple[Upload, ...]:
+    """The synthetic example patient as uploads: the challenge's modalities and true segmentation.
 
-    Made in memory from :mod:`synthetic.cohort` with a fixed seed,
-    so every user and every run sees the same patient; nothing is written.
+    Made in memory from :mod:`synthetic.cohort` with a fixed seed, in the
+    challenge's own file naming and label numbering (a GLI 2024 example has a
+    resection cavity, label 4), so every user and every run sees the same
+    patient; nothing is written.
     """
     from synthetic import cohort as synthetic_data
 
-    patient = synthetic_data.make_patient(EXAMPLE_ID, 1, shape, "HGG", seed=EXAMPLE_SEED)
+    patient = synthetic_data.make_patient(EXAMPLE_ID, 1, shape, "HGG", seed=EXAMPLE_SEED, challenge=challenge)
+    layout = layouts.get_layout(challenge)
     volumes = dict(patient.images, seg=patient.seg.astype(np.uint8))
-    return tuple(Upload(f"{EXAMPLE_ID}_{name}.nii.gz", synthetic_data.nifti_bytes(array, patient.affine))
+    return tuple(Upload(layout.expected_name(EXAMPLE_ID, name), synthetic_data.nifti_bytes(array, patient.affine))
                  for name, array in volumes.items())
+
+
+def is_segmentation_name(name: str, challenge: str) -> bool:
+    """Whether an example upload is the challenge's segmentation file (``_seg``, ``-seg``, ``_gtv``)."""
+    return name.lower().endswith(layouts.get_layout(challenge).suffixes(layouts.SEGMENTATION))
 
 
 # --------------------------------------------------------------------------
@@ -414,17 +449,19 @@ def _friendly(message: str, workdir: str) -> str:
     return message.replace(os.path.realpath(workdir) + os.sep, "").replace(workdir + os.sep, "")
 
 
-def truth_classes(path: str, conventions: Sequence[str]) -> np.ndarray:
-    """The truth as training classes, in the first label convention its values fit."""
+def truth_classes(path: str, convention: str) -> np.ndarray:
+    """The truth as classes, read in the one numbering of its challenge (never guessed from its values:
+    label 4 is enhancing tumour in 2020 but a resection cavity in GLI 2024)."""
     from serving.prediction import source_image
 
     _, seg = source_image(path)
-    for convention in conventions:
-        if not labels.unexpected_labels(seg, convention):
-            return labels.to_classes(seg, convention)
-    values = ", ".join(str(v) for v in np.unique(seg)[:12])
-    raise InputError(f"The segmentation {os.path.basename(path)} has label values {values}; expected BraTS labels "
-                     "0, 1, 2 and 4 (2020/2021) or 0, 1, 2, 3 (2023).")
+    bad = labels.unexpected_labels(seg, convention)
+    if not bad:
+        return labels.to_classes(seg, convention)
+    entry = challenges.by_convention(convention)
+    allowed = ", ".join(f"{v} {k}" for v, k in zip(labels.stored_values(convention), labels.class_keys(convention)))
+    raise InputError(f"The segmentation {os.path.basename(path)} has label values {bad} that {entry.title} does "
+                     f"not define (it numbers {allowed}); it cannot be scored against this model's classes.")
 
 
 def _compact(volume: np.ndarray) -> np.ndarray:
@@ -455,9 +492,8 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
                       for ch, path in source.files.items()}
             scores = None
             if truth_path is not None:
-                others = [c for c in labels.LABEL_CONVENTIONS if c != convention]
-                truth = truth_classes(truth_path, [convention] + others)
-                scores = metrics.score_patient(pred.classes, truth, pred.spacing)
+                truth = truth_classes(truth_path, pred.label_convention)
+                scores = metrics.score_patient(pred.classes, truth, pred.challenge, pred.spacing)
         except PatientError as exc:
             raise InputError(_friendly(f"Cannot segment {patient.patient_id}: {exc}", workdir)) from None
         except ValueError as exc:  # a scan nibabel cannot read, labels, shapes
@@ -465,7 +501,8 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
     notes = [f"Files not used: {', '.join(patient.ignored)}"] if patient.ignored else []
     if not np.any(pred.classes):
         notes.append("The model found no tumour in this scan.")
-    png = pictures.summary_png(pred.display, pred.classes, pred.spacing, title=pred.patient_id, affine=pred.affine)
+    png = pictures.summary_png(pred.display, pred.classes, pred.challenge, pred.spacing, title=pred.patient_id,
+                               affine=pred.affine)
     return Result(uuid.uuid4().hex[:12], pred.patient_id, predictor.model_path, pred, images, scores,
                   prediction.segmentation_bytes(pred), png, notes)
 
@@ -475,11 +512,22 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
 # --------------------------------------------------------------------------
 
 
+def table_rows(challenge: challenges.Challenge) -> list[tuple[str, str]]:
+    """(row title, structure key) for the volumes table: each label, then each region that is not a label."""
+    rows = [(f"{label.title} ({label.key})", label.key) for label in challenge.labels]
+    keys = {label.key for label in challenge.labels}
+    for region, values in challenge.regions.items():
+        if region not in keys:
+            members = " + ".join(challenge.labels[challenge.class_of(v) - 1].key for v in values)
+            rows.append((f"{region} = {members}", region))
+    return rows
+
+
 def volumes_table(result: Result) -> list[dict[str, object]]:
-    """One row per class and region: volume in mL, and with a truth its volume, Dice and HD95."""
+    """One row per label and region: volume in mL, and with a truth its volume, Dice and HD95."""
     volumes = result.prediction.volumes_ml()
     rows = []
-    for title, key in TABLE_ROWS:
+    for title, key in table_rows(result.prediction.challenge):
         row: dict[str, object] = {"Region": title, "Volume (mL)": round(volumes[key], 2)}
         if result.scores is not None:
             row["True volume (mL)"] = round(result.scores[f"volume_truth_{key}_ml"], 2)
@@ -495,7 +543,7 @@ def default_centre(result: Result) -> tuple[int, int, int]:
     return pictures.tumour_centre(result.classes)
 
 
-def view_images(result: Result, modality: str, centre: Sequence[int], show: Sequence[int] = (1, 2, 3),
+def view_images(result: Result, modality: str, centre: Sequence[int], show: Sequence[int] | None = None,
                 alpha: float = 0.45, size: int = 360) -> dict[str, np.ndarray]:
     """Axial, coronal and sagittal RGB slices through ``centre`` with the overlay.
 
@@ -510,7 +558,8 @@ def view_images(result: Result, modality: str, centre: Sequence[int], show: Sequ
     slices = pictures.orthogonal_slices(result.images[modality], result.classes, centre, result.prediction.affine)
     out = {}
     for view, (image, classes) in slices.items():
-        rgb = pictures.overlay_rgb(image, classes, show=tuple(show), alpha=alpha)
+        rgb = pictures.overlay_rgb(image, classes, result.prediction.challenge,
+                                   show=None if show is None else tuple(show), alpha=alpha)
         _, row, col = pictures.VIEWS[view]
         height, width = rgb.shape[0] * float(spacing[row]), rgb.shape[1] * float(spacing[col])
         scale = size / max(height, width)
@@ -519,23 +568,32 @@ def view_images(result: Result, modality: str, centre: Sequence[int], show: Sequ
     return out
 
 
-def legend_html(show: Sequence[int] = (1, 2, 3)) -> str:
-    """The overlay legend as inline HTML (coloured squares in the overlay's RGB)."""
+def class_titles(challenge: challenges.Challenge) -> dict[int, str]:
+    """Class -> the label's name, for the page's toggles."""
+    return {cls: f"{label.title} ({label.key})" for cls, label in enumerate(challenge.labels, start=1)}
+
+
+def legend_html(challenge: challenges.Challenge, show: Sequence[int] | None = None) -> str:
+    """The overlay legend as inline HTML (coloured squares in the overlay's RGB), named as the challenge names them."""
     from serving import pictures
 
+    show = range(1, challenge.num_classes) if show is None else show
+    titles = class_titles(challenge)
     items = []
-    for cls, _, rgb in pictures.legend_entries():
+    for cls, _, rgb in pictures.legend_entries(challenge):
         style = "opacity:0.3;" if cls not in show else ""
         items.append(f'<span style="{style}margin-right:1.2em;white-space:nowrap">'
                      f'<span style="display:inline-block;width:0.9em;height:0.9em;background:rgb{rgb};'
                      f'border:1px solid #888;vertical-align:middle;margin-right:0.35em"></span>'
-                     f"{CLASS_TITLES[cls]}</span>")
+                     f"{titles[cls]}</span>")
     return "".join(items)
 
 
 def model_summary(predictor) -> str:
     """A line on what the model expects, for the sidebar."""
     crop_text = PreprocessingSpec.from_config(predictor.preprocess_cfg).describe_crop()
-    return (f"Modalities {', '.join(predictor.channels)}; crop {crop_text}; window "
+    entry = predictor.challenge
+    return (f"Trained on {entry.title}: labels {', '.join(entry.class_keys[1:])}. "
+            f"Modalities {', '.join(predictor.channels)}; crop {crop_text}; window "
             f"{'x'.join(map(str, predictor.window))}; trained on dataset {predictor.version_id} "
             f"({predictor.layout} naming).")

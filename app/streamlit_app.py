@@ -57,22 +57,40 @@ def choose_model(settings: logic.Settings):
     return predictor, tta
 
 
+def choose_challenge(predictor) -> str | None:
+    """Sidebar: which challenge the uploads follow (naming and label numbering); None detects it."""
+    from shared import challenges
+
+    options = ["detect"] + list(challenges.CHALLENGES)
+    default = predictor.challenge.name if predictor is not None else "detect"
+    pick = st.sidebar.selectbox(
+        "Challenge of the uploads", options, index=options.index(default) if default in options else 0,
+        format_func=lambda n: "detect from the file names" if n == "detect" else challenges.get(n).title,
+        help="Decides the file naming and what each label value means (label 4 is enhancing tumour in "
+             "2020/2021, resection cavity in GLI 2024, oedema in PED 2024). Files of a challenge whose labels "
+             "differ from the model's are refused.", key="challenge")
+    return None if pick == "detect" else pick
+
+
 def collect_inputs(settings: logic.Settings, predictor):
     """Upload widgets or the example; returns a function giving the uploads and optional truth."""
     mode = st.radio("Patient", [UPLOAD, EXAMPLE], horizontal=True, key="mode")
     if mode == EXAMPLE:
         compare = st.checkbox("Compare with the example's true segmentation (Dice, HD95)", value=True, key="compare")
-        st.caption(f"A synthetic glioma patient ({logic.EXAMPLE_ID}) made on the fly with the project's "
-                   "synthetic-data generator: four modalities and its true segmentation.")
+        name = predictor.challenge.name if predictor is not None else "brats2020"
+        st.caption(f"A synthetic patient ({logic.EXAMPLE_ID}) in the naming and labels of the model's challenge, "
+                   "made on the fly with the project's synthetic-data generator, with its true segmentation.")
 
         def example():
-            uploads = logic.example_uploads(logic.example_shape(predictor.preprocess_cfg if predictor else {}))
-            return [u for u in uploads if compare or not u.name.endswith("_seg.nii.gz")], None
+            shape = logic.example_shape(predictor.preprocess_cfg if predictor else {})
+            uploads = logic.example_uploads(shape, name)
+            return [u for u in uploads if compare or not logic.is_segmentation_name(u.name, name)], None
 
         return example
     scans = st.file_uploader(
-        "The patient's four modalities (.nii or .nii.gz, any BraTS naming: *_flair, *_t1, *_t1ce, *_t2 or "
-        "*-t2f, *-t1n, *-t1c, *-t2w), or one zip of the patient folder",
+        "The patient's modalities (.nii or .nii.gz, any BraTS naming: *_flair, *_t1, *_t1ce, *_t2 or "
+        "*-t2f, *-t1n, *-t1c, *-t2w, MEN-RT *_t1c), or one zip of the patient folder. Scans must be "
+        "skull-stripped and co-registered, as BraTS distributes them",
         accept_multiple_files=True, max_upload_size=settings.max_upload_mb, key="scans")
     truth = st.file_uploader("Optional: a segmentation to compare with (Dice, HD95)",
                              max_upload_size=settings.max_upload_mb, key="truth")
@@ -86,14 +104,15 @@ def collect_inputs(settings: logic.Settings, predictor):
     return uploaded
 
 
-def run_segmentation(settings: logic.Settings, predictor, tta: str, get_inputs) -> None:
+def run_segmentation(settings: logic.Settings, predictor, tta: str, get_inputs, pick: str | None = None) -> None:
     """Check the inputs, segment with a progress bar, keep the result (or the error) in session_state."""
     st.session_state.pop("result", None)
     st.session_state.pop("error", None)
     bar = st.progress(0.0, text="Checking the files...")
     try:
         uploads, truth = get_inputs()
-        patient = logic.prepare(uploads, predictor.channels, settings.max_upload_mb, truth)
+        patient = logic.prepare(uploads, predictor.channels, settings.max_upload_mb, truth,
+                                model=predictor.challenge, pick=pick)
 
         def report(stage: str, fraction: float) -> None:
             value, text = logic.progress_step(stage, fraction)
@@ -123,9 +142,10 @@ def show_viewer(result: logic.Result) -> None:
                                      format_func=lambda m: logic.MODALITY_TITLES.get(m, m), key=f"modality-{key}")
     with controls[1]:
         st.markdown("Regions shown")
-        toggles = st.columns(3)
-        show = [cls for col, (cls, title) in zip(toggles, logic.CLASS_TITLES.items())
-                if col.checkbox(title.replace(" tumour", ""), value=True, key=f"show-{cls}-{key}")]
+        titles = logic.class_titles(pred.challenge)
+        toggles = st.columns(len(titles))
+        show = [cls for col, (cls, title) in zip(toggles, titles.items())
+                if col.checkbox(title, value=True, key=f"show-{cls}-{key}")]
     alpha = controls[2].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
 
     from serving.pictures import VIEWS
@@ -138,7 +158,7 @@ def show_viewer(result: logic.Result) -> None:
     images = logic.view_images(result, modality, centre, show, alpha)
     for view, image in images.items():
         columns[view].image(image, caption=f"{view} {centre[VIEWS[view][0]]}", width="stretch")
-    st.markdown(logic.legend_html(show), unsafe_allow_html=True)
+    st.markdown(logic.legend_html(pred.challenge, show), unsafe_allow_html=True)
     st.caption("Radiological convention: the patient's right is on the image's left.")
 
     st.markdown("**Tumour volumes**" + (" and scores against the uploaded segmentation" if result.scores else ""))
@@ -163,12 +183,14 @@ def main() -> None:
     # The server refuses any file over server.maxUploadSize (default 200 MB): never promise more.
     settings.max_upload_mb = min(settings.max_upload_mb, int(st.get_option("server.maxUploadSize")))
     st.title("Brain tumour segmentation")
-    st.markdown("Upload one patient's MRI (FLAIR, T1, T1ce, T2) and a 3D U-Net trained on BraTS outlines the "
-                "necrotic core, the oedema and the enhancing tumour. For research only, not for diagnosis.")
+    st.markdown("Upload one patient's MRI (skull-stripped and co-registered, as BraTS distributes them) and a 3D "
+                "U-Net trained on a BraTS challenge outlines the tumour sub-regions that challenge labels. "
+                "For research only, not for diagnosis.")
     predictor, tta = choose_model(settings)
+    pick = choose_challenge(predictor)
     get_inputs = collect_inputs(settings, predictor)
     if st.button("Segment", type="primary", key="segment", disabled=predictor is None):
-        run_segmentation(settings, predictor, tta, get_inputs)
+        run_segmentation(settings, predictor, tta, get_inputs, pick)
     if "error" in st.session_state:
         st.error(st.session_state["error"])
     if "result" in st.session_state:

@@ -82,8 +82,9 @@ def predict_local(options: Options, folders: list[str], echo: Callable[[str], No
                  f"{' (' + failure['file'] + ')' if failure['file'] else ''}: {failure['reason']}")
             continue
         done.append(_outcome(pred, paths))
+        first = next(iter(pred.challenge.regions))  # WT for the gliomas, GTV for MEN-RT
         echo(f"  [{n}/{len(folders)}] {pred.patient_id}: preprocess {pred.seconds['preprocess']:.1f} s, "
-             f"inference {pred.seconds['inference']:.1f} s, WT {done[-1]['volumes_ml']['WT']:.1f} mL")
+             f"inference {pred.seconds['inference']:.1f} s, {first} {done[-1]['volumes_ml'][first]:.1f} mL")
     return _finish(options.output_dir, done, failures, time.time() - start)
 
 

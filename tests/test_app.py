@@ -229,7 +229,7 @@ def test_segment_scores_against_the_truth_and_cleans_up(predictor, tiny_cohort, 
     assert result.shape == TINY_SHAPE and sorted(result.images) == sorted(CHANNELS)
     assert result.scores is not None and 0 <= result.scores["dice_WT"] <= 1
     rows = logic.volumes_table(result)
-    assert [r["Region"] for r in rows][-1].startswith("Whole tumour") and set(rows[0]) == {
+    assert [r["Region"] for r in rows][-1] == "WT = NCR + ED + ET" and set(rows[0]) == {
         "Region", "Volume (mL)", "True volume (mL)", "Dice", "HD95 (mm)"}
     assert result.summary_png[:8] == b"\x89PNG\r\n\x1a\n"
     written = nib.Nifti1Image.from_bytes(gzip.decompress(result.segmentation))
@@ -257,7 +257,94 @@ def test_a_truth_with_foreign_labels_is_refused(predictor, tiny_cohort, monkeypa
     uploads = [u for u in _cohort_uploads(tiny_cohort) if not u.name.endswith("_seg.nii.gz")]
     truth = logic.Upload("truth.nii.gz", nifti_bytes(np.full(TINY_SHAPE, 7, np.uint8), np.eye(4)))
     patient = logic.prepare(uploads, predictor.channels, truth=truth)
-    with pytest.raises(logic.InputError, match="truth.nii.gz has label values 7"):
+    with pytest.raises(logic.InputError, match=r"truth.nii.gz has label values \[7\] that BraTS 2020"):
+        logic.segment(predictor, patient)
+
+
+# ----------------------------------------------------------------- GLI 2024: five classes, RC is label 4
+
+
+class _Truthful:
+    """A stand-in network that answers with the one-hot truth of the case on the crop grid.
+
+    It produces every class of the challenge, so a label map that confused RC
+    (label 4) with enhancing tumour (3) would show in the written file and in
+    the scores.
+    """
+
+    def __init__(self, classes: np.ndarray, num_classes: int, channels: int):
+        self.onehot = np.eye(num_classes, dtype=np.float32)[classes][None]
+        self.input_shape = (None, None, None, None, channels)
+
+    def __call__(self, batch):
+        assert batch.shape[1:4] == self.onehot.shape[1:4], "the stub answers whole crops only"
+        return np.repeat(self.onehot, batch.shape[0], axis=0)
+
+
+@pytest.fixture
+def gli2024_predictor(tmp_path):
+    """A GLI 2024 'model' (the truthful stub) with the GLI 2024 preprocessing of the example case."""
+    from configs.preprocess import challenge as challenge_config
+    from preprocessing.discovery import PatientSource
+    from preprocessing.patient import preprocess
+    from serving import prediction
+
+    cfg = challenge_config.get_config("brats2024_gli").to_dict()
+    cfg.update(n4=dict(cfg["n4"], enabled=False), min_brain_voxels=200,
+               crop={"mode": "centered", "size": (64, 64, 64), "box": cfg["crop"]["box"]})
+    shape = logic.example_shape(cfg)
+    folder = tmp_path / "case"
+    folder.mkdir()
+    files = {}
+    for upload in logic.example_uploads(shape, "brats2024_gli"):
+        (folder / upload.name).write_bytes(upload.data)
+        channel = next(c for c in ("flair", "t1", "t1ce", "t2", "seg")
+                       if upload.name.endswith(f"-{dict(flair='t2f', t1='t1n', t1ce='t1c', t2='t2w', seg='seg')[c]}.nii.gz"))
+        files[channel] = str(folder / upload.name)
+    record = preprocess(PatientSource(logic.EXAMPLE_ID, "HGG", files, {}), cfg).record
+    stub = _Truthful(np.argmax(record.mask, axis=-1), 5, 4)
+
+    class StubPredictor(prediction.Predictor):
+        def predict_fn(self):
+            return stub
+
+    return StubPredictor(stub, "gli2024-stub.keras", cfg, (64, 64, 64), "stub-version", None)
+
+
+def test_gli_2024_example_shows_and_scores_rc_as_rc(gli2024_predictor):
+    predictor = gli2024_predictor
+    uploads = logic.example_uploads(logic.example_shape(predictor.preprocess_cfg), "brats2024_gli")
+    patient = logic.prepare(list(uploads), predictor.channels, model=predictor.challenge)
+    assert patient.layout == "brats2024_gli"  # GLI 2023 names files alike: the model's challenge decides
+    result = logic.segment(predictor, patient)
+    written = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(result.segmentation)).dataobj)
+    truth = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(patient.truth.data)).dataobj)
+    assert sorted(np.unique(written).tolist()) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(written, truth)  # every label written back with its own value
+    assert result.scores["dice_RC"] == 1.0 and result.scores["volume_truth_RC_ml"] > 0
+    assert result.scores["dice_ET"] == 1.0
+    rows = {r["Region"]: r for r in logic.volumes_table(result)}
+    assert rows["Resection cavity (RC)"]["Dice"] == 1.0 and "WT = NETC + SNFH + ET" in rows
+    assert "Resection cavity (RC)" in logic.legend_html(predictor.challenge)
+    assert logic.class_titles(predictor.challenge)[4] == "Resection cavity (RC)"
+
+
+def test_files_of_another_numbering_are_refused(gli2024_predictor):
+    """A 2020-named case cannot go to a GLI 2024 model: its label 4 means enhancing tumour there."""
+    with pytest.raises(logic.InputError, match="BraTS 2020 .* trained on BraTS 2024/2025 GLI"):
+        logic.prepare(_uploads(NAMES_2020), CHANNELS, model=gli2024_predictor.challenge)
+    with pytest.raises(logic.InputError, match="not named as BraTS 2024/2025 GLI"):
+        logic.prepare(_uploads(NAMES_2020), CHANNELS, model=gli2024_predictor.challenge, pick="brats2024_gli")
+
+
+def test_a_gli_2024_truth_is_never_read_as_2020_numbering(predictor, tiny_cohort):
+    """A 2020 model's classes cannot score a truth holding labels 2020 does not define (no fallback)."""
+    uploads = [u for u in _cohort_uploads(tiny_cohort) if not u.name.endswith("_seg.nii.gz")]
+    seg = np.zeros(TINY_SHAPE, np.uint8)
+    seg[10:14, 10:14, 10:14] = 3  # ET in 2023 numbering, undefined in 2020's
+    patient = logic.prepare(uploads, predictor.channels, truth=logic.Upload("t.nii.gz", nifti_bytes(seg, np.eye(4))),
+                            model=predictor.challenge)
+    with pytest.raises(logic.InputError, match=r"label values \[3\]"):
         logic.segment(predictor, patient)
 
 

@@ -20,7 +20,7 @@ def test_model_on_its_validation_split_gives_the_table(tiny_model, tiny_dataset,
     predictor = prediction.load_predictor(str(tiny_model))
     rows, failures = evaluation.score_model(predictor, tiny_dataset.dataset_dir, "val", echo=lambda *_: None)
     assert not failures and len(rows) == tiny_dataset.patients["val"]
-    report = evaluation.write_report(rows, failures, str(tmp_path), {"split": "val"})
+    report = evaluation.write_report(rows, failures, str(tmp_path), {"split": "val"}, predictor.challenge)
     table = evaluation.format_report(report)
     for region in ("WT", "TC", "ET"):
         assert region in table
@@ -42,7 +42,7 @@ def _copy_truth_as_predictions(cohort, pred_dir, pids):
 def test_ground_truth_scored_against_itself_is_perfect(tiny_cohort, tmp_path):
     pids = sorted(p.name for p in tiny_cohort.iterdir() if p.name.startswith("BraTS20"))
     _copy_truth_as_predictions(tiny_cohort, tmp_path / "preds", pids[:-1])
-    rows, failures = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
+    rows, failures, _ = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
     assert len(rows) == len(pids) - 1
     for row in rows:
         for region in ("WT", "TC", "ET"):
@@ -54,7 +54,7 @@ def test_a_prediction_of_the_wrong_shape_is_named(tiny_cohort, tmp_path):
     pid = "BraTS20_Training_002"
     (tmp_path / "preds").mkdir()
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), tmp_path / "preds" / f"{pid}.nii.gz")
-    rows, failures = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
+    rows, failures, _ = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
     bad = [f for f in failures if f["patient"] == pid][0]
     assert bad["file"] == f"{pid}.nii.gz" and "differs from the ground truth" in bad["reason"]
 
@@ -66,12 +66,13 @@ def test_prediction_from_raw_files_scores_like_the_record(tiny_model, tiny_cohor
     source, convention = prediction.source_from_folder(str(tiny_cohort / pid), predictor)
     pred = prediction.predict_patient(predictor, source, convention)
     prediction.write_outputs(pred, str(tmp_path / "preds"), predictor, pictures=False)
-    rows, _ = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
+    rows, _, challenge = evaluation.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
     truth = nib.load(tiny_cohort / pid / f"{pid}_seg.nii.gz")
     from shared import labels
 
+    assert challenge.name == "brats2020"
     expected = metrics.score_patient(pred.classes, labels.to_classes(np.asarray(truth.dataobj), "brats2020"),
-                                     (1.0, 1.0, 1.0))
+                                     challenge, (1.0, 1.0, 1.0))
     assert [r for r in rows if r["patient"] == pid][0]["dice_WT"] == expected["dice_WT"]
 
 

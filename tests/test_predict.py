@@ -80,7 +80,8 @@ def test_prediction_is_written_in_the_source_geometry(tiny_model, tiny_cohort, t
     values = set(np.unique(np.asarray(out.dataobj)).tolist())
     assert values <= {0, 1, 2, 4}  # BraTS 2020 numbering: enhancing written back as 4
     report = json.loads(open(paths["volumes"]).read())
-    assert set(report["volumes_ml"]) >= {"WT", "TC", "ET"} and report["labels"]["enhancing"] == 4
+    assert set(report["volumes_ml"]) >= {"WT", "TC", "ET"} and report["labels"]["ET"] == 4
+    assert report["challenge"] == "brats2020" and report["label_convention"] == "brats2020"
     assert report["dataset_version_id"] == predictor.version_id
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert open(paths["gif"], "rb").read(6) == b"GIF89a"
