@@ -21,6 +21,7 @@ BYTE_SHAPING_MODULES = (
     "preprocessing.discovery",
     "preprocessing.n4",
     "preprocessing.patient",
+    "shared.challenges",
     "shared.labels",
     "shared.layouts",
     "shared.manifest",
