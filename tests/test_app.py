@@ -78,7 +78,7 @@ def test_missing_modality_names_what_to_upload():
     del names["t1ce"]
     with pytest.raises(logic.InputError, match=r"missing modality t1ce: no file name ends in _t1ce\.nii\.gz") as err:
         logic.prepare(_uploads(names), CHANNELS)
-    assert "-t1c.nii.gz (BraTS 2023_gli)" in str(err.value) and "BraTS20_Training_007_flair.nii.gz" in str(err.value)
+    assert "-t1c.nii.gz (brats2023_gli, " in str(err.value) and "_t1c.nii.gz (brats2024_men_rt)" in str(err.value) and "BraTS20_Training_007_flair.nii.gz" in str(err.value)
 
 
 def test_two_patients_at_once_are_refused():
@@ -229,7 +229,7 @@ def test_segment_scores_against_the_truth_and_cleans_up(predictor, tiny_cohort, 
     assert result.shape == TINY_SHAPE and sorted(result.images) == sorted(CHANNELS)
     assert result.scores is not None and 0 <= result.scores["dice_WT"] <= 1
     rows = logic.volumes_table(result)
-    assert [r["Region"] for r in rows][-1] == "WT = NCR + ED + ET" and set(rows[0]) == {
+    assert [r["Region"] for r in rows][-2:] == ["WT = NCR + ED + ET", "TC = NCR + ET"] and set(rows[0]) == {
         "Region", "Volume (mL)", "True volume (mL)", "Dice", "HD95 (mm)"}
     assert result.summary_png[:8] == b"\x89PNG\r\n\x1a\n"
     written = nib.Nifti1Image.from_bytes(gzip.decompress(result.segmentation))

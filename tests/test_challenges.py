@@ -216,3 +216,31 @@ def test_one_dataset_from_three_cohorts_with_compatible_labels(tmp_path):
             record = schema.decode(raw.numpy())
             assert record.cohort == next(n for n, c in found["cohorts"].items() if record.patient_id in c["patients"])
     assert json.dumps(found["cohorts"])  # plain JSON
+
+
+def test_a_gli_2024_model_has_five_outputs_and_records_its_challenge(tmp_path):
+    """Dataset -> trainer -> predictor: the class count and the numbering come from the challenge."""
+    from configs.train import tiny_cpu
+    from trainer import training
+
+    write("brats2024_gli", tmp_path / "cohort", n=3)
+    cfg = override(challenge_config.get_config("brats2024_gli"),
+                   {"n4.enabled": False, "min_brain_voxels": 200, "crop.size": (32, 32, 32),
+                    "split.val_fraction": 0.34}).to_dict()
+    summary = launch.run(cfg, str(tmp_path / "cohort"), str(tmp_path / "data"), IN_PROCESS, echo=lambda *_: None)
+    train_cfg = tiny_cpu.get_config()
+    train_cfg.data_dir = summary.dataset_dir
+    train_cfg.patch_size = (16, 16, 16)
+    train_cfg.epochs, train_cfg.steps_per_epoch = 1, 1
+    outcome = training.train_and_evaluate(train_cfg, str(tmp_path / "run"), echo=lambda *_: None)
+    lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
+    assert lineage["challenge"] == "brats2024_gli" and lineage["num_classes"] == 5
+    assert "val_dice_rc" in outcome.val_metrics
+    predictor = prediction.load_predictor(outcome.model_path, window="volume")
+    assert predictor.model.output_shape[-1] == 5 and predictor.challenge.name == "brats2024_gli"
+    folder = tmp_path / "cohort" / challenges.get("brats2024_gli").patient_id(1)
+    source, convention = prediction.source_from_folder(str(folder), predictor)
+    assert convention == "brats2024_post"
+    report = prediction.volumes_report(prediction.predict_patient(predictor, source, convention), predictor)
+    assert report["labels"] == {"background": 0, "NETC": 1, "SNFH": 2, "ET": 3, "RC": 4}
+    assert {"WT", "TC", "ET", "NETC", "SNFH", "RC"} <= set(report["volumes_ml"])
