@@ -284,3 +284,69 @@ def test_lesion_table_for_one_patient_names_its_scheme():
     assert [r["region"] for r in table["regions"]] == ["WT", "TC", "ET"]
     assert all(r["dice"] == 1.0 for r in table["regions"]) and len(table["lesions"]) == 3
     assert "Scheme brats2023" in table["text"] and "374" in table["text"]
+
+
+def _reference_loop(pred, truth, rule, penalty, merge=False):
+    """The BraTS-2023-Metrics loop written out literally on the full volume (one
+    dilation per lesion, no cropping): what the fast version must reproduce.
+    ``merge``: the 2024 code's predictions, merged by dilation and dropped at or
+    below the threshold (1 mm voxels here)."""
+    struct = lesions.DILATION_STRUCTURE
+    from scipy import ndimage
+
+    zones, n = ndimage.label(ndimage.binary_dilation(truth, struct, iterations=rule.dilation), lesions.CONNECTIVITY_26)
+    lesion_ids = zones * truth
+    pred_ids, _ = ndimage.label(pred, lesions.CONNECTIVITY_26)
+    if merge:
+        pred_zones, _ = ndimage.label(ndimage.binary_dilation(pred, struct, iterations=rule.dilation),
+                                      lesions.CONNECTIVITY_26)
+        pred_ids = pred_zones * pred
+        small = [i for i, c in enumerate(np.bincount(pred_ids.ravel())) if i and 0 < c <= rule.min_volume_mm3]
+        pred_ids[np.isin(pred_ids, small)] = 0
+    hit_all, dices, hds, tp, fn = set(), [], [], 0, 0
+    for k in range(1, n + 1):
+        lesion = lesion_ids == k
+        zone = ndimage.binary_dilation(lesion, struct, iterations=rule.dilation)
+        hits = set(np.unique(pred_ids[zone]).tolist()) - {0}
+        hit_all |= hits
+        hit_mask = np.isin(pred_ids, list(hits))
+        dice = 2.0 * np.count_nonzero(hit_mask & lesion) / (np.count_nonzero(hit_mask) + np.count_nonzero(lesion))
+        hd = metrics.hd95(hit_mask, lesion) if hits else penalty
+        if np.count_nonzero(lesion) > rule.min_volume_mm3:
+            dices.append(dice)
+            hds.append(hd)
+            tp, fn = tp + bool(hits), fn + (not hits)
+    n_fp = len(set(np.unique(pred_ids).tolist()) - {0} - hit_all)
+    total = len(dices) + n_fp
+    return {"dice": sum(dices) / total, "hd95": (sum(hds) + n_fp * penalty) / total, "tp": tp, "fp": n_fp, "fn": fn}
+
+
+@pytest.mark.parametrize("seed, merge", [(0, False), (1, False), (2, True)])
+def test_the_fast_lesion_wise_scores_equal_the_literal_reference_loop(seed, merge):
+    """Random blobs over a volume wide enough to split into several clusters:
+    pairs of true cubes 2d, 2d+1 or 2d+2 voxels apart at random offsets (merged,
+    just apart), some found one voxel off, some missed, false positives, some
+    touching the volume's border.  The clustered, single-pass version gives the
+    same Dice, HD95 and counts as the literal per-lesion loop on the full volume,
+    in the 2023 procedure and (``merge``) the 2024 one."""
+    rng = np.random.default_rng(seed)
+    rule = LesionRule(2, 8)
+    shape = np.array((96, 96, 48))
+    truth, pred = _vol(tuple(shape)), _vol(tuple(shape))
+    for n in range(8):
+        size = rng.integers(1, 5, size=3)
+        corner = rng.integers(0, shape - size - 8)
+        _cube(truth, corner, tuple(size))
+        if n % 3 == 0:  # a neighbour 2d .. 2d+2 voxels away along a random axis
+            offset = np.zeros(3, int)
+            axis = rng.integers(0, 3)
+            offset[axis] = size[axis] + 2 * rule.dilation + rng.integers(0, 3)
+            _cube(truth, corner + offset, tuple(size))
+        if n < 5:  # found, one voxel off
+            _cube(pred, np.minimum(corner + rng.integers(0, 2, size=3), shape - size), tuple(size))
+        if n % 2:
+            _cube(pred, rng.integers(0, shape - 3), tuple(rng.integers(1, 4, size=3)))
+    fast = _lesionwise(pred, truth, rule, merge=merge)[0]
+    assert fast["dice"] > 0 and fast["tp"] > 0  # the case exercises real overlaps
+    assert len(lesions.clusters(pred | truth, rule.dilation)) > 1  # and several clusters
+    assert fast == pytest.approx(_reference_loop(pred, truth, rule, P, merge))
