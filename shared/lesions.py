@@ -23,11 +23,12 @@ Known differences, all small:
   is not reproduced (it only changes how lesions of NETC, ET, RC and SNFH are
   grouped, never WT or TC).
 
-Speed: every region is scored inside the box around the tumour (plus the
-dilation), components come from one ``scipy.ndimage.label`` pass, hits from one
-``np.unique`` over voxel pairs, and distances from distance transforms on the
-box of each lesion; a 240x240x155 patient takes well under a second where the
-reference code, which dilates the full volume once per lesion, takes seconds.
+Speed: the tumour is split into independent clusters (:func:`clusters`), each
+region is scored inside its own box within a cluster, components come from one
+``scipy.ndimage.label`` pass, hits from one ``np.unique`` over voxel pairs, and
+distances from distance transforms on the box of each lesion; a 240x240x155
+patient takes under a second of CPU where the reference code, which dilates
+the full volume once per lesion, takes many seconds (BUILD_NOTES.md).
 """
 
 from __future__ import annotations
