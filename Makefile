@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch clean
+.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -58,6 +58,9 @@ bench-predict: venv  ## seconds per patient to predict on CPU: preprocessing and
 
 bench-launch: venv  ## launcher seconds to list and fingerprint 250..2,000 tiny patients, local and gs:// (emulator) (prints JSON)
 	$(PY) benchmarks/bench_launch.py
+
+bench-lesions: venv  ## seconds per 240x240x155 patient for lesion-wise scores, every region of five challenges (prints JSON)
+	$(PY) benchmarks/bench_lesions.py
 
 bench-train: venv  ## step time of the seed and default U-Nets, float32 vs mixed precision (prints JSON)
 	$(PY) benchmarks/bench_train.py

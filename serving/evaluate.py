@@ -7,7 +7,11 @@ A trained model on a split of its dataset version:
 NIfTI predictions of any tool against BraTS ground truth (any release's layout):
     python -m serving.evaluate --pred_dir=preds/ --truth_dir=/data/MICCAI_BraTS2020_TrainingData
 
-Writes scores.csv (per patient), summary.json and errors.jsonl, and prints the table.
+Either with another scoring scheme (default: the challenge's own; see shared/schemes.py):
+    python -m serving.evaluate --pred_dir=preds/ --truth_dir=... --scheme=brats2026
+
+Writes scores.csv (per patient), lesions.csv (per lesion), summary.json and errors.jsonl,
+and prints the whole-region and lesion-wise tables with the scheme they follow.
 """
 
 import os
@@ -16,7 +20,7 @@ import sys
 from absl import app, flags
 
 from shared import console
-from shared import challenges
+from shared import challenges, schemes
 from serving import evaluation, inference, prediction
 
 _MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) to evaluate on --data_dir's --split.")
@@ -35,6 +39,11 @@ _WINDOW = flags.DEFINE_string(
     "window", "patch", "Sliding window for --model: 'patch' (training patch size), 'volume' (whole cropped "
     "volume, as the trainer's validation) or X,Y,Z voxels.")
 _TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES, "Flip test-time augmentation for --model.")
+_SCHEME = flags.DEFINE_enum(
+    "scheme", None, list(schemes.SCHEMES),
+    "Scoring scheme: brats2020 (whole-region, max-directed HD95), nnunet (whole-region, pooled HD95), brats2023 "
+    "/ brats2024 (lesion-wise Dice and HD95 with the challenge's dilation, threshold and penalty), brats2026 "
+    "(one-to-one matched lesions: F1, Dice, HD95, NSD, PQ). Default: the challenge's own.")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Where the reports go (default: <model dir>/eval_<split>, "
                               "or <pred_dir>/evaluation).")
 
@@ -47,7 +56,7 @@ def _by_model():
                                 "pass --data_dir=<its dataset version directory>")
     output = _OUTPUT.value or os.path.join(os.path.dirname(os.path.abspath(_MODEL.value)), f"eval_{_SPLIT.value}")
     print(f"Scoring {_MODEL.value} on the {_SPLIT.value} split of {data_dir}")
-    rows, failures = evaluation.score_model(predictor, data_dir, _SPLIT.value, tta=_TTA.value)
+    rows, failures = evaluation.score_model(predictor, data_dir, _SPLIT.value, tta=_TTA.value, scheme=_SCHEME.value)
     about = {"model": _MODEL.value, "data_dir": data_dir, "version_id": predictor.version_id,
              "split": _SPLIT.value, "tta": _TTA.value,
              "window": list(predictor.window)}
@@ -58,7 +67,7 @@ def _by_folders():
     output = _OUTPUT.value or os.path.join(_PRED_DIR.value, "evaluation")
     print(f"Scoring the segmentations in {_PRED_DIR.value} against {_TRUTH_DIR.value}")
     rows, failures, challenge = evaluation.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _LAYOUT.value,
-                                                         _PRED_CONVENTION.value)
+                                                         _PRED_CONVENTION.value, scheme=_SCHEME.value)
     return rows, failures, output, {"pred_dir": _PRED_DIR.value, "truth_dir": _TRUTH_DIR.value}, challenge
 
 
@@ -75,7 +84,7 @@ def main(argv):
     except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    report = evaluation.write_report(rows, failures, output, about, challenge)
+    report = evaluation.write_report(rows, failures, output, about, challenge, _SCHEME.value)
     print(evaluation.format_report(report))
     if not rows:
         sys.exit(1)

@@ -9,9 +9,12 @@ Two sources of predictions, one report:
 * a folder of NIfTI segmentations from any tool against BraTS ground-truth
   folders of any release, so other models are compared on the same footing.
 
-Both write ``scores.csv`` (one row per patient), ``summary.json`` (statistics,
-best and worst patient per region, the conventions used) and
-``errors.jsonl`` for patients that could not be scored.
+Both write ``scores.csv`` (one row per patient: whole-region scores, then the
+lesion-wise ones as ``lesion_<metric>_<region>``), ``lesions.csv`` (one row per
+lesion: patient, region, lesion, kind, volume, matched, Dice, HD95, NSD),
+``summary.json`` (statistics, best and worst patient per region, the scheme and
+conventions used) and ``errors.jsonl`` for patients that could not be scored.
+The scheme (:mod:`shared.schemes`) is the challenge's own unless one is named.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ import tensorflow as tf
 from preprocessing.discovery import list_patient_folders
 from shared import failures as failures_lib
 from shared.failures import Failure
-from shared import challenges, labels, layouts, manifest as manifest_lib, metrics, schema, volume_ops
+from shared import challenges, labels, layouts, lesions, manifest as manifest_lib, metrics, schema, schemes, volume_ops
 from shared.nifti_io import load_array, parse_nifti
 from shared import storage
 from shared.storage import read_bytes, write_bytes
 from serving import inference, prediction
 
-SCORES, SUMMARY, ERRORS = "scores.csv", "summary.json", failures_lib.ERRORS_NAME
+SCORES, LESIONS, SUMMARY, ERRORS = "scores.csv", "lesions.csv", "summary.json", failures_lib.ERRORS_NAME
+# Key under which a patient's row carries its per-lesion records until write_report splits them off.
+LESIONS_KEY = "lesions"
 PRED_NAMES = ("{pid}.nii.gz", "{pid}.nii", "{pid}_seg.nii.gz", "{pid}_seg.nii", "{pid}/{pid}_seg.nii.gz",
               "{pid}/{pid}.nii.gz", "{pid}_pred.nii.gz")
 
@@ -64,9 +69,23 @@ def records_of_split(data_dir: str, split: str) -> Iterator[schema.PatientRecord
         yield schema.decode(raw.numpy())
 
 
+def score_patient(patient: str, pred: np.ndarray, truth: np.ndarray, challenge: "challenges.Challenge",
+                  spacing, scheme: schemes.Scheme) -> dict:
+    """One patient's row: whole-region scores, lesion-wise columns and (under LESIONS_KEY) its lesions."""
+    found = lesions.score_lesions(pred, truth, challenge, spacing, scheme)
+    return {"patient": patient,
+            **metrics.score_patient(pred, truth, challenge, spacing, hd95_reduction=scheme.hd95_reduction),
+            **found.row(), LESIONS_KEY: found.lesion_rows(patient)}
+
+
 def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta: str = "none",
-                overlap: float = 0.5, echo: Callable[[str], None] = print) -> tuple[list[dict], list[dict]]:
-    """Per-patient scores of a model on a dataset split (labels taken from the records)."""
+                overlap: float = 0.5, echo: Callable[[str], None] = print,
+                scheme: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Per-patient scores of a model on a dataset split (labels taken from the records).
+
+    ``scheme`` names a :mod:`shared.schemes` entry (default: the model's challenge's own).
+    """
+    chosen = schemes.resolve(predictor.challenge, scheme)
     rows, failures = [], []
     predict = predictor.predict_fn()
     total = len(manifest_lib.read_manifest(data_dir)["splits"].get(split, {}).get("patients", []))
@@ -79,8 +98,7 @@ def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta:
                                          overlap=overlap, tta=tta)
         pred = np.argmax(probs, axis=-1).astype(np.uint8)
         truth = np.argmax(record.mask, axis=-1).astype(np.uint8)
-        row = {"patient": record.patient_id,
-               **metrics.score_patient(pred, truth, predictor.challenge, _spacing(record.affine))}
+        row = score_patient(record.patient_id, pred, truth, predictor.challenge, _spacing(record.affine), chosen)
         rows.append(row)
         echo(f"  [{n}/{total}] {record.patient_id}: {_dice_line(row, predictor.challenge)} "
              f"({time.perf_counter() - start:.1f} s)")
@@ -125,10 +143,15 @@ def _load_labels(path: str, convention: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None, pred_convention: str | None = None,
-                  echo: Callable[[str], None] = print) -> tuple[list[dict], list[dict], "challenges.Challenge"]:
-    """Per-patient scores of NIfTI predictions against BraTS ground-truth folders, and the truth's challenge."""
+                  echo: Callable[[str], None] = print,
+                  scheme: str | None = None) -> tuple[list[dict], list[dict], "challenges.Challenge"]:
+    """Per-patient scores of NIfTI predictions against BraTS ground-truth folders, and the truth's challenge.
+
+    Voxel spacing comes from the ground truth's affine, in the array's axis order.
+    """
     layout, folders = _truth_folders(truth_dir, layout_name)
     challenge = layout.challenge
+    chosen = schemes.resolve(challenge, scheme)
     pred_convention = pred_convention or layout.label_convention
     if not challenges.same_classes(pred_convention, layout.label_convention):
         raise ValueError(f"predictions numbered {pred_convention!r} cannot be scored against {challenge.name} "
@@ -154,38 +177,76 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
         except ValueError as exc:
             failures.append(Failure(pid, "load", posixpath.basename(pred_path), str(exc)).to_json())
             continue
-        row = {"patient": pid, **metrics.score_patient(pred, truth, challenge, _spacing(affine))}
+        row = score_patient(pid, pred, truth, challenge, _spacing(affine), chosen)
         rows.append(row)
         echo(f"  [{n}/{len(folders)}] {pid}: {_dice_line(row, challenge)}")
     return rows, failures, challenge
 
 
-def scores_csv(rows: list[dict]) -> str:
-    columns = ["patient"] + [k for k in rows[0] if k != "patient"] if rows else ["patient"]
+def _csv(rows: list[dict], columns: list[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue()
 
 
-def write_report(rows: list[dict], failures: list[dict], output_dir: str, about: dict, challenge) -> Report:
-    """scores.csv, summary.json (with ``about``: what was scored against what) and errors.jsonl."""
-    summary = (metrics.summarize(rows, tuple(challenge.regions)) if rows
-               else {"convention": metrics.CONVENTION, "n": 0})
-    summary.update(about=about, failed=len(failures), challenge=challenge.name)
+def _cell(value):
+    """6 significant digits; NaN (undefined: a region empty in both under brats2026) as an empty cell."""
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"
+    return value
+
+
+def scores_csv(rows: list[dict]) -> str:
+    """The per-patient CSV: every scalar column (per-lesion records go to lesions.csv)."""
+    columns = (["patient"] + [k for k in rows[0] if k not in ("patient", LESIONS_KEY)]) if rows else ["patient"]
+    return _csv(rows, columns)
+
+
+def lesions_csv(rows: list[dict]) -> str:
+    """The per-lesion CSV of every patient's rows (empty cells where a metric is undefined)."""
+    records = [lesion for row in rows for lesion in row.get(LESIONS_KEY, ())]
+    return _csv(records, list(lesions.LESION_COLUMNS))
+
+
+def _lesion_regions(rows: list[dict], challenge) -> list[str]:
+    return [r for r in challenge.regions if rows and f"lesion_dice_{r}" in rows[0]]
+
+
+def write_report(rows: list[dict], failures: list[dict], output_dir: str, about: dict, challenge,
+                 scheme: str | schemes.Scheme | None = None) -> Report:
+    """scores.csv, lesions.csv, summary.json (with ``about``: what was scored against what) and errors.jsonl.
+
+    ``scheme`` must be the one the rows were scored under (default: the challenge's own).
+    """
+    chosen = scheme if isinstance(scheme, schemes.Scheme) else schemes.resolve(challenge, scheme)
+    sentence = metrics.convention(chosen.hd95_reduction) + " " + schemes.describe(chosen, challenge)
+    summary = (metrics.summarize(rows, tuple(challenge.regions), convention_text=sentence) if rows
+               else {"convention": sentence, "n": 0})
+    summary.update(about=about, failed=len(failures), challenge=challenge.name, scheme=chosen.name,
+                   hd95_reduction=chosen.hd95_reduction, lesion_hd95_reduction=chosen.lesion_hd95_reduction,
+                   lesion_regions=_lesion_regions(rows, challenge))
     write_bytes(posixpath.join(output_dir, SCORES), scores_csv(rows).encode())
+    write_bytes(posixpath.join(output_dir, LESIONS), lesions_csv(rows).encode())
     write_bytes(posixpath.join(output_dir, SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode())
     failures_lib.write_errors(output_dir, failures)
     return Report(rows, summary, failures, output_dir)
 
 
 def format_report(report: Report) -> str:
+    """Whole-region table, lesion-wise table (when the scheme scores lesions), failures, and where the files are."""
     lines = [metrics.format_table(report.summary) if report.rows else "No patient could be scored."]
+    lesion_regions = report.summary.get("lesion_regions") or []
+    if report.rows and lesion_regions:
+        scheme = schemes.get(report.summary["scheme"])
+        lines += [f"Lesion-wise ({scheme.name}; per-patient scores, means over patients, counts summed):",
+                  lesions.format_cohort_table(report.summary, lesion_regions, scheme)]
     if report.failures:
         lines.append(f"{len(report.failures)} patient(s) not scored:")
         lines += [failures_lib.format_line(f) for f in report.failures]
     lines.append(f"Per-patient scores: {posixpath.join(report.output_dir, SCORES)}; "
+                 f"per-lesion: {posixpath.join(report.output_dir, LESIONS)}; "
                  f"summary: {posixpath.join(report.output_dir, SUMMARY)}")
     return "\n".join(lines)

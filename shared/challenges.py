@@ -29,6 +29,7 @@ lesion-wise parameters, checked against the challenges' own metric code).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 
 # Canonical channel names.  The project calls modalities by their BraTS 2020
@@ -39,6 +40,11 @@ SEGMENTATION = "seg"
 # Diagonal of the 240x240x155 SRI24 grid at 1 mm: the HD95 of a region present in
 # only one of prediction and truth under the 2017-2020 conventions.
 SRI24_DIAGONAL_MM = 373.12866
+
+# ``lesion_penalty_mm`` of challenges whose evaluation penalises a missed lesion or a
+# false positive with the diagonal of the scored volume, in voxels
+# (sqrt(X^2 + Y^2 + Z^2)): native-space tasks, whose volumes differ in shape.
+PENALTY_DIAGONAL = "diagonal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +109,7 @@ class Challenge:
     grid: Grid
     crop: dict  # default crop: {"mode": "fixed", "box": ...} or {"mode": "centered", "size": ...}
     lesion_rules: dict[str, LesionRule] = dataclasses.field(default_factory=dict)
-    lesion_penalty_mm: float | None = None  # HD95 of a missed lesion or a false positive
+    lesion_penalty_mm: float | str | None = None  # HD95 of a missed lesion or a false positive (or PENALTY_DIAGONAL)
     hd95_reduction: str = "max_directed"  # whole-region HD95 of its leaderboard (shared/metrics.py)
     notes: str = ""
 
@@ -121,6 +127,14 @@ class Challenge:
         unknown_rules = set(self.lesion_rules) - set(self.regions)
         if unknown_rules:
             raise ValueError(f"{self.name}: lesion rules for unscored regions {sorted(unknown_rules)}")
+
+    def lesion_penalty(self, shape) -> float:
+        """HD95 (mm) the lesion-wise scores give a missed lesion or a false positive in a volume of ``shape``."""
+        if self.lesion_penalty_mm is None:
+            raise ValueError(f"{self.name} has no lesion-wise scoring parameters")
+        if self.lesion_penalty_mm == PENALTY_DIAGONAL:
+            return float(math.sqrt(sum(int(n) ** 2 for n in shape)))
+        return float(self.lesion_penalty_mm)
 
     # -- channels -------------------------------------------------------------
     @property
@@ -255,8 +269,9 @@ _ENTRIES = (
                       id_format="BraTS-MEN-RT-{index:04d}-1"),
         label_convention="brats_gtv", labels=_GTV, regions={"GTV": (1,)},
         grid=NATIVE, crop=_CENTRED_144,
-        lesion_rules=_lesions(1, 50, ("GTV",)), lesion_penalty_mm=374,
-        notes="native space: scans of any shape and spacing; preprocess with resample on",
+        lesion_rules=_lesions(1, 50, ("GTV",)), lesion_penalty_mm=PENALTY_DIAGONAL,
+        notes="native space: scans of any shape and spacing; preprocess with resample on. Lesion penalty: "
+              "the volume's diagonal in voxels (BraTS-2024-Metrics metrics_MEN_RT.py, July 2024)",
     ),
     Challenge(
         name="brats2024_met", title="BraTS 2023/2024 MET (brain metastases)",
@@ -268,8 +283,9 @@ _ENTRIES = (
         name="brats2025_met", title="BraTS 2025 MET (brain metastases, with resection cavity)",
         naming=_modern("MET"), label_convention="brats2024_post", labels=_POST_TREATMENT,
         regions={**_WT_TC_ET_2023, "RC": (4,)}, grid=SRI24, crop=_CENTRED_144,
-        lesion_rules=_lesions(1, 2, ("WT", "TC", "ET", "RC")), lesion_penalty_mm=374,
-        notes="2025 additions are in native space co-registered to T1c: preprocess those with resample on",
+        lesion_rules=_lesions(1, 2, ("WT", "TC", "ET", "RC")), lesion_penalty_mm=PENALTY_DIAGONAL,
+        notes="2025 additions are in native space co-registered to T1c: preprocess those with resample on. "
+              "Lesion penalty: the volume's diagonal in voxels (BraTS-2024-Metrics metrics_MET.py, May 2025)",
     ),
     Challenge(
         name="brats2024_ped", title="BraTS 2024 PED (paediatric tumours)",

@@ -28,16 +28,39 @@ from shared.volume_ops import bounding_box, crop
 # exists in only one of prediction and truth (the largest distance possible).
 EMPTY_HD95 = SRI24_DIAGONAL_MM
 
-CONVENTION = (
-    "BraTS 2017-2020 conventions: the challenge's regions (each a set of labels); "
-    "Dice 1 and HD95 0 mm when prediction and "
-    f"truth are both empty, Dice 0 and HD95 {EMPTY_HD95} mm when exactly one is empty, and "
-    "such cases are kept in every mean; HD95 is the larger of the two directed 95th "
-    "percentiles of surface-to-surface distances in mm (6-connected surfaces, voxel spacing "
-    "aware); sensitivity is 1 when truth and prediction are both empty and 0 when only the "
-    "truth is empty; specificity is 1 when the truth has no background voxel; std is the "
-    "population standard deviation (ddof=0)."
-)
+# How the 95th percentile of surface distances is reduced to one number.  Both
+# are in use and they differ (``pooled`` is never larger), so every report
+# names the one it used.
+HD95_REDUCTIONS = {
+    "max_directed": "the larger of the two directed 95th percentiles of surface-to-surface distances "
+                    "(MONAI, DeepMind surface-distance, the BraTS 2017-2025 evaluations)",
+    "pooled": "the 95th percentile of the distances of both directions pooled together "
+              "(MedPy hd95, nnU-Net's BraTS evaluation, panoptica / BraTS 2026)",
+}
+DEFAULT_HD95_REDUCTION = "max_directed"
+
+
+def convention(hd95_reduction: str = DEFAULT_HD95_REDUCTION) -> str:
+    """The sentence every whole-region report carries: empty-region rule, HD95 reduction, statistics."""
+    _check_reduction(hd95_reduction)
+    return (
+        "BraTS 2017-2020 conventions: the challenge's regions (each a set of labels); "
+        "Dice 1 and HD95 0 mm when prediction and "
+        f"truth are both empty, Dice 0 and HD95 {EMPTY_HD95} mm when exactly one is empty, and "
+        f"such cases are kept in every mean; HD95 ({hd95_reduction}) is "
+        f"{HD95_REDUCTIONS[hd95_reduction]}, in mm (6-connected surfaces, voxel spacing "
+        "aware); sensitivity is 1 when truth and prediction are both empty and 0 when only the "
+        "truth is empty; specificity is 1 when the truth has no background voxel; std is the "
+        "population standard deviation (ddof=0)."
+    )
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in HD95_REDUCTIONS:
+        raise ValueError(f"unknown HD95 reduction {reduction!r}; known: {', '.join(HD95_REDUCTIONS)}")
+
+
+CONVENTION = convention(DEFAULT_HD95_REDUCTION)
 
 
 def structures(challenge: Challenge) -> dict[str, tuple[int, ...]]:
@@ -126,12 +149,28 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.
     return to_truth[surf_pred], to_pred[surf_truth]
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
+def reduce_hd95(pred_to_truth: np.ndarray, truth_to_pred: np.ndarray,
+                reduction: str = DEFAULT_HD95_REDUCTION) -> float:
+    """HD95 from the two directed distance sets (both non-empty), by ``reduction``.
+
+    ``max_directed`` cannot hide missed tumour behind a prediction that is
+    right about a small part of it; ``pooled`` weighs each surface voxel once,
+    so the side with the larger surface dominates.  See :data:`HD95_REDUCTIONS`.
+    """
+    _check_reduction(reduction)
+    if reduction == "pooled":
+        return float(np.percentile(np.concatenate([pred_to_truth, truth_to_pred]), 95))
+    return float(max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95)))
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0),
+         reduction: str = DEFAULT_HD95_REDUCTION) -> float:
     """95% Hausdorff distance in mm, with the BraTS values for empty masks.
 
-    The larger of the two directed 95th percentiles, so a prediction cannot
-    hide missed tumour by being right about a small part of it.
+    ``reduction`` picks the convention (:data:`HD95_REDUCTIONS`); the default
+    is the larger of the two directed 95th percentiles, as before.
     """
+    _check_reduction(reduction)
     pred, truth = _as_bool(pred), _as_bool(truth)
     _check_same_shape(pred, truth)
     has_pred, has_truth = bool(pred.any()), bool(truth.any())
@@ -139,8 +178,7 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
         return 0.0
     if has_pred != has_truth:
         return EMPTY_HD95
-    p_to_t, t_to_p = surface_distances(pred, truth, spacing)
-    return float(max(np.percentile(p_to_t, 95), np.percentile(t_to_p, 95)))
+    return reduce_hd95(*surface_distances(pred, truth, spacing), reduction)
 
 
 def sensitivity(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -205,7 +243,8 @@ def _tumour_box(pred_classes: np.ndarray, truth_classes: np.ndarray):
                  for (lo, hi), dim in zip(bounding_box(tumour), tumour.shape))
 
 
-def _overlap_scores(pred: np.ndarray, truth: np.ndarray, spacing, outside: int) -> dict[str, float]:
+def _overlap_scores(pred: np.ndarray, truth: np.ndarray, spacing, outside: int,
+                    hd95_reduction: str = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
     """Dice, HD95, sensitivity and specificity of masks cut to the tumour box.
 
     ``outside`` voxels beyond the box are background in both, so they only add
@@ -215,14 +254,14 @@ def _overlap_scores(pred: np.ndarray, truth: np.ndarray, spacing, outside: int) 
     counts["tn"] += outside
     return {
         "dice": _dice_of(counts),
-        "hd95": hd95(pred, truth, spacing),
+        "hd95": hd95(pred, truth, spacing, hd95_reduction),
         "sensitivity": _sensitivity_of(counts),
         "specificity": _specificity_of(counts),
     }
 
 
 def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge: Challenge,
-                  spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
+                  spacing=(1.0, 1.0, 1.0), hd95_reduction: str = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
     """Every per-patient number, as one flat dict (one CSV row).
 
     For each structure S of :func:`structures` (the challenge's regions, then
@@ -230,7 +269,9 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
     ``volume_pred_S_ml``, ``volume_truth_S_ml``.  Structures with the same
     voxels are scored once.  Everything
     is computed inside the box around the tumour voxels of both volumes (a
-    full scan takes ~10x longer and gives the same numbers).
+    full scan takes ~10x longer and gives the same numbers).  ``hd95_reduction``
+    is the scheme's (:data:`HD95_REDUCTIONS`); the default keeps the numbers
+    this project always reported.
     """
     pred_classes, truth_classes = np.asarray(pred_classes), np.asarray(truth_classes)
     _check_same_shape(pred_classes, truth_classes, "predicted and true class volumes")
@@ -238,6 +279,7 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
         raise ValueError(f"spacing {tuple(spacing)} does not match a volume of shape {pred_classes.shape}")
     _check_classes(pred_classes, challenge.num_classes)
     _check_classes(truth_classes, challenge.num_classes)
+    _check_reduction(hd95_reduction)
     box = _tumour_box(pred_classes, truth_classes)
     pred_box, truth_box = pred_classes[box], truth_classes[box]
     outside = pred_classes.size - pred_box.size
@@ -248,7 +290,7 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
     for name, members in structures(challenge).items():
         if members not in done:
             done[members] = _overlap_scores(
-                np.isin(pred_box, members), np.isin(truth_box, members), spacing, outside
+                np.isin(pred_box, members), np.isin(truth_box, members), spacing, outside, hd95_reduction
             )
         row.update({f"{metric}_{name}": value for metric, value in done[members].items()})
         row[f"volume_pred_{name}_ml"] = pred_volumes[name]
@@ -305,17 +347,19 @@ def _extremes(rows: list[dict], column: str, id_key: str) -> tuple[dict, dict] |
     return {"id": best[0], "dice": best[1]}, {"id": worst[0], "dice": worst[1]}
 
 
-def summarize(rows: list[dict], regions: Sequence[str], id_key: str = "patient") -> dict:
+def summarize(rows: list[dict], regions: Sequence[str], id_key: str = "patient",
+              convention_text: str = CONVENTION) -> dict:
     """Cohort summary of per-patient rows (e.g. from :func:`score_patient`).
 
     Returns ``{"convention", "n", "metrics": {column: describe(...)},
     "best": {region: {"id", "dice"}}, "worst": {region: {"id", "dice"}}}``;
     best and worst are by ``dice_<region>`` for each of ``regions`` (the
     challenge's), so the cases worth looking at are named in the report.
+    ``convention_text`` is the sentence of the scheme the rows were scored under.
     """
     rows = list(rows)
     summary: dict = {
-        "convention": CONVENTION,
+        "convention": convention_text,
         "n": len(rows),
         "regions": list(regions),
         "metrics": {column: describe([row[column] for row in rows if _is_number(row.get(column))])
