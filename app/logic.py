@@ -94,6 +94,7 @@ class Result:
     prediction: object  # serving.prediction.Prediction
     images: dict[str, np.ndarray]  # modality -> the scan as uploaded (source grid)
     scores: dict[str, float] | None  # shared.metrics.score_patient against the truth
+    lesions: dict | None  # shared.lesions.lesion_table against the truth (the challenge's own scheme)
     segmentation: bytes  # .nii.gz in the source geometry and label numbering
     summary_png: bytes
     notes: list[str]
@@ -490,10 +491,13 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
                 pred = prediction.predict_patient(predictor, source, convention, tta=tta, progress=progress)
             images = {ch: _compact(pred.display if ch == predictor.channels[0] else prediction.source_image(path)[1])
                       for ch, path in source.files.items()}
-            scores = None
+            scores = lesion_scores = None
             if truth_path is not None:
+                from shared import lesions
+
                 truth = truth_classes(truth_path, pred.label_convention)
                 scores = metrics.score_patient(pred.classes, truth, pred.challenge, pred.spacing)
+                lesion_scores = lesions.lesion_table(pred.classes, truth, pred.challenge, pred.spacing)
         except PatientError as exc:
             raise InputError(_friendly(f"Cannot segment {patient.patient_id}: {exc}", workdir)) from None
         except ValueError as exc:  # a scan nibabel cannot read, labels, shapes
@@ -504,7 +508,7 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
     png = pictures.summary_png(pred.display, pred.classes, pred.challenge, pred.spacing, title=pred.patient_id,
                                affine=pred.affine)
     return Result(uuid.uuid4().hex[:12], pred.patient_id, predictor.model_path, pred, images, scores,
-                  prediction.segmentation_bytes(pred), png, notes)
+                  lesion_scores, prediction.segmentation_bytes(pred), png, notes)
 
 
 # --------------------------------------------------------------------------
@@ -533,6 +537,23 @@ def volumes_table(result: Result) -> list[dict[str, object]]:
             row["True volume (mL)"] = round(result.scores[f"volume_truth_{key}_ml"], 2)
             row["Dice"] = round(result.scores[f"dice_{key}"], 3)
             row["HD95 (mm)"] = round(result.scores[f"hd95_{key}"], 2)
+        rows.append(row)
+    return rows
+
+
+def lesion_rows(result: Result) -> list[dict[str, object]]:
+    """The lesion-wise table (one row per region) as the leaderboards score it, when a truth was given."""
+    if result.lesions is None:
+        return []
+    names = {"dice": "Lesion Dice", "hd95": "Lesion HD95 (mm)", "tp": "TP", "fp": "FP", "fn": "FN",
+             "f1": "F1", "nsd": "NSD", "pq": "PQ"}
+    rows = []
+    for entry in result.lesions["regions"]:
+        row: dict[str, object] = {"Region": entry["region"]}
+        for key, title in names.items():
+            if key in entry:
+                value = entry[key]
+                row[title] = int(value) if key in ("tp", "fp", "fn") else round(float(value), 3)
         rows.append(row)
     return rows
 

@@ -168,6 +168,10 @@ def show_viewer(result: logic.Result) -> None:
         from shared.metrics import CONVENTION
 
         st.caption(CONVENTION)
+    if result.lesions is not None:
+        st.markdown("**Lesion-wise scores** (as the BraTS leaderboards rank)")
+        st.table(pd.DataFrame(logic.lesion_rows(result)).set_index("Region"))
+        st.caption(result.lesions["convention"])
     left, right = st.columns(2)
     left.download_button("Download the segmentation (NIfTI, original geometry)", result.segmentation,
                          file_name=f"{result.patient_id}_segmentation.nii.gz", mime="application/gzip",

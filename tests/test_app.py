@@ -326,6 +326,9 @@ def test_gli_2024_example_shows_and_scores_rc_as_rc(gli2024_predictor):
     rows = {r["Region"]: r for r in logic.volumes_table(result)}
     assert rows["Resection cavity (RC)"]["Dice"] == 1.0 and "WT = NETC + SNFH + ET" in rows
     assert "Resection cavity (RC)" in logic.legend_html(predictor.challenge)
+    lesion_rows = {r["Region"]: r for r in logic.lesion_rows(result)}
+    assert set(lesion_rows) == {"WT", "TC", "ET", "NETC", "SNFH", "RC"}
+    assert lesion_rows["RC"]["Lesion Dice"] == 1.0 and lesion_rows["RC"]["FP"] == 0
     assert logic.class_titles(predictor.challenge)[4] == "Resection cavity (RC)"
 
 
