@@ -178,3 +178,57 @@ def test_cli_refuses_a_missing_model_with_a_clear_message(tiny_cohort, tmp_path)
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "nope.keras does not exist" in result.stderr
+
+
+def _mixed_float16_twin(model):
+    """The same network and weights, built under mixed_float16 as ``precision=auto`` does on a GPU."""
+    import keras
+
+    from trainer import model as model_lib
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        twin = model_lib.build_unet((None, None, None, model.input_shape[-1]), model_lib.preset("tiny"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def test_a_model_trained_under_mixed_float16_predicts_on_a_cpu(tiny_model, tiny_cohort, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the missing kernel is a CPU one")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model.parent, run, ignore=shutil.ignore_patterns("checkpoints", "saved_model", "tensorboard"))
+    float32 = prediction.load_predictor(str(tiny_model))
+    _mixed_float16_twin(float32.model).save(run / "model.keras")
+    as_saved = keras.saving.load_model(run / "model.keras", compile=False)
+    assert as_saved.get_layer("enc0_pool").dtype_policy.compute_dtype == "float16"
+    with pytest.raises(Exception, match="MaxPool3D"):  # the bug: no float16 MaxPool3D kernel on a CPU
+        as_saved.predict_on_batch(np.zeros((1, 16, 16, 16, 4), np.float32))
+
+    mixed = prediction.load_predictor(str(run / "model.keras"))
+    assert {layer.dtype_policy.compute_dtype for layer in mixed.model.layers} == {"float32"}
+    source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), float32)
+    prepared = prediction.prepare(float32, source, convention)
+    image = prepared.record.image.astype(np.float32)
+    # the same weights computing in float32: only summation order may differ
+    np.testing.assert_allclose(inference.sliding_window(mixed.predict_fn(), image, mixed.window),
+                               inference.sliding_window(float32.predict_fn(), image, float32.window),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(prediction.infer(mixed, prepared), prediction.infer(float32, prepared))
+
+
+def test_the_serving_precision_can_keep_the_saved_policies(tmp_path):
+    from trainer import model as model_lib
+
+    path = tmp_path / "mixed.keras"
+    _mixed_float16_twin(model_lib.build_unet((None, None, None, 4), model_lib.preset("tiny"))).save(path)
+    kept = prediction.load_model(str(path), precision="as_trained")
+    assert kept.get_layer("enc0_a_conv").dtype_policy.name == "mixed_float16"
+    assert prediction.load_model(str(path), precision="float32").get_layer("enc0_a_conv").dtype_policy.name == "float32"
+    with pytest.raises(prediction.ModelError, match="unknown serving precision 'half'"):
+        prediction.load_model(str(path), precision="half")
