@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shared import layouts
-from tests.conftest import IN_PROCESS, ROOT, TINY_SHAPE
+from tests.conftest import IN_PROCESS, ROOT, TINY_SHAPE, stub_classes
 from serving import batch_predict, inference, prediction
 
 
@@ -55,6 +55,34 @@ def test_gaussian_weights_peak_in_the_centre_and_never_vanish():
     assert w[0, 0, 0] < 0.01
 
 
+def test_overlapping_windows_are_blended_with_gaussian_weights():
+    """A model whose answer differs per window: the blend at each voxel is the windows' weighted mean.
+
+    The image's first channel is the voxel's x index, so the model can tell
+    a window by its first voxel; it answers one constant probability per
+    window.  Along y and z there is one window, so only the x weights (a
+    Gaussian of sigma patch/8 around each window's centre) matter.
+    """
+    shape, patch = (40, 16, 16), (16, 16, 16)
+    image = np.broadcast_to(np.arange(shape[0], dtype=np.float32)[:, None, None, None], shape + (1,)).copy()
+
+    def per_window(batch):
+        share = batch[:, :1, :1, :1, :1] / 100.0 + 0.1  # start 0, 8, 16, 24 -> 0.1, 0.18, 0.26, 0.34
+        ones = np.ones(batch.shape[:4] + (1,), np.float32)
+        return np.concatenate([ones - share * ones, share * ones], axis=-1)
+
+    got = inference.sliding_window(per_window, image, patch, overlap=0.5)[:, 0, 0, 1]
+    starts = inference.window_starts(shape[0], patch[0], 0.5)
+    assert starts == [0, 8, 16, 24]
+    x = np.arange(shape[0])
+    weights = np.array([np.where((x >= s) & (x < s + 16), np.exp(-0.5 * ((x - s - 7.5) / 2.0) ** 2), 0)
+                        for s in starts])
+    answers = np.array([s / 100.0 + 0.1 for s in starts])[:, None]
+    np.testing.assert_allclose(got, (weights * answers).sum(0) / weights.sum(0), rtol=1e-5)
+    uniform = ((weights > 0) * answers).sum(0) / (weights > 0).sum(0)
+    assert np.abs(got - uniform).max() > 0.02  # the weights matter to this answer
+
+
 def test_flip_sets():
     assert inference.flip_sets("none") == [()]
     assert len(inference.flip_sets("axes")) == 4 and len(set(inference.flip_sets("all"))) == 8
@@ -66,9 +94,24 @@ def _patient_dir(tiny_cohort, pid="BraTS20_Training_001"):
     return str(tiny_cohort / pid)
 
 
-def test_prediction_is_written_in_the_source_geometry(tiny_model, tiny_cohort, tmp_path):
-    predictor = prediction.load_predictor(str(tiny_model))
+BRATS2020_NUMBERING = {0: 0, 1: 1, 2: 2, 3: 4}  # training class -> label written (enhancing is 4)
+BRATS2023_NUMBERING = {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def _stub_answer(predictor, source, convention, numbering):
+    """What the stub must write for a patient: its classes on the preprocessed image, uncropped, renumbered."""
+    from shared import volume_ops
+
+    record = prediction.prepare(predictor, source, convention).record
+    classes = volume_ops.uncrop(stub_classes(record.image), record.crop_box, record.original_shape)
+    assert set(np.unique(classes).tolist()) == {0, 1, 2, 3}, "the stub must answer every class"
+    return np.vectorize(numbering.get)(classes)
+
+
+def test_prediction_is_written_in_the_source_geometry(stub_model, tiny_cohort, tmp_path):
+    predictor = prediction.load_predictor(str(stub_model))
     source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), predictor)
+    assert convention == "brats2020"
     pred = prediction.predict_patient(predictor, source, convention, tta="axes")
     paths = prediction.write_outputs(pred, str(tmp_path), predictor)
 
@@ -77,10 +120,14 @@ def test_prediction_is_written_in_the_source_geometry(tiny_model, tiny_cohort, t
     assert out.shape == src.shape == TINY_SHAPE
     np.testing.assert_allclose(out.affine, src.affine)
     assert np.issubdtype(out.get_data_dtype(), np.integer)
-    values = set(np.unique(np.asarray(out.dataobj)).tolist())
-    assert values <= {0, 1, 2, 4}  # BraTS 2020 numbering: enhancing written back as 4
+    # every class, each where the stub put it and under its BraTS 2020 number
+    np.testing.assert_array_equal(np.asarray(out.dataobj), _stub_answer(predictor, source, convention,
+                                                                        BRATS2020_NUMBERING))
     report = json.loads(open(paths["volumes"]).read())
-    assert set(report["volumes_ml"]) >= {"WT", "TC", "ET"} and report["labels"]["enhancing"] == 4
+    assert report["labels"] == {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing": 4}
+    voxel_ml = float(np.prod(pred.spacing)) / 1000
+    assert (pred.classes == 3).sum() > 0
+    assert report["volumes_ml"]["ET"] == pytest.approx((pred.classes == 3).sum() * voxel_ml, abs=1e-3)
     assert report["dataset_version_id"] == predictor.version_id
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert open(paths["gif"], "rb").read(6) == b"GIF89a"
@@ -155,20 +202,25 @@ def test_beam_runinference_gives_the_same_segmentations(tiny_model, tiny_cohort,
     _check_bad_cohort_summary(summary, tmp_path / "beam")
     for pid in ("BraTS20_Training_001", "BraTS20_Training_002"):
         assert (tmp_path / "beam" / f"{pid}.nii.gz").read_bytes() == (tmp_path / "local" / f"{pid}.nii.gz").read_bytes()
+        reports = [json.loads((tmp_path / where / f"{pid}.json").read_text()) for where in ("local", "beam")]
+        for report in reports:
+            report.pop("seconds")
+        assert reports[1] == reports[0] and reports[1]["dataset_version_id"] and reports[1]["model"]
 
 
-def test_a_brats2023_folder_is_read_by_a_brats2020_model(tiny_model, tiny_cohort, tmp_path):
+def test_a_brats2023_folder_is_read_by_a_brats2020_model(stub_model, tiny_cohort, tmp_path):
     layout = layouts.get_layout("brats2023_gli")
     folder = tmp_path / "BraTS-GLI-00001-000"
     folder.mkdir()
     for modality in layouts.MODALITIES:
         shutil.copy(tiny_cohort / "BraTS20_Training_001" / f"BraTS20_Training_001_{modality}.nii.gz",
                     folder / layout.expected_name(folder.name, modality))
-    predictor = prediction.load_predictor(str(tiny_model))
+    predictor = prediction.load_predictor(str(stub_model))
     source, convention = prediction.source_from_folder(str(folder), predictor)
     assert convention == "brats2023" and set(source.files) == set(layouts.MODALITIES)
     pred = prediction.predict_patient(predictor, source, convention)
-    assert set(np.unique(pred.stored_labels).tolist()) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(pred.stored_labels, _stub_answer(predictor, source, convention,
+                                                                   BRATS2023_NUMBERING))
 
 
 def test_cli_refuses_a_missing_model_with_a_clear_message(tiny_cohort, tmp_path):
