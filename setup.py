@@ -3,6 +3,8 @@
 Dataflow installs ``install_requires`` on every worker; antspyx ships
 manylinux wheels, so no compiler is needed there.  For faster worker start,
 build the SDK container in ``Dockerfile`` instead (see BUILD_NOTES.md).
+Everything the Beam jobs import must be listed here: tests/test_packaging.py
+checks it against their imports.
 """
 
 import setuptools
@@ -16,6 +18,7 @@ setuptools.setup(
     install_requires=[
         "apache-beam>=2.77,<2.78",
         "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",  # imported directly (trainer, serving), not only through tensorflow
         "antspyx>=0.6.3,<0.7",
         "nibabel>=5.4,<6",
         "numpy>=2.0,<2.4",
@@ -24,6 +27,8 @@ setuptools.setup(
         "absl-py>=2,<3",
         "ml-collections>=1.1,<2",
         "protobuf>=6.31.1,<7",
+        "matplotlib>=3.11,<4",  # the pictures predict --beam writes on its workers
+        "pillow>=12,<13",
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.77,<2.78"],

@@ -147,14 +147,24 @@ def _prepare_fn(options: Options):
 
 
 def _finish_fn(options: Options):
-    """PredictionResult -> files written, or a failure on the "failed" output."""
+    """PredictionResult -> files written, or a failure on the "failed" output.
+
+    The JSON beside each segmentation names the model and dataset version, as
+    the local path's does; the worker reads them from the run's lineage (not
+    the model, which only RunInference loads).
+    """
     import apache_beam as beam
+
+    state = {}
 
     def finish(result):
         item = result.example
         try:
+            if "provenance" not in state:
+                state["provenance"] = options.load(with_model=False)
             pred = prediction.finish(item, result.inference, display=options.pictures)
-            yield _outcome(pred, prediction.write_outputs(pred, options.output_dir, None, options.pictures))
+            paths = prediction.write_outputs(pred, options.output_dir, state["provenance"], options.pictures)
+            yield _outcome(pred, paths)
         except Exception as exc:
             yield beam.pvalue.TaggedOutput("failed", _failure(item.source.patient_id, exc))
 

@@ -142,6 +142,63 @@ def window_size(window, run_dir: str | None, cfg: dict) -> tuple[int, int, int]:
     return size
 
 
+SERVING_PRECISIONS = ("auto", "as_trained", "float32")
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def float32_copy(model):
+    """The same network and weights with every layer computing in float32.
+
+    A model trained under ``mixed_float16`` (``precision=auto`` on a GPU) keeps
+    that policy per layer in its ``.keras`` file, and TensorFlow has no
+    float16 CPU kernel for MaxPool3D (nor bfloat16), so on a CPU it cannot
+    predict at all.  Mixed-precision variables are float32 already, so the
+    weights carry over unchanged.
+    """
+    import keras
+
+    def as_float32(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=as_float32)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _computes_below_float32(model) -> bool:
+    return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
+
+
+def load_model(model_path: str, precision: str = "auto"):
+    """A ``.keras`` model ready to predict on this machine, whatever precision it was trained under.
+
+    ``auto``: as trained on a GPU, float32 on a CPU (where half-precision
+    kernels are missing or slow); ``as_trained`` keeps the saved policies;
+    ``float32`` always computes in float32.
+    """
+    import keras
+
+    from trainer import losses, metrics as train_metrics  # noqa: F401  (register custom objects)
+
+    if precision not in SERVING_PRECISIONS:
+        raise ModelError(f"unknown serving precision {precision!r}; choose one of {list(SERVING_PRECISIONS)}")
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load model {model_path}: {type(exc).__name__}: {exc}") from exc
+    want_float32 = precision == "float32" or (precision == "auto" and not _has_gpu())
+    if want_float32 and _computes_below_float32(model):
+        model = float32_copy(model)
+    return model
+
+
 def load_predictor(model_path: str, data_dir: str | None = None, window=None, with_model: bool = True) -> Predictor:
     """Load a ``.keras`` model and the preprocessing of the data it learnt from.
 
@@ -149,20 +206,13 @@ def load_predictor(model_path: str, data_dir: str | None = None, window=None, wi
     steps that preprocess but never run the network, such as the Beam job's
     Preprocess step, whose workers would otherwise load the model for nothing.
     """
-    import keras
-
-    from trainer import losses, metrics as train_metrics  # noqa: F401  (register custom objects)
-
     if not storage.exists(model_path):
         raise ModelError(f"model file {model_path} does not exist")
     run_dir = find_run_dir(model_path)
     cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
     if not with_model:
         return Predictor(None, model_path, cfg, window_size(window, run_dir, cfg), version, found_dir)
-    try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as exc:
-        raise ModelError(f"cannot load model {model_path}: {type(exc).__name__}: {exc}") from exc
+    model = load_model(model_path)
     expected = model.input_shape[-1]
     if expected != len(cfg["modalities"]):
         raise ModelError(f"model {model_path} takes {expected} input channels, but its preprocessing "

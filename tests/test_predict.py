@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shared import layouts
-from tests.conftest import IN_PROCESS, ROOT, TINY_SHAPE
+from tests.conftest import IN_PROCESS, ROOT, TINY_SHAPE, stub_classes
 from serving import batch_predict, inference, prediction
 
 
@@ -55,6 +55,34 @@ def test_gaussian_weights_peak_in_the_centre_and_never_vanish():
     assert w[0, 0, 0] < 0.01
 
 
+def test_overlapping_windows_are_blended_with_gaussian_weights():
+    """A model whose answer differs per window: the blend at each voxel is the windows' weighted mean.
+
+    The image's first channel is the voxel's x index, so the model can tell
+    a window by its first voxel; it answers one constant probability per
+    window.  Along y and z there is one window, so only the x weights (a
+    Gaussian of sigma patch/8 around each window's centre) matter.
+    """
+    shape, patch = (40, 16, 16), (16, 16, 16)
+    image = np.broadcast_to(np.arange(shape[0], dtype=np.float32)[:, None, None, None], shape + (1,)).copy()
+
+    def per_window(batch):
+        share = batch[:, :1, :1, :1, :1] / 100.0 + 0.1  # start 0, 8, 16, 24 -> 0.1, 0.18, 0.26, 0.34
+        ones = np.ones(batch.shape[:4] + (1,), np.float32)
+        return np.concatenate([ones - share * ones, share * ones], axis=-1)
+
+    got = inference.sliding_window(per_window, image, patch, overlap=0.5)[:, 0, 0, 1]
+    starts = inference.window_starts(shape[0], patch[0], 0.5)
+    assert starts == [0, 8, 16, 24]
+    x = np.arange(shape[0])
+    weights = np.array([np.where((x >= s) & (x < s + 16), np.exp(-0.5 * ((x - s - 7.5) / 2.0) ** 2), 0)
+                        for s in starts])
+    answers = np.array([s / 100.0 + 0.1 for s in starts])[:, None]
+    np.testing.assert_allclose(got, (weights * answers).sum(0) / weights.sum(0), rtol=1e-5)
+    uniform = ((weights > 0) * answers).sum(0) / (weights > 0).sum(0)
+    assert np.abs(got - uniform).max() > 0.02  # the weights matter to this answer
+
+
 def test_flip_sets():
     assert inference.flip_sets("none") == [()]
     assert len(inference.flip_sets("axes")) == 4 and len(set(inference.flip_sets("all"))) == 8
@@ -66,9 +94,24 @@ def _patient_dir(tiny_cohort, pid="BraTS20_Training_001"):
     return str(tiny_cohort / pid)
 
 
-def test_prediction_is_written_in_the_source_geometry(tiny_model, tiny_cohort, tmp_path):
-    predictor = prediction.load_predictor(str(tiny_model))
+BRATS2020_NUMBERING = {0: 0, 1: 1, 2: 2, 3: 4}  # training class -> label written (enhancing is 4)
+BRATS2023_NUMBERING = {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def _stub_answer(predictor, source, convention, numbering):
+    """What the stub must write for a patient: its classes on the preprocessed image, uncropped, renumbered."""
+    from shared import volume_ops
+
+    record = prediction.prepare(predictor, source, convention).record
+    classes = volume_ops.uncrop(stub_classes(record.image), record.crop_box, record.original_shape)
+    assert set(np.unique(classes).tolist()) == {0, 1, 2, 3}, "the stub must answer every class"
+    return np.vectorize(numbering.get)(classes)
+
+
+def test_prediction_is_written_in_the_source_geometry(stub_model, tiny_cohort, tmp_path):
+    predictor = prediction.load_predictor(str(stub_model))
     source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), predictor)
+    assert convention == "brats2020"
     pred = prediction.predict_patient(predictor, source, convention, tta="axes")
     paths = prediction.write_outputs(pred, str(tmp_path), predictor)
 
@@ -77,11 +120,15 @@ def test_prediction_is_written_in_the_source_geometry(tiny_model, tiny_cohort, t
     assert out.shape == src.shape == TINY_SHAPE
     np.testing.assert_allclose(out.affine, src.affine)
     assert np.issubdtype(out.get_data_dtype(), np.integer)
-    values = set(np.unique(np.asarray(out.dataobj)).tolist())
-    assert values <= {0, 1, 2, 4}  # BraTS 2020 numbering: enhancing written back as 4
+    # every class, each where the stub put it and under its BraTS 2020 number
+    np.testing.assert_array_equal(np.asarray(out.dataobj), _stub_answer(predictor, source, convention,
+                                                                        BRATS2020_NUMBERING))
     report = json.loads(open(paths["volumes"]).read())
-    assert set(report["volumes_ml"]) >= {"WT", "TC", "ET"} and report["labels"]["ET"] == 4
+    assert report["labels"] == {"background": 0, "NCR": 1, "ED": 2, "ET": 4}
     assert report["challenge"] == "brats2020" and report["label_convention"] == "brats2020"
+    voxel_ml = float(np.prod(pred.spacing)) / 1000
+    assert (pred.classes == 3).sum() > 0
+    assert report["volumes_ml"]["ET"] == pytest.approx((pred.classes == 3).sum() * voxel_ml, abs=1e-3)
     assert report["dataset_version_id"] == predictor.version_id
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert open(paths["gif"], "rb").read(6) == b"GIF89a"
@@ -156,20 +203,25 @@ def test_beam_runinference_gives_the_same_segmentations(tiny_model, tiny_cohort,
     _check_bad_cohort_summary(summary, tmp_path / "beam")
     for pid in ("BraTS20_Training_001", "BraTS20_Training_002"):
         assert (tmp_path / "beam" / f"{pid}.nii.gz").read_bytes() == (tmp_path / "local" / f"{pid}.nii.gz").read_bytes()
+        reports = [json.loads((tmp_path / where / f"{pid}.json").read_text()) for where in ("local", "beam")]
+        for report in reports:
+            report.pop("seconds")
+        assert reports[1] == reports[0] and reports[1]["dataset_version_id"] and reports[1]["model"]
 
 
-def test_a_brats2023_folder_is_read_by_a_brats2020_model(tiny_model, tiny_cohort, tmp_path):
+def test_a_brats2023_folder_is_read_by_a_brats2020_model(stub_model, tiny_cohort, tmp_path):
     layout = layouts.get_layout("brats2023_gli")
     folder = tmp_path / "BraTS-GLI-00001-000"
     folder.mkdir()
     for modality in layouts.MODALITIES:
         shutil.copy(tiny_cohort / "BraTS20_Training_001" / f"BraTS20_Training_001_{modality}.nii.gz",
                     folder / layout.expected_name(folder.name, modality))
-    predictor = prediction.load_predictor(str(tiny_model))
+    predictor = prediction.load_predictor(str(stub_model))
     source, convention = prediction.source_from_folder(str(folder), predictor)
     assert convention == "brats2023" and set(source.files) == set(layouts.MODALITIES)
     pred = prediction.predict_patient(predictor, source, convention)
-    assert set(np.unique(pred.stored_labels).tolist()) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(pred.stored_labels, _stub_answer(predictor, source, convention,
+                                                                   BRATS2023_NUMBERING))
 
 
 def test_cli_refuses_a_missing_model_with_a_clear_message(tiny_cohort, tmp_path):
@@ -179,3 +231,57 @@ def test_cli_refuses_a_missing_model_with_a_clear_message(tiny_cohort, tmp_path)
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "nope.keras does not exist" in result.stderr
+
+
+def _mixed_float16_twin(model):
+    """The same network and weights, built under mixed_float16 as ``precision=auto`` does on a GPU."""
+    import keras
+
+    from trainer import model as model_lib
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        twin = model_lib.build_unet((None, None, None, model.input_shape[-1]), model_lib.preset("tiny"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def test_a_model_trained_under_mixed_float16_predicts_on_a_cpu(tiny_model, tiny_cohort, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the missing kernel is a CPU one")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model.parent, run, ignore=shutil.ignore_patterns("checkpoints", "saved_model", "tensorboard"))
+    float32 = prediction.load_predictor(str(tiny_model))
+    _mixed_float16_twin(float32.model).save(run / "model.keras")
+    as_saved = keras.saving.load_model(run / "model.keras", compile=False)
+    assert as_saved.get_layer("enc0_pool").dtype_policy.compute_dtype == "float16"
+    with pytest.raises(Exception, match="MaxPool3D"):  # the bug: no float16 MaxPool3D kernel on a CPU
+        as_saved.predict_on_batch(np.zeros((1, 16, 16, 16, 4), np.float32))
+
+    mixed = prediction.load_predictor(str(run / "model.keras"))
+    assert {layer.dtype_policy.compute_dtype for layer in mixed.model.layers} == {"float32"}
+    source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), float32)
+    prepared = prediction.prepare(float32, source, convention)
+    image = prepared.record.image.astype(np.float32)
+    # the same weights computing in float32: only summation order may differ
+    np.testing.assert_allclose(inference.sliding_window(mixed.predict_fn(), image, mixed.window),
+                               inference.sliding_window(float32.predict_fn(), image, float32.window),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(prediction.infer(mixed, prepared), prediction.infer(float32, prepared))
+
+
+def test_the_serving_precision_can_keep_the_saved_policies(tmp_path):
+    from trainer import model as model_lib
+
+    path = tmp_path / "mixed.keras"
+    _mixed_float16_twin(model_lib.build_unet((None, None, None, 4), model_lib.preset("tiny"))).save(path)
+    kept = prediction.load_model(str(path), precision="as_trained")
+    assert kept.get_layer("enc0_a_conv").dtype_policy.name == "mixed_float16"
+    assert prediction.load_model(str(path), precision="float32").get_layer("enc0_a_conv").dtype_policy.name == "float32"
+    with pytest.raises(prediction.ModelError, match="unknown serving precision 'half'"):
+        prediction.load_model(str(path), precision="half")

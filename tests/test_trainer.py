@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ import tensorflow as tf
 from configs.train import tiny_cpu
 from shared import schema
 from tests.conftest import ROOT, override
-from trainer import data, training
+from trainer import data, resume, training
 
 
 def _cfg(dataset_dir, **overrides):
@@ -144,20 +146,128 @@ def test_short_training_lowers_the_loss_and_writes_the_run(tiny_dataset, tmp_pat
 
 
 class _Interrupt(keras.callbacks.Callback):
+    """A kill at the start of epoch ``epoch``, after the previous epoch's backup."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self._epoch = epoch
+
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 2:
+        if epoch == self._epoch:
             raise KeyboardInterrupt("simulated kill")
 
 
-def test_relaunch_after_interruption_resumes_from_the_saved_epoch(tiny_dataset, tmp_path):
-    cfg = _cfg(tiny_dataset.dataset_dir, epochs=4)
+def _history(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _finished_run(workdir):
+    """What a run leaves that a resume must reproduce."""
+    net = keras.models.load_model(workdir / "model.keras")
+    best = keras.models.load_model(workdir / "checkpoints" / "best.keras", compile=False)
+    return {"weights": net.get_weights(), "iterations": int(net.optimizer.iterations.numpy()),
+            "best": best.get_weights(), "history": _history(workdir / "history.csv"),
+            "state": resume.read_state(str(workdir / "backup"))}
+
+
+def _assert_same_run(a, b, tol=1e-5):
+    assert a["iterations"] == b["iterations"]
+    for x, y in zip(a["weights"] + a["best"], b["weights"] + b["best"], strict=True):
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+    assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
+    for ra, rb in zip(a["history"], b["history"]):
+        assert ra.keys() == rb.keys()
+        np.testing.assert_allclose([float(ra[k]) for k in ra], [float(rb[k]) for k in ra], rtol=tol, atol=tol)
+    sa, sb = a["state"], b["state"]
+    assert (sa.epoch, sa.best_epoch, sa.stopping_wait, sa.stopping_best_epoch, sa.finished) == \
+           (sb.epoch, sb.best_epoch, sb.stopping_wait, sb.stopping_best_epoch, sb.finished)
+    np.testing.assert_allclose(sa.best, sb.best, rtol=tol)
+
+
+def test_a_killed_and_resumed_run_ends_as_an_uninterrupted_one(tiny_dataset, tmp_path, monkeypatch):
+    # ordered input, without switching the whole test process to deterministic ops for good
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: None)
+    cfg = _cfg(tiny_dataset.dataset_dir, epochs=4, deterministic=True, early_stopping_patience=3)
+    quiet = dict(echo=lambda *_: None)
+    training.train_and_evaluate(cfg, str(tmp_path / "whole"), **quiet)
     with pytest.raises(KeyboardInterrupt):
-        training.train_and_evaluate(cfg, str(tmp_path), echo=lambda *_: None, extra_callbacks=[_Interrupt()])
-    assert os.path.exists(tmp_path / "backup")
-    outcome = training.train_and_evaluate(cfg, str(tmp_path), echo=lambda *_: None)
-    with open(outcome.history_csv) as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == [0, 1, 2, 3]  # the relaunch ran epochs 2 and 3 only
+        training.train_and_evaluate(cfg, str(tmp_path / "killed"), extra_callbacks=[_Interrupt(2)], **quiet)
+    assert resume.read_state(str(tmp_path / "killed" / "backup")).epoch == 2
+    resumed = training.train_and_evaluate(cfg, str(tmp_path / "killed"), **quiet)
+    assert resumed.epochs_run == 2  # epochs 3 and 4 only
+    whole = _finished_run(tmp_path / "whole")
+    assert [int(r["epoch"]) for r in whole["history"]] == [0, 1, 2, 3] and whole["state"].finished
+    assert whole["iterations"] == 4 * 3
+    _assert_same_run(whole, _finished_run(tmp_path / "killed"))
+
+
+def test_a_finished_run_is_not_trained_again_unless_asked(tiny_dataset, tmp_path):
+    cfg = _cfg(tiny_dataset.dataset_dir, epochs=1, steps_per_epoch=2)
+    training.train_and_evaluate(cfg, str(tmp_path), echo=lambda *_: None)
+    model_bytes, history = (tmp_path / "model.keras").read_bytes(), _history(tmp_path / "history.csv")
+    said = []
+    again = training.train_and_evaluate(cfg, str(tmp_path), echo=said.append)
+    assert again.already_finished and again.epochs_run == 0 and "val_dice_mean" in again.val_metrics
+    assert "has finished training (1 epoch(s))" in said[0] and "continue_training" in said[0]
+    assert (tmp_path / "model.keras").read_bytes() == model_bytes and _history(tmp_path / "history.csv") == history
+    cli = subprocess.run([sys.executable, "-m", "trainer.train", "--config=configs/train/tiny_cpu.py",
+                          f"--workdir={tmp_path}", f"--config.data_dir={tiny_dataset.dataset_dir}"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 0 and "has finished training" in cli.stdout, cli.stderr[-2000:]
+
+    with pytest.raises(training.LaunchError, match="raise --config.epochs above 1"):
+        training.train_and_evaluate(override(cfg, {"continue_training": True}), str(tmp_path), echo=lambda *_: None)
+    more = training.train_and_evaluate(override(cfg, {"continue_training": True, "epochs": 2}), str(tmp_path),
+                                       echo=lambda *_: None)
+    assert more.epochs_run == 1 and not more.already_finished
+    assert [int(r["epoch"]) for r in _history(tmp_path / "history.csv")] == [0, 1]
+    assert keras.models.load_model(tmp_path / "model.keras").optimizer.iterations.numpy() == 4
+
+
+class _Net:
+    """Just enough of a model for callbacks driven by hand."""
+
+    def __init__(self):
+        self.net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        self.net.compile(optimizer="adam", loss="mse")
+
+
+def test_resumed_callbacks_keep_the_best_checkpoint_and_the_patience_used(tiny_dataset, tmp_path):
+    """After a restart a worse first validation must neither replace best.keras nor reset patience."""
+    cfg = dict(_cfg(tiny_dataset.dataset_dir, early_stopping_patience=2).to_dict(), num_val_patients=1)
+    state = resume.RunState(epoch=5, best=0.9, best_epoch=3, stopping_wait=1, stopping_best=0.9, stopping_best_epoch=3)
+    net = _Net().net
+    callbacks = keras.callbacks.CallbackList(training._callbacks(cfg, str(tmp_path), state, lambda *_: None),
+                                             model=net)
+    callbacks.on_train_begin()
+    callbacks.on_epoch_begin(5)
+    callbacks.on_epoch_end(5, {"loss": 1.0, "val_loss": 1.0, "val_dice_mean": 0.5})
+    assert not (tmp_path / "checkpoints" / "best.keras").exists()
+    assert net.stop_training  # the second epoch without improvement, patience 2
+    saved = resume.read_state(str(tmp_path / "backup"))
+    assert (saved.epoch, saved.best, saved.best_epoch, saved.stopping_wait) == (6, 0.9, 3, 2)
+    callbacks.on_epoch_begin(6)
+    callbacks.on_epoch_end(6, {"loss": 1.0, "val_loss": 1.0, "val_dice_mean": 0.95})
+    assert (tmp_path / "checkpoints" / "best.keras").exists()
+    assert resume.read_state(str(tmp_path / "backup")).best_epoch == 6
+
+
+def test_an_epoch_without_validation_does_not_replace_the_best_checkpoint(tmp_path):
+    checkpoint = resume.BestCheckpoint(str(tmp_path / "best.keras"), best=None)
+    checkpoint.set_model(_Net().net)
+    checkpoint.on_train_begin()
+    checkpoint.on_epoch_end(0, {"loss": 1.0})  # val_every > 1: no val_dice_mean this epoch
+    assert not (tmp_path / "best.keras").exists()
+
+
+def test_history_keeps_one_row_per_epoch_on_resume(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\r\n0,1.0\r\n1,0.9\r\n2,0.8\r\n")
+    resume.trim_history(str(path), 2)
+    assert [r["epoch"] for r in _history(path)] == ["0", "1"]
+    resume.trim_history(str(path), 0)
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -206,8 +316,6 @@ def _free_ports(n):
 
 @pytest.mark.slow  # two TF processes with gRPC collectives: kept out of the fast suite
 def test_two_workers_train_together_on_localhost(tiny_dataset, tmp_path):
-    import json
-
     workers = [f"localhost:{p}" for p in _free_ports(2)]
     procs = []
     for index in range(2):
@@ -231,3 +339,89 @@ def test_two_workers_train_together_on_localhost(tiny_dataset, tmp_path):
     assert "2 replica(s)" in outputs[0]
     assert (tmp_path / "model.keras").exists() and (tmp_path / "history.csv").exists()
     assert (tmp_path / "worker_1").exists() and not (tmp_path / "worker_1" / "model.keras").exists()
+
+
+def _patient_ids(records: tf.data.Dataset) -> list[str]:
+    return [schema.parse_tf(r)["patient_id"].numpy().decode() for r in records]
+
+
+def _one_file_per_record(info, folder):
+    """The training records rewritten one per GZIP shard, so a share can be split by file."""
+    files = []
+    raw = tf.data.TFRecordDataset(list(info.train_files), compression_type="GZIP")
+    for n, record in enumerate(raw):
+        path = str(folder / f"train-{n:05d}.tfrecord.gz")
+        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+            writer.write(record.numpy())
+        files.append(path)
+    return dataclasses.replace(info, train_files=tuple(files))
+
+
+@pytest.mark.parametrize("split", ["by_file", "by_record"])
+def test_two_workers_read_disjoint_shares_that_cover_each_epoch(tiny_dataset, tmp_path, split):
+    info = data.open_dataset(tiny_dataset.dataset_dir)
+    if split == "by_file":
+        info = _one_file_per_record(info, tmp_path)
+    assert (len(info.train_files) >= 2) == (split == "by_file")
+    everyone = sorted(_patient_ids(tf.data.TFRecordDataset(list(info.train_files), compression_type="GZIP")))
+    assert len(everyone) == info.num_train >= 3
+    for epoch in (0, 1):
+        shares = [_patient_ids(data.epoch_records(info, epoch, seed=5, shard=data.Shard(2, w))) for w in (0, 1)]
+        assert not set(shares[0]) & set(shares[1]), shares
+        assert sorted(shares[0] + shares[1]) == everyone
+        cached = [_patient_ids(data.epoch_records(info, epoch, seed=5, shard=data.Shard(2, w),
+                                                  cached=data._share_records(info, data.Shard(2, w), None, True)))
+                  for w in (0, 1)]
+        assert sorted(cached[0]) == sorted(shares[0]) and sorted(cached[1]) == sorted(shares[1])
+
+
+def test_a_stream_started_at_epoch_k_is_the_tail_of_the_stream_from_epoch_0(tiny_dataset):
+    info = data.open_dataset(tiny_dataset.dataset_dir)
+    aug = data.AugmentConfig(patch_size=(16, 16, 16), xla=False)
+
+    def batches(first_epoch, count):
+        ds = data.train_dataset(info, 2, aug, seed=3, deterministic=True, samples_per_epoch=4, first_epoch=first_epoch)
+        return [image.numpy() for image, _ in ds.take(count)]
+
+    from_start, resumed = batches(0, 6), batches(2, 2)  # 2 batches per epoch
+    for a, b in zip(from_start[4:], resumed):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(from_start[0], from_start[2])  # epochs differ from one another
+
+
+@pytest.mark.parametrize("cluster, tasks", [
+    ({"chief": ["c:1"], "worker": ["w:1"]}, [("chief", 0), ("worker", 0)]),
+    ({"chief": ["c:1"], "worker": ["w:1", "w:2"]}, [("chief", 0), ("worker", 0), ("worker", 1)]),
+    ({"worker": ["w:1", "w:2", "w:3"]}, [("worker", 0), ("worker", 1), ("worker", 2)]),
+])
+def test_every_cluster_has_exactly_one_chief_and_one_input_pipeline_per_task(monkeypatch, cluster, tasks):
+    from trainer import runtime
+
+    chiefs, pipelines = [], []
+    for kind, index in tasks:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}}))
+        assert runtime.cluster_spec() is not None
+        chiefs.append(runtime.is_chief())
+        pipelines.append(runtime.input_pipeline())
+    assert chiefs.count(True) == 1 and chiefs[0]
+    assert pipelines == [(len(tasks), i) for i in range(len(tasks))]
+
+
+def test_tf_config_of_one_task_or_of_a_task_not_in_the_cluster(monkeypatch):
+    from trainer import runtime
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["w:1"]}, "task": {"type": "worker", "index": 0}}))
+    assert runtime.cluster_spec() is None and runtime.is_chief() and runtime.input_pipeline() == (1, 0)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["c:1"], "worker": ["w:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with pytest.raises(runtime.RuntimeConfigError, match="'worker' index 1 is not one of"):
+        runtime.is_chief()
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(runtime.RuntimeConfigError, match="TF_CONFIG is not JSON"):
+        runtime.cluster_spec()
+
+
+def test_a_share_of_no_patients_is_refused(tiny_dataset):
+    info = data.open_dataset(tiny_dataset.dataset_dir)
+    with pytest.raises(data.DatasetError, match=f"{info.num_train} training patient.*among {info.num_train + 1}"):
+        data.epoch_records(info, 0, shard=data.Shard(info.num_train + 1, 0))

@@ -1,9 +1,10 @@
 """tf.data input pipelines over a verified dataset version.
 
-Training: shard files shuffled with a seed -> parallel interleave of
+Training, one epoch after another, each seeded from (seed, epoch): this
+pipeline's share of the shard files, shuffled -> parallel interleave of
 TFRecordDatasets (GZIP or uncompressed, as the manifest's record.compression
-says) -> [cache] -> shuffle -> repeat -> parse (shared schema) + augment ->
-batch -> prefetch.  Validation: whole cropped volumes, no
+says) [or the share cached in memory] -> shuffle -> the epoch's samples ->
+parse (shared schema) + augment -> batch -> prefetch.  Validation: whole cropped volumes, no
 augmentation, in manifest order.
 
 The records are parsed by ``shared.schema.parse_tf`` only; nothing here knows
@@ -254,14 +255,118 @@ def augment(example, seed, aug: AugmentConfig, mask_dtype=tf.float32):
 # ----------------------------------------------------------------------------- pipelines
 
 
-def _records(files, compression, seed, deterministic, cycle_length=4):
-    files_ds = tf.data.Dataset.from_tensor_slices(list(files))
-    files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    kind = manifest_lib.tf_compression_type(compression)
-    return files_ds.interleave(
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Which share of the training records one input pipeline reads: ``index`` of ``count``.
+
+    Under multi-worker training every worker builds its own pipeline; each
+    reads only its share, so no worker decompresses, parses or augments a
+    record another worker will train on.
+    """
+
+    count: int = 1
+    index: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard index {self.index} is not in [0, {self.count})")
+
+
+def epoch_seed(seed: int, epoch):
+    """The seed of one epoch's shuffles and augmentation, from (run seed, epoch) only.
+
+    So a resumed run draws for epoch k what an uninterrupted run draws there,
+    instead of restarting the random stream at epoch 0.  The factor 7919
+    keeps ``epoch_seed + k`` (augment offsets its draws by up to 6) away from
+    the next epoch's seed.
+    """
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64) * 7919
+
+
+def _by_record(info: DatasetInfo, shard: Shard) -> bool:
+    """Fewer shard files than pipelines: split by record index instead of by file."""
+    return shard.count > 1 and len(info.train_files) < shard.count
+
+
+def _share_files(info: DatasetInfo, shard: Shard) -> list[str]:
+    files = list(info.train_files)
+    return files if shard.count == 1 or _by_record(info, shard) else files[shard.index::shard.count]
+
+
+def check_shard(info: DatasetInfo, shard: Shard) -> None:
+    """Every pipeline needs records to read, or its epochs never fill."""
+    if info.num_train < shard.count:
+        raise DatasetError(f"{info.num_train} training patient(s) cannot be shared among {shard.count} workers")
+
+
+def _permuted(values, seed):
+    """``values`` (along axis 0) in an order drawn from a stateless ``seed`` pair.
+
+    Stateless on purpose: ``Dataset.shuffle`` with a tensor seed fails in a
+    traced function when the global seed is 0 (``keras.utils.set_random_seed(0)``),
+    and the order must depend on (seed, epoch) only.
+    """
+    keys = tf.random.stateless_uniform(tf.shape(values)[:1], seed=seed)
+    return tf.gather(values, tf.argsort(keys))
+
+
+def _seed_pair(first, second):
+    return tf.stack([tf.cast(first, tf.int64), tf.cast(second, tf.int64)])
+
+
+def _share_records(info: DatasetInfo, shard: Shard, file_seed, deterministic: bool, cycle_length=4):
+    """This pipeline's serialised records; files in an order drawn from ``file_seed`` (None: manifest order).
+
+    Splitting by record index needs the same record order on every worker:
+    the file order comes from the same seed everywhere, and the interleave is
+    then kept deterministic.
+    """
+    files = tf.constant(_share_files(info, shard))
+    if file_seed is not None:
+        files = _permuted(files, file_seed)
+    kind = manifest_lib.tf_compression_type(info.compression)
+    by_record = _by_record(info, shard)
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=kind),
-        cycle_length=min(cycle_length, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic)
+        cycle_length=min(cycle_length, int(files.shape[0])), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic or by_record)
+    return ds.shard(shard.count, shard.index) if by_record else ds
+
+
+def _block_shuffle(ds: tf.data.Dataset, size: int, seed) -> tf.data.Dataset:
+    """Shuffle within consecutive blocks of ``size`` records, each block with its own stateless draw."""
+    blocks = ds.batch(size).enumerate()
+    return blocks.map(lambda i, block: _permuted(block, _seed_pair(seed, i))).unbatch()
+
+
+def _one_pass(info, shard, seed, shuffle_buffer, cached, deterministic):
+    """One pass over the share, ordered by ``seed`` (a pair): all of it at once when cached, else by block.
+
+    Cached, the whole share is batched and permuted, which also reads the
+    cache to its end on the first pass, so TensorFlow keeps it.
+    """
+    if cached is not None:
+        return _block_shuffle(cached, max(info.num_train, 1), seed[0] + 1)
+    records = _share_records(info, shard, seed, deterministic)
+    return _block_shuffle(records, shuffle_buffer, seed[0] + 2)
+
+
+def epoch_records(info: DatasetInfo, epoch, seed: int = 0, shard: Shard = Shard(), samples: int | None = None,
+                  shuffle_buffer: int = 16, cached: tf.data.Dataset | None = None,
+                  deterministic: bool = False) -> tf.data.Dataset:
+    """The serialised records one pipeline trains on in ``epoch``: ``samples`` of them (None: one pass).
+
+    Everything random here is drawn from :func:`epoch_seed` and the pass
+    number within the epoch, so each pass of each epoch has its own order.
+    ``cached``: this share's records held in memory (``data.cache``).
+    """
+    check_shard(info, shard)
+    e_seed = epoch_seed(seed, epoch)
+    if samples is None:
+        return _one_pass(info, shard, _seed_pair(e_seed, 0), shuffle_buffer, cached, deterministic)
+    passes = tf.data.Dataset.counter().flat_map(
+        lambda p: _one_pass(info, shard, _seed_pair(e_seed, p), shuffle_buffer, cached, deterministic))
+    return passes.take(samples)
 
 
 def _parse_stored(info: DatasetInfo, serialized):
@@ -273,19 +378,35 @@ def _parse_stored(info: DatasetInfo, serialized):
     return example
 
 
+def _sample_seed(epoch, index, seed: int):
+    """A stateless seed per training sample: (epoch seed, position in the epoch)."""
+    return tf.stack([tf.cast(epoch_seed(seed, epoch) % (2**31 - 1), tf.int32), tf.cast(index, tf.int32)])
+
+
 def train_dataset(info: DatasetInfo, batch_size: int, aug: AugmentConfig, seed: int = 0,
-                  shuffle_buffer: int = 16, cache: bool = False, deterministic: bool = False) -> tf.data.Dataset:
-    """Endless stream of augmented (float32 image patch, float32 one-hot mask patch) batches."""
+                  shuffle_buffer: int = 16, cache: bool = False, deterministic: bool = False,
+                  samples_per_epoch: int | None = None, first_epoch: int = 0,
+                  shard: Shard = Shard()) -> tf.data.Dataset:
+    """Endless stream of augmented (float32 image patch, float32 one-hot mask patch) batches.
+
+    The stream is a sequence of epochs from ``first_epoch`` on, each of
+    ``samples_per_epoch`` samples (None: one pass over the share) drawn by
+    :func:`epoch_records` and augmented with per-sample seeds from (seed,
+    epoch, position): a run resumed at epoch k sees the data an uninterrupted
+    run sees there.  ``samples_per_epoch`` must be what the trainer consumes
+    per epoch from this pipeline, so epochs and training epochs line up.
+    """
     check_patch_fits(aug.patch_size, info.volume_shape)
-    ds = _records(info.train_files, info.compression, seed, deterministic)
-    if cache:
-        ds = ds.cache()  # serialised records (float16): about half the decoded size
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    # a per-element stateless seed: reproducible augmentation under parallel maps
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds)).map(
-        lambda r, s: augment(_parse_stored(info, r), tf.cast(s % (2**31 - 1), tf.int32), aug),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    # serialised records (float16): about half the decoded size
+    cached = _share_records(info, shard, None, True).cache() if cache else None
+
+    def one_epoch(epoch):
+        records = epoch_records(info, epoch, seed, shard, samples_per_epoch, shuffle_buffer, cached, deterministic)
+        return records.enumerate().map(
+            lambda i, r: augment(_parse_stored(info, r), _sample_seed(epoch, i, seed), aug),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+    ds = tf.data.Dataset.counter(start=first_epoch).flat_map(one_epoch)
     # parallel batching: each sample's copy into the batch (~60 MB at 128^3) runs on its own thread
     ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -35,14 +35,38 @@ def check_devices(require_gpu: bool) -> None:
                                  "print(tf.config.list_physical_devices())')")
 
 
+TRAINING_TASKS = ("chief", "worker")  # the task types that train; TF_CONFIG may also name others
+
+
 def cluster_spec() -> dict | None:
-    """The TF_CONFIG of a multi-worker launch, or None on a single machine."""
+    """The TF_CONFIG of a multi-worker launch, or None on a single machine.
+
+    A cluster is two or more training tasks, counting a ``chief`` as well as
+    the ``worker`` s: a chief and one worker is a two-machine run.
+    """
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return None
-    spec = json.loads(raw)
-    return spec if len(spec.get("cluster", {}).get("worker", [])) > 1 else None
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RuntimeConfigError(f"TF_CONFIG is not JSON: {exc}") from None
+    cluster = spec.get("cluster", {})
+    if sum(len(cluster.get(kind, [])) for kind in TRAINING_TASKS) < 2:
+        return None
+    _task(spec)  # refuse a task this cluster does not have, before any strategy is built
+    return spec
 
+
+def _task(spec: dict) -> tuple[str, int]:
+    task = spec.get("task", {})
+    kind, index = task.get("type"), int(task.get("index", 0))
+    members = spec["cluster"].get(kind, []) if kind in TRAINING_TASKS else []
+    if not 0 <= index < len(members):
+        sizes = ", ".join(f"{len(spec['cluster'].get(k, []))} {k}" for k in TRAINING_TASKS)
+        raise RuntimeConfigError(f"TF_CONFIG task {kind!r} index {index} is not one of the cluster's training "
+                                 f"tasks ({sizes})")
+    return kind, index
 
 def strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirrored under TF_CONFIG, Mirrored across several GPUs, else the default."""
@@ -55,18 +79,35 @@ def strategy() -> tf.distribute.Strategy:
 
 
 def is_chief() -> bool:
-    """Worker 0 (or a single machine) writes the shared outputs."""
+    """The task that writes the shared outputs: the ``chief``, or worker 0 when there is none.
+
+    Exactly one task of a cluster answers True.
+    """
     spec = cluster_spec()
     if not spec:
         return True
-    task = spec.get("task", {})
-    return task.get("type") in ("chief", None) or (task.get("type") == "worker" and task.get("index") == 0
-                                                     and "chief" not in spec["cluster"])
+    kind, index = _task(spec)
+    return kind == "chief" or (index == 0 and not spec["cluster"].get("chief"))
 
 
 def task_index() -> int:
+    """This task's index among tasks of its type (names a non-chief's scratch folder)."""
     spec = cluster_spec()
-    return int(spec["task"].get("index", 0)) if spec else 0
+    return _task(spec)[1] if spec else 0
+
+
+def input_pipeline() -> tuple[int, int]:
+    """(number of input pipelines, this task's): one per training task, the chief first.
+
+    The numbering TensorFlow's ``InputContext`` uses under
+    MultiWorkerMirroredStrategy, so shares computed here match its.
+    """
+    spec = cluster_spec()
+    if not spec:
+        return 1, 0
+    kind, index = _task(spec)
+    chiefs = len(spec["cluster"].get("chief", []))
+    return chiefs + len(spec["cluster"].get("worker", [])), index if kind == "chief" else chiefs + index
 
 
 def allow_multi_worker_fit() -> None:

@@ -4,7 +4,8 @@ r"""Train a 3D U-Net on a versioned BraTS TFRecord dataset.
         --config.data_dir=/data/datasets/brats2020/<version_id> --config.batch_size=2
 
 Re-running the same command after an interruption resumes from the last
-finished epoch.  With TF_CONFIG set, each worker runs this same command
+finished epoch; re-running it after the run finished only says so (exit 0),
+unless --config.continue_training=true.  With TF_CONFIG set, each worker runs this same command
 (MultiWorkerMirroredStrategy).
 """
 
@@ -30,6 +31,8 @@ def main(argv):
     except training.LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if outcome.already_finished:
+        return  # train_and_evaluate said so; exit 0: the model the command asks for exists
     dice = ", ".join(f"{name.upper()} {outcome.val_metrics[f'val_dice_{name}']:.3f}"
                      for name in ("wt", "tc", "et", "mean") if f"val_dice_{name}" in outcome.val_metrics)
     print(f"Done: {outcome.epochs_run} epoch(s), model in {outcome.model_path}"

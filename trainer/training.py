@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from shared import challenges, manifest as manifest_lib
-from trainer import data, losses, metrics, model as model_lib, runtime
+from trainer import data, losses, metrics, model as model_lib, resume, runtime
 
 LINEAGE = "lineage.json"
 
@@ -35,6 +35,7 @@ class Outcome:
     val_metrics: dict[str, float]  # last epoch's validation metrics
     history_csv: str
     model_path: str
+    already_finished: bool = False  # a re-launch of a finished run: nothing was trained
 
 
 def _check_lineage(workdir: str, info: data.DatasetInfo) -> dict:
@@ -75,6 +76,7 @@ def prepare(cfg, workdir: str):
         model_lib.check_patch_size(info.volume_shape, spec.depth)  # validation runs on whole volumes
         losses.get_loss(cfg["loss"])
         runtime.check_devices(cfg["require_gpu"])
+        runtime.cluster_spec()  # a malformed TF_CONFIG fails here, not after the dataset is opened
     except (data.DatasetError, ValueError, runtime.RuntimeConfigError) as exc:
         raise LaunchError(str(exc)) from None
     return info, spec
@@ -117,22 +119,76 @@ class EpochSummary(keras.callbacks.Callback):
         self._echo(line + f" ({time.time() - self._start:.1f} s)")
 
 
-def _callbacks(cfg, workdir: str, chief: bool, echo, extra=()):
-    scratch = workdir if chief else os.path.join(workdir, f"worker_{runtime.task_index()}")
-    cbs = [
-        keras.callbacks.BackupAndRestore(os.path.join(scratch, "backup")),
+def _scratch(workdir: str, chief: bool) -> str:
+    """Where this task writes: the workdir for the chief, a folder of its own for other workers."""
+    return workdir if chief else os.path.join(workdir, f"worker_{runtime.task_index()}")
+
+
+def _callbacks(cfg, scratch: str, state: resume.RunState, echo, extra=()):
+    """The run's callbacks; the backup comes last, so it records the others' end-of-epoch state."""
+    checkpoint = stopping = None
+    cbs = []
+    if cfg["num_val_patients"]:
+        checkpoint = resume.BestCheckpoint(os.path.join(scratch, "checkpoints", "best.keras"), state.best)
+        cbs.append(checkpoint)
+        if cfg["early_stopping_patience"]:
+            stopping = resume.ResumableEarlyStopping(cfg["early_stopping_patience"], state)
+            cbs.append(stopping)
+    cbs += [
         keras.callbacks.CSVLogger(os.path.join(scratch, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(scratch, "tensorboard")),
         EpochSummary(cfg["epochs"], challenges.get(cfg["challenge"]).regions, echo),
+        *extra,
     ]
-    if cfg["num_val_patients"]:
-        cbs.append(keras.callbacks.ModelCheckpoint(
-            os.path.join(scratch, "checkpoints", "best.keras"), monitor="val_dice_mean", mode="max",
-            save_best_only=True))
-        if cfg["early_stopping_patience"]:
-            cbs.append(keras.callbacks.EarlyStopping(monitor="val_dice_mean", mode="max",
-                                                     patience=cfg["early_stopping_patience"]))
-    return cbs + list(extra)
+    return cbs + [resume.ResumableBackup(os.path.join(scratch, "backup"), state, checkpoint, stopping)]
+
+
+def _resume_point(cfg, workdir: str, scratch: str, echo) -> resume.RunState | None:
+    """The state to train on from; None when the run has finished and is not to continue.
+
+    A workdir with a final model but no backup (trained before backups were
+    kept, or the backup deleted) counts as finished: it cannot be continued.
+    """
+    state = resume.read_state(os.path.join(scratch, "backup"))
+    finished = state.finished if state else tf.io.gfile.exists(os.path.join(workdir, "model.keras"))
+    if not finished:
+        return state or resume.RunState()
+    done = state.epoch if state else "all its"
+    if not cfg["continue_training"]:
+        echo(f"{workdir} has finished training ({done} epoch(s)); its model is {os.path.join(workdir, 'model.keras')}. "
+             "Nothing to do. To train on, pass --config.continue_training=true (and a larger --config.epochs).")
+        return None
+    if state is None:
+        raise LaunchError(f"{workdir} holds a final model but no backup/ to continue from: use a new --workdir")
+    if cfg["epochs"] <= state.epoch:
+        raise LaunchError(f"{workdir} has already trained {state.epoch} epoch(s): to continue, raise "
+                          f"--config.epochs above {state.epoch}")
+    echo(f"Continuing the finished run in {workdir} from epoch {state.epoch + 1}")
+    return state.continued()
+
+
+def _train_input(cfg, info: data.DatasetInfo, aug: data.AugmentConfig, first_epoch: int, strategy):
+    """The training stream, from ``first_epoch`` on; under TF_CONFIG each worker reads only its share.
+
+    One epoch of a pipeline is what its replicas consume in ``steps_per_epoch``
+    steps, so data epochs and training epochs line up (and a resumed run gets
+    the same samples as an uninterrupted one).
+    """
+    def build(batch_size: int, samples: int, shard: data.Shard):
+        return data.train_dataset(info, batch_size, aug, seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"],
+                                  cache=cfg["data"]["cache"], deterministic=cfg["deterministic"],
+                                  samples_per_epoch=samples, first_epoch=first_epoch, shard=shard)
+
+    if not runtime.cluster_spec():
+        return build(cfg["batch_size"], cfg["steps_per_epoch"] * cfg["batch_size"], data.Shard())
+
+    def per_worker(context: tf.distribute.InputContext):
+        per_replica = context.get_per_replica_batch_size(cfg["batch_size"])
+        local_replicas = strategy.num_replicas_in_sync // context.num_input_pipelines
+        return build(per_replica, cfg["steps_per_epoch"] * per_replica * local_replicas,
+                     data.Shard(context.num_input_pipelines, context.input_pipeline_id))
+
+    return strategy.distribute_datasets_from_function(per_worker)
 
 
 def _save_final(net, workdir: str, chief: bool) -> str:
@@ -160,12 +216,21 @@ def _verbosity(chief: bool) -> int:
 
 
 def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Outcome:
-    """Train on the dataset ``cfg['data_dir']`` names; resumable in ``workdir``."""
+    """Train on the dataset ``cfg['data_dir']`` names; resumable in ``workdir``.
+
+    A re-launch resumes after the last finished epoch with the best
+    checkpoint, early stopping and the data stream where they were; a
+    re-launch of a finished run does nothing unless ``continue_training``.
+    """
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     info, spec = prepare(cfg, workdir)
     chief = runtime.is_chief()
+    scratch = _scratch(workdir, chief)
     tf.io.gfile.makedirs(workdir)
     lineage = _check_lineage(workdir, info)
+    state = _resume_point(cfg, workdir, scratch, echo if chief else (lambda *_: None))
+    if state is None:
+        return _finished_outcome(workdir)
     if chief:
         _write_json(os.path.join(workdir, LINEAGE), lineage)
         _write_json(os.path.join(workdir, "config.json"), cfg)
@@ -174,20 +239,19 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
         tf.config.experimental.enable_op_determinism()
     policy = runtime.set_precision(cfg["precision"])
     strategy = runtime.strategy()
+    if cfg["batch_size"] % strategy.num_replicas_in_sync:
+        raise LaunchError(f"batch_size {cfg['batch_size']} is not divisible by the "
+                          f"{strategy.num_replicas_in_sync} replicas")
     echo(f"Training {cfg['model']['preset']} U-Net on {info.version_id} ({info.num_train} train / "
          f"{info.num_val} val patients, channels {','.join(info.channels)}), precision {policy}, "
-         f"{strategy.num_replicas_in_sync} replica(s)")
+         f"{strategy.num_replicas_in_sync} replica(s)" + (f", resuming at epoch {state.epoch + 1}" if state.epoch else ""))
 
-    aug = data.AugmentConfig.from_config(cfg)
-    train_ds = data.train_dataset(info, cfg["batch_size"], aug, seed=cfg["seed"],
-                                  shuffle_buffer=cfg["data"]["shuffle_buffer"], cache=cfg["data"]["cache"],
-                                  deterministic=cfg["deterministic"])
+    train_ds = _train_input(cfg, info, data.AugmentConfig.from_config(cfg), state.epoch, strategy)
     val_ds = data.val_dataset(info) if info.num_val else None
-    if runtime.cluster_spec():
+    if runtime.cluster_spec() and val_ds is not None:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds = train_ds.with_options(options)
-        val_ds = val_ds.with_options(options) if val_ds is not None else None
+        val_ds = val_ds.with_options(options)
 
     with strategy.scope():
         net = model_lib.build_unet((None, None, None, len(info.channels)), spec)
@@ -196,11 +260,25 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
                     jit_compile=cfg["jit_compile"])
     cfg["num_val_patients"] = info.num_val
     cfg["challenge"] = info.challenge
+    resume.trim_history(os.path.join(scratch, "history.csv"), state.epoch)
     history = net.fit(train_ds, epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
                       validation_data=val_ds, validation_freq=cfg["val_every"], verbose=_verbosity(chief),
-                      callbacks=_callbacks(cfg, workdir, chief, echo if chief else (lambda *_: None),
+                      callbacks=_callbacks(cfg, scratch, state, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = _save_final(net, workdir, chief)
+    resume.mark_finished(os.path.join(scratch, "backup"))
     last = {k: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")}
     return Outcome(workdir=workdir, policy=policy, epochs_run=len(history.history.get("loss", [])),
                    val_metrics=last, history_csv=os.path.join(workdir, "history.csv"), model_path=model_path)
+
+
+def _finished_outcome(workdir: str) -> Outcome:
+    state = resume.read_state(os.path.join(workdir, "backup"))
+    config = os.path.join(workdir, "config.json")
+    policy = ""
+    if tf.io.gfile.exists(config):
+        with tf.io.gfile.GFile(config) as f:
+            policy = json.load(f).get("precision", "")
+    return Outcome(workdir=workdir, policy=policy, epochs_run=0, val_metrics=dict(state.last_val) if state else {},
+                   history_csv=os.path.join(workdir, "history.csv"), model_path=os.path.join(workdir, "model.keras"),
+                   already_finished=True)

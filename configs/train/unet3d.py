@@ -35,6 +35,7 @@ def get_config():
     c.seed = 0
     c.deterministic = False  # tf op determinism (slower)
     c.early_stopping_patience = 0  # epochs without a better val dice_mean; 0 disables
+    c.continue_training = False  # a re-launch of a finished run trains on (to a larger epochs) instead of exiting
 
     c.augment = ml_collections.ConfigDict()
     c.augment.foreground_share = 0.33  # share of patches centred on tumour
