@@ -168,9 +168,10 @@ def show_viewer(result: logic.Result) -> None:
         from shared.metrics import CONVENTION
 
         st.caption(CONVENTION)
-    if result.lesions is not None:
+    lesion_rows = logic.lesion_rows(result)
+    if lesion_rows:  # challenges ranked lesion-wise (2023 on); BraTS 2020/2021 have whole-region scores only
         st.markdown("**Lesion-wise scores** (as the BraTS leaderboards rank)")
-        st.table(pd.DataFrame(logic.lesion_rows(result)).set_index("Region"))
+        st.table(pd.DataFrame(lesion_rows).set_index("Region"))
         st.caption(result.lesions["convention"])
     left, right = st.columns(2)
     left.download_button("Download the segmentation (NIfTI, original geometry)", result.segmentation,
