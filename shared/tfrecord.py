@@ -5,7 +5,8 @@ workers (and each one's isolation subprocess) imported it only to serialise
 one message type and to frame records: a fixed cost on every worker's
 start-up and on the job's serial tail.  The formats are small and fixed, so
 this module writes them with the standard library and ``google_crc32c``
-(which ships with apache-beam[gcp]):
+(which ships with apache-beam[gcp]; its C extension, as a pure-Python CRC
+of a 36 MB record would take minutes):
 
 * an Example is the protobuf encoding that
   ``tf.train.Example.SerializeToString(deterministic=True)`` gives (map
@@ -30,8 +31,8 @@ import zlib
 
 import google_crc32c
 
-# Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
-_VARINT, _LENGTH_DELIMITED = 0, 2
+# Protobuf's wire type of bytes, strings, messages and packed lists (https://protobuf.dev/programming-guides/encoding/).
+_LENGTH_DELIMITED = 2
 # tf.train.Feature's oneof field numbers (tensorflow/core/example/feature.proto).
 _BYTES_LIST, _INT64_LIST = 1, 3
 _MASK_DELTA = 0xA282EAD8
@@ -42,10 +43,10 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around the deflate
 
 def _varint(value: int) -> bytes:
     """Base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes), as protobuf does."""
+    if not -(1 << 63) <= value < 1 << 63:
+        raise ValueError(f"{value} does not fit in an int64")
     if value < 0:
         value += 1 << 64
-    if not 0 <= value < 1 << 64:
-        raise ValueError(f"{value} does not fit in an int64")
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -96,3 +96,15 @@ print(json.dumps({{"file": entry["file"], "patient": source.patient_id,
     assert result["tensorflow"] == []
     (raw,) = list(tf.data.TFRecordDataset(str(tmp_path / result["file"]), compression_type="GZIP"))
     assert schema.decode(raw.numpy()).patient_id == result["patient"]
+
+
+@pytest.mark.parametrize("value", [-(1 << 63), (1 << 63) - 1])
+def test_int64_limits_encode_as_tensorflow_does(value):
+    theirs = tf.train.Feature(int64_list=tf.train.Int64List(value=[value])).SerializeToString()
+    assert b"".join(tfrecord.int64_feature([value])) == theirs
+
+
+@pytest.mark.parametrize("value", [-(1 << 63) - 1, 1 << 63])
+def test_a_value_beyond_int64_is_refused(value):
+    with pytest.raises(ValueError, match="int64"):
+        tfrecord.int64_feature([value])
