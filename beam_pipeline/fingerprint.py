@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import platform
+import zlib
 
 # Modules whose code decides the bytes of records, shards, manifest or errors.jsonl.
 BYTE_SHAPING_MODULES = (
@@ -28,6 +29,7 @@ BYTE_SHAPING_MODULES = (
     "shared.failures",
     "shared.nifti_io",
     "shared.schema",
+    "shared.tfrecord",
     "shared.spec",
     "shared.volume_ops",
     "beam_pipeline.launch",
@@ -36,9 +38,10 @@ BYTE_SHAPING_MODULES = (
     "beam_pipeline.splits",
 )
 # Distributions whose version can change the numbers (ITK inside antspyx, numpy's
-# maths, nibabel's scaling, scikit-learn's splits) or the record bytes (TensorFlow's
-# record writer and Example serialisation; protobuf serialises the Example).
-BYTE_SHAPING_LIBRARIES = ("antspyx", "numpy", "nibabel", "scikit-learn", "tensorflow", "tensorflow-cpu", "protobuf")
+# maths, nibabel's scaling, scikit-learn's splits).  Records and shards are written
+# by shared.tfrecord, so TensorFlow and protobuf no longer shape the bytes (nor
+# need to be on the workers); the zlib that compresses GZIP shards does.
+BYTE_SHAPING_LIBRARIES = ("antspyx", "numpy", "nibabel", "scikit-learn")
 
 
 def module_digest(name: str) -> str:
@@ -51,8 +54,8 @@ def module_digest(name: str) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """Installed versions of the byte-shaping libraries (absent ones left out), and Python's."""
-    versions = {"python": ".".join(platform.python_version_tuple()[:2])}
+    """Installed versions of the byte-shaping libraries (absent ones left out), Python's and zlib's."""
+    versions = {"python": ".".join(platform.python_version_tuple()[:2]), "zlib": zlib.ZLIB_RUNTIME_VERSION}
     for name in BYTE_SHAPING_LIBRARIES:
         try:
             versions[name] = importlib.metadata.version(name)

@@ -16,7 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_pipeline import fingerprint, sharding, splits
-from beam_pipeline.pipeline import RUN_NAME, STAGING, Plan, build
+from beam_pipeline.pipeline import RUN_NAME, STAGED_RECORD, STAGING, Plan, build
 from preprocessing import discovery
 from preprocessing.patient import LOST_TUMOUR
 from shared import failures as failures_lib
@@ -199,7 +199,7 @@ def run(cfg: dict, input_dir, output_dir: str, beam_args: list[str], echo=print)
 class ProgressReporter:
     """Prints how many patients are done while the job runs, from the staging area.
 
-    Workers stage one file per finished patient (``.example``, or ``.failed``
+    Workers stage one file per finished patient (``.record.json``, or ``.failed``
     with the reason), so counting them works on every runner, including
     multi-process ones whose workers cannot print to this terminal.
     """
@@ -223,7 +223,7 @@ class ProgressReporter:
             names = [e.path for e in storage.match(join(self._staging, "*"))]
         except Exception:  # nothing staged yet (an object store may refuse to list a missing prefix)
             return 0, 0
-        return sum(n.endswith(".example.json") for n in names), sum(n.endswith(".failed") for n in names)
+        return sum(n.endswith(STAGED_RECORD + ".json") for n in names), sum(n.endswith(".failed") for n in names)
 
     def _loop(self):
         last = None

@@ -18,7 +18,9 @@ outcomes themselves (``run.json``).
 Each patient's record is staged as a file under ``_staging/`` rather than
 shuffled: GroupByKey then moves file names, not 30 MB records, which keeps
 the local runner's memory flat, and a re-run after a crash reuses the
-records already staged for the same version, warnings included.
+records already staged for the same version, warnings included.  A staged
+record is already framed and compressed as its shard holds it, so the
+shards are only joined at the end; no step of the job imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ from beam_pipeline import fingerprint, sharding
 from preprocessing import patient as patient_lib
 from preprocessing.discovery import PatientSource
 from shared import failures as failures_lib
-from shared import schema, storage
+from shared import schema, storage, tfrecord
 from shared.manifest import FORMAT, SPLITS, canonical_json, write_manifest
 from shared.spec import PreprocessingSpec
 from shared.storage import join, write_bytes
 
 NAMESPACE = "brats"
 STAGING = "_staging"
+STAGED_RECORD = ".record"  # <patient>.record: the shard piece; <patient>.record.json: its outcome
 RUN_NAME = "run.json"  # facts of one run that are not part of the version (timings, where the input lay)
 # Test hook: the patient with this id kills its own process with SIGSEGV before
 # preprocessing, standing in for a native crash (in ITK/N4, say). Read where
@@ -87,7 +90,7 @@ def process_patient(source: PatientSource, config: dict, staging: str, segfault_
     reused with the outcome (split, warnings) staged beside it.  Bad input
     returns a failure outcome; a bug raises.
     """
-    staged = join(staging, f"{source.patient_id}.example")
+    staged = join(staging, f"{source.patient_id}{STAGED_RECORD}")
     outcome_path = staged + ".json"
     if storage.exists(outcome_path):
         return dict(json.loads(storage.read_bytes(outcome_path)), resumed=True)
@@ -102,12 +105,24 @@ def process_patient(source: PatientSource, config: dict, staging: str, segfault_
         failure = failures_lib.from_exception(source.patient_id, exc, "preprocess")
         write_bytes(join(staging, f"{source.patient_id}.failed"), canonical_json(failure).encode())
         return {"ok": False, "patient": source.patient_id, "failure": failure}
-    write_bytes(staged, schema.encode(result.record))
+    seconds = dict(result.seconds, write=stage_record(result.record, config, staged))
     outcome = {"ok": True, "patient": source.patient_id, "split": source.split, "staged": staged,
-               "warnings": result.warnings, "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+               "warnings": result.warnings, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
     write_bytes(outcome_path, canonical_json(outcome).encode())  # last: marks the patient done for a resume
     log.info("patient %s done in %.1fs", source.patient_id, time.perf_counter() - start)
     return dict(outcome, resumed=False)
+
+
+def stage_record(record: schema.PatientRecord, config: dict, staged: str) -> float:
+    """Writes the record as it will lie in its shard (framed, compressed); returns the seconds it took.
+
+    Compressing here, once per patient on the worker that made it, keeps
+    the shards' compression out of the job's serial tail (``sharding``).
+    """
+    start = time.perf_counter()
+    compression = PreprocessingSpec.from_config(config).compression
+    write_bytes(staged, tfrecord.shard_piece(schema.encode(record), compression))
+    return time.perf_counter() - start
 
 
 def use_forkserver() -> None:

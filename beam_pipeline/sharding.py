@@ -6,22 +6,22 @@ orders it within; the shard is written under a temporary name and renamed,
 so a crash never leaves a half-written file under a final name (temporary
 files live in the staging area, which a finished run clears).
 
-TensorFlow's record writer only reaches the object stores its own C++
-client knows (and no emulator), so a shard is written to a local temporary
-file and copied to its place through ``shared.storage`` (Beam's
-``FileSystems`` for gs://, s3://, azfs://); its sha256 is computed in the
-same pass.
+Each patient's record is staged already framed and compressed as it will
+lie in its shard (``shared.tfrecord.shard_piece``, made by the worker that
+preprocessed the patient, in parallel with the others), so writing a shard
+only joins files: no compression in the job's serial tail, and no
+TensorFlow.  The shard streams straight to its place through
+``shared.storage`` (Beam's ``FileSystems`` for gs://, s3://, azfs://), its
+sha256 and size computed in the same pass.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import uuid
 
 from shared import storage
-from shared.manifest import DEFAULT_COMPRESSION, shard_name, tf_compression_type
+from shared.manifest import DEFAULT_COMPRESSION, shard_name
 from shared.storage import join, read_bytes
 
 SALT = b"brats-shards/1:"
@@ -43,26 +43,21 @@ def num_shards(num_patients: int, bytes_per_patient: int, target_bytes: int) -> 
 
 def write_shard(dataset_dir: str, staging_dir: str, split: str, index: int, count: int,
                 staged: list[tuple[int, str]], compression: str = DEFAULT_COMPRESSION) -> dict:
-    """Concatenate staged records (sorted by key) into one TFRecord shard, GZIP or uncompressed.
+    """Join staged shard pieces (sorted by key) into one shard; returns its manifest entry.
 
-    Returns the shard's manifest entry.  TFRecordWriter's gzip stream carries
-    no timestamp, so equal records give equal bytes.
+    The pieces must have been made for ``compression`` (it names the file):
+    GZIP pieces are gzip members, which readers take as one stream.
     """
-    import tensorflow as tf
-
     name = shard_name(split, index, count, compression)
     final = join(dataset_dir, name)
     temp = join(staging_dir, f"{uuid.uuid4().hex}-{name}")  # cleared with the staging area
-    handle, local = tempfile.mkstemp(suffix=name)
-    os.close(handle)
-    try:
-        options = tf.io.TFRecordOptions(compression_type=tf_compression_type(compression))
-        with tf.io.TFRecordWriter(local, options=options) as writer:
-            for _, path in sorted(staged):
-                writer.write(read_bytes(path))
-        digest = storage.upload(local, temp)
-        size = os.path.getsize(local)
-    finally:
-        os.remove(local)
+    digest, size = hashlib.sha256(), 0
+    with storage.open_write(temp) as out:
+        for _, path in sorted(staged):
+            piece = read_bytes(path)
+            digest.update(piece)
+            out.write(piece)
+            size += len(piece)
     storage.rename(temp, final)
-    return {"split": split, "index": index, "file": name, "records": len(staged), "bytes": size, "sha256": digest}
+    return {"split": split, "index": index, "file": name, "records": len(staged), "bytes": size,
+            "sha256": digest.hexdigest()}

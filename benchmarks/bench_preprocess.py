@@ -453,7 +453,7 @@ def run_pipeline(cfg: dict, cohort: str, out_dir: str, workers: int) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     args = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     log(f"(b) pipeline, {workers} worker(s), isolate={cfg['runtime']['isolate']} -> {out_dir}")
-    watch = os.path.join(out_dir, cfg["name"], "*", "_staging", "*.example")
+    watch = os.path.join(out_dir, cfg["name"], "*", "_staging", "*.record")
     wait_for_idle(IDLE_WAIT_S)
     error = None
     with ProcessTreeMonitor(watch_glob=watch) as monitor:

@@ -204,6 +204,25 @@ def _resample_cfg(cfg):
     return bool(block.get("enabled", False)), tuple(float(s) for s in block.get("spacing", (1.0, 1.0, 1.0)))
 
 
+def to_image(channels: list[np.ndarray], names: list[str]) -> np.ndarray:
+    """The channels stacked channels-last in the record's dtype (float16).
+
+    float16 ends at 65504: a channel whose normalised values go beyond it
+    would be stored as inf and poison training, so it fails its patient
+    (bad input, naming the channel's file) instead of being written.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, per channel
+        image = np.stack(channels, axis=-1).astype(schema.IMAGE_DTYPE)
+    if not np.isfinite(image).all():
+        for index, name in enumerate(names):
+            bad = int(np.count_nonzero(~np.isfinite(image[..., index])))
+            if bad:
+                limit = float(np.finfo(schema.IMAGE_DTYPE).max)
+                raise PatientError("encode", f"{bad} normalised voxels are not finite in "
+                                   f"{np.dtype(schema.IMAGE_DTYPE).name} (overflow beyond +-{limit:.0f})", name)
+    return image
+
+
 def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
     """Run every stage on one patient; raises PatientError naming stage and file.
 
@@ -240,7 +259,7 @@ def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
     corrected = _corrected(stages, names, [volume_ops.crop(v, box) for v in volumes], mask_c, cfg, spacing, threads)
     channels = [stages.run("normalize", name, volume_ops.zscore, v, mask_c, bad_input=(n4.InputError, ValueError))
                 for name, v in zip(names, corrected)]
-    image = np.stack(channels, axis=-1).astype(schema.IMAGE_DTYPE)
+    image = stages.run("encode", first, to_image, channels, names)
     seg_name = loaded.names.get(layouts.SEGMENTATION, "")
     onehot = stages.run("encode", seg_name, _one_hot_mask, seg, convention, box, image.shape[:3], warnings)
     record = schema.PatientRecord(

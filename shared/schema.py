@@ -1,8 +1,8 @@
 """The TFRecord schema: one ``tf.train.Example`` per patient.
 
 This module is the only code that writes or parses records, on both sides
-(Beam workers serialise with :func:`encode`; ``tf.data`` parses with
-:func:`parse_tf`; tests and tools read with :func:`decode`).
+(Beam workers serialise with :func:`encode`, without TensorFlow; ``tf.data``
+parses with :func:`parse_tf`; tests and tools read with :func:`decode`).
 
 Layout of a record:
   patient_id, grade, label_convention, cohort   bytes
@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from shared import tfrecord
 
 SCHEMA_VERSION = 2  # 2: cohort, grid_shape and spacing (version 1 records still decode)
 IMAGE_DTYPE = np.float16
@@ -67,20 +69,17 @@ def _tf():
 
 
 def encode(record: PatientRecord) -> bytes:
-    """Serialise deterministically (sorted feature map) to Example bytes."""
-    tf = _tf()
+    """Serialise to the bytes of ``tf.train.Example.SerializeToString(deterministic=True)``.
+
+    Written by ``shared.tfrecord`` without TensorFlow, which the Beam
+    workers then never import (it costs seconds of CPU per process).
+    """
     image = np.ascontiguousarray(record.image, dtype=IMAGE_DTYPE)
     mask = np.ascontiguousarray(record.mask, dtype=MASK_DTYPE)
     if image.ndim != 4 or mask.ndim != 4 or image.shape[:3] != mask.shape[:3]:
         raise ValueError(f"image {image.shape} and mask {mask.shape} must be 4-D with equal grids")
-
-    def b(values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
-
-    def i(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
-
-    features = {
+    b, i = tfrecord.bytes_feature, tfrecord.int64_feature
+    return tfrecord.example({
         "patient_id": b([record.patient_id.encode()]),
         "grade": b([record.grade.encode()]),
         "label_convention": b([record.label_convention.encode()]),
@@ -98,9 +97,7 @@ def encode(record: PatientRecord) -> bytes:
         "source_files": b([f.encode() for f in record.source_files]),
         "source_sha256": b([s.encode() for s in record.source_sha256]),
         "schema_version": i([record.schema_version]),
-    }
-    example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString(deterministic=True)
+    })
 
 
 def decode(serialized: bytes) -> PatientRecord:

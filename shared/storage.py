@@ -70,19 +70,12 @@ def write_bytes(path: str, data: bytes) -> None:
     os.replace(temp, path)
 
 
-def upload(local_path: str, path: str, chunk: int = 8 << 20) -> str:
-    """Copy a local file to ``path`` (any filesystem); returns the sha256 of its bytes."""
-    digest = hashlib.sha256()
+def open_write(path: str) -> BinaryIO:
+    """A stream to write a file in pieces (not atomic: write under a temporary name, then ``rename``)."""
     if is_remote(path):
-        with open(local_path, "rb") as src, _fs().create(path, compression_type="uncompressed") as dst:
-            while block := src.read(chunk):
-                digest.update(block)
-                dst.write(block)
-        return digest.hexdigest()
-    digest_hex = sha256_of(local_path)
+        return _fs().create(path, compression_type="uncompressed")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    shutil.copyfile(local_path, path)
-    return digest_hex
+    return open(path, "wb")
 
 
 def sha256_of(path: str, chunk: int = 8 << 20) -> str:

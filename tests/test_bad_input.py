@@ -173,3 +173,27 @@ def test_missing_input_folder_is_a_clear_error(tmp_path):
         cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert "no patient folders" in done.stderr
+
+
+def test_a_channel_that_overflows_float16_fails_its_patient_at_encode(tiny_cohort, monkeypatch):
+    # z-scores cannot exceed sqrt(voxels), so the overflow is forced: the third
+    # channel's normalisation returns values beyond float16's 65504.
+    from preprocessing import discovery, patient
+    from shared import layouts, volume_ops
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config()
+    source = discovery.discover(str(tiny_cohort), layouts.get_layout(cfg["layout"]), tuple(cfg["modalities"])).patients[0]
+    assert patient.preprocess(source, cfg).record.image.dtype == np.float16  # the patient itself is good
+    real, calls = volume_ops.zscore, []
+
+    def overflowing_third_channel(volume, mask):
+        calls.append(None)
+        return real(volume, mask) * (1e5 if len(calls) == 3 else 1)
+
+    monkeypatch.setattr(volume_ops, "zscore", overflowing_third_channel)
+    with pytest.raises(patient.PatientError) as caught:
+        patient.preprocess(source, cfg)
+    channel = cfg["modalities"][2]
+    assert caught.value.stage == "encode" and caught.value.file == f"{source.patient_id}_{channel}.nii.gz"
+    assert "not finite in float16" in caught.value.reason

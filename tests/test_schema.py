@@ -1,6 +1,9 @@
 """The record schema round-trips through numpy and through tf.data parsing."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from shared import labels, schema
@@ -51,7 +54,7 @@ def test_tf_parse_can_keep_the_stored_float16():
 
 
 def test_a_newer_schema_version_is_refused():
-    data = schema.encode(dataclass_replace(_record(), schema_version=99))
+    data = schema.encode(dataclasses.replace(_record(), schema_version=99))
     try:
         schema.decode(data)
     except ValueError as exc:
@@ -60,7 +63,45 @@ def test_a_newer_schema_version_is_refused():
         raise AssertionError("decode accepted an unknown schema version")
 
 
-def dataclass_replace(record, **changes):
-    import dataclasses
 
-    return dataclasses.replace(record, **changes)
+def _tf_example_bytes(record) -> bytes:
+    """The record serialised by TensorFlow's own protobuf classes, as ``schema.encode`` did before."""
+    def b(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+    def i(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+    features = {
+        "patient_id": b([record.patient_id.encode()]), "grade": b([record.grade.encode()]),
+        "label_convention": b([record.label_convention.encode()]), "channels": b([c.encode() for c in record.channels]),
+        "image": b([np.ascontiguousarray(record.image, np.float16).tobytes()]), "image_shape": i(record.image.shape),
+        "mask": b([np.ascontiguousarray(record.mask, np.uint8).tobytes()]), "mask_shape": i(record.mask.shape),
+        "crop_box": i([v for pair in record.crop_box for v in pair]), "original_shape": i(record.original_shape),
+        "affine": b([np.asarray(record.affine, dtype="<f8").tobytes()]),
+        "source_files": b([f.encode() for f in record.source_files]),
+        "source_sha256": b([s.encode() for s in record.source_sha256]), "schema_version": i([record.schema_version]),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
+
+
+def test_encode_gives_tensorflows_example_bytes_for_a_preprocessed_record(tiny_dataset):
+    from shared import manifest as manifest_lib
+
+    m = manifest_lib.read_manifest(tiny_dataset.dataset_dir)
+    (path, *_) = manifest_lib.shard_paths(tiny_dataset.dataset_dir, m, "train")
+    raw = next(iter(tf.data.TFRecordDataset(path, compression_type="GZIP"))).numpy()
+    record = schema.decode(raw)
+    assert record.image.size > 0 and record.mask.size > 0
+    assert schema.encode(record) == _tf_example_bytes(record) == raw
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"source_files": (), "source_sha256": ()},  # empty lists
+    {"crop_box": ((-3, 0), (0, 127), (128, 2**62)), "schema_version": -1},  # negative and multi-byte varints
+    {"mask": np.zeros((8, 9, 10, 0), np.uint8)},  # an unlabelled patient: no classes
+], ids=["record", "empty_lists", "varints", "no_classes"])
+def test_encode_gives_tensorflows_example_bytes_at_the_edges(changes):
+    record = dataclasses.replace(_record(), **changes)
+    assert schema.encode(record) == _tf_example_bytes(record)
