@@ -79,6 +79,8 @@ def _tf_example_bytes(record) -> bytes:
         "mask": b([np.ascontiguousarray(record.mask, np.uint8).tobytes()]), "mask_shape": i(record.mask.shape),
         "crop_box": i([v for pair in record.crop_box for v in pair]), "original_shape": i(record.original_shape),
         "affine": b([np.asarray(record.affine, dtype="<f8").tobytes()]),
+        "grid_shape": i(record.grid_shape), "spacing": b([np.asarray(record.spacing, dtype="<f8").tobytes()]),
+        "cohort": b([record.cohort.encode()]),
         "source_files": b([f.encode() for f in record.source_files]),
         "source_sha256": b([s.encode() for s in record.source_sha256]), "schema_version": i([record.schema_version]),
     }
