@@ -250,3 +250,37 @@ def test_summarising_a_workdir_without_finished_folds_fails_with_the_cli(tmp_pat
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"{tmp_path} holds no finished fold" in result.stderr
+
+
+def test_summary_of_stub_folds_pools_their_validation_scores(folded_dataset, tmp_path):
+    """The summary without training: each fold a stub model in a run folder whose lineage names its fold."""
+    manifest = _manifest(folded_dataset.dataset_dir)
+    workdir = tmp_path / "cv"
+    for k in (0, 1):
+        run = workdir / f"fold_{k}"
+        run.mkdir(parents=True)
+        (run / "lineage.json").write_text(json.dumps({
+            "data_dir": folded_dataset.dataset_dir, "version_id": manifest["version_id"],
+            "preprocess": manifest["config"], "challenge": "brats2020", "fold": k, "num_folds": 2,
+            "val_patients": sorted(p for p, f in manifest["folds"].items() if f == k)}))
+        (run / "config.json").write_text(json.dumps({"patch_size": [16, 16, 16]}))
+        build_stub_model().save(run / "model.keras")
+    summary = cross_validation.summarize(str(workdir), echo=lambda *_: None)
+    assert sorted(r["patient"] for r in summary.rows) == sorted(manifest["folds"])
+    assert not set(r["patient"] for r in summary.rows) & set(manifest["splits"]["val"]["patients"])
+    for k in (0, 1):
+        dice = [r["dice_WT"] for r in summary.rows if r["fold"] == k]
+        assert summary.table["per_fold"][k]["dice_WT"] == pytest.approx(np.mean(dice))
+        kept = sorted(p.stem for p in (workdir / f"fold_{k}" / "validation").glob("*.npz"))
+        assert kept == sorted(r["patient"] for r in summary.rows if r["fold"] == k)
+        with np.load(workdir / f"fold_{k}" / "validation" / f"{kept[0]}.npz") as f:
+            assert f["prediction"].shape == f["truth"].shape == (32, 32, 32)
+    assert summary.table["mean_over_folds"]["dice_WT"] == pytest.approx(
+        np.mean([summary.table["per_fold"][k]["dice_WT"] for k in (0, 1)]))
+    chosen = json.loads((workdir / "postprocessing.json").read_text())
+    assert chosen["challenge"] == "brats2020" and chosen["patients"] == len(manifest["folds"])
+    assert (workdir / "cross_validation" / "summary.json").exists()
+    # a missing fold: no summary
+    shutil.rmtree(workdir / "fold_1")
+    with pytest.raises(ValueError, match=r"fold\(s\) \[1\] of 2 have no finished model"):
+        cross_validation.summarize(str(workdir), echo=lambda *_: None)
