@@ -32,16 +32,19 @@ SUMMARY = "summary.json"
 class Options:
     """What every patient of a cohort is predicted with (picklable for Beam)."""
 
-    model_path: str
+    model_path: str | tuple[str, ...]  # a model, run folder or cross-validation workdir; several: an ensemble
     output_dir: str
     data_dir: str | None = None
     window: str | None = None  # None: the training patch; "volume"; or "X,Y,Z"
     tta: str = "none"
     overlap: float = 0.5
     pictures: bool = True
+    save_probabilities: bool = False  # also <id>.npz: the (ensemble's) softmax, float16, before post-processing
+    postprocessing: str | None = "auto"  # "auto": the models' postprocessing.json if any; "none"; or a path
 
     def load(self, with_model: bool = True) -> prediction.Predictor:
-        return prediction.load_predictor(self.model_path, self.data_dir, self.window, with_model)
+        return prediction.load_predictor(self.model_path, self.data_dir, self.window, with_model,
+                                         postprocessing=self.postprocessing)
 
 
 @dataclasses.dataclass
@@ -73,7 +76,8 @@ def predict_local(options: Options, folders: list[str], echo: Callable[[str], No
     for n, folder in enumerate(folders, 1):
         try:
             source, convention = prediction.source_from_folder(folder, predictor)
-            pred = prediction.predict_patient(predictor, source, convention, options.tta, options.overlap)
+            pred = prediction.predict_patient(predictor, source, convention, options.tta, options.overlap,
+                                              probabilities=options.save_probabilities)
             paths = prediction.write_outputs(pred, options.output_dir, predictor, options.pictures)
         except Exception as exc:  # one bad patient never stops the cohort
             failure = _failure(folder, exc)
@@ -117,7 +121,9 @@ def _beam_handler(options: Options):
 
         def run_inference(self, batch, model, inference_args=None):
             for item in batch:
-                yield PredictionResult(item, prediction.infer(model, item, options.tta, options.overlap))
+                probs = prediction.infer_probabilities(model, item, options.tta, options.overlap)
+                classes = prediction.classes_of(model, probs)
+                yield PredictionResult(item, (classes, probs if options.save_probabilities else None))
 
         def batch_elements_kwargs(self):
             return {"min_batch_size": 1, "max_batch_size": 1}
@@ -162,7 +168,8 @@ def _finish_fn(options: Options):
         try:
             if "provenance" not in state:
                 state["provenance"] = options.load(with_model=False)
-            pred = prediction.finish(item, result.inference, display=options.pictures)
+            classes, probs = result.inference
+            pred = prediction.finish(item, classes, display=options.pictures, probabilities=probs)
             paths = prediction.write_outputs(pred, options.output_dir, state["provenance"], options.pictures)
             yield _outcome(pred, paths)
         except Exception as exc:

@@ -4,6 +4,9 @@ A trained model on a split of its dataset version:
     python -m serving.evaluate --model=runs/exp1/model.keras \
         --data_dir=/data/datasets/brats2020/<version_id> --split=val --output_dir=runs/exp1/eval
 
+The ensemble of a cross-validation run's folds on the held-out val split (repeat --model for others):
+    python -m serving.evaluate --model=runs/cv --split=val
+
 NIfTI predictions of any tool against BraTS ground truth (any release's layout):
     python -m serving.evaluate --pred_dir=preds/ --truth_dir=/data/MICCAI_BraTS2020_TrainingData
 
@@ -23,7 +26,12 @@ from shared import console
 from shared import challenges, schemes
 from serving import evaluation, inference, prediction
 
-_MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) to evaluate on --data_dir's --split.")
+_MODEL = flags.DEFINE_multi_string(
+    "model", None, "Trained model (.keras), run folder or cross-validation workdir (all its folds) to evaluate "
+    "on --data_dir's --split; repeat it to evaluate an ensemble (mean softmax of the models).")
+_POSTPROCESSING = flags.DEFINE_string(
+    "postprocessing", "auto", "Post-processing for --model: 'auto' (the postprocessing.json found with the "
+    "models), 'none', or the path of a postprocessing.json.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version directory (default: the one the model "
                                 "was trained on, from its lineage.json).")
 _SPLIT = flags.DEFINE_string("split", "val", "Split of the dataset to score (val or train).")
@@ -49,17 +57,20 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Where the reports go (default
 
 
 def _by_model():
-    predictor = prediction.load_predictor(_MODEL.value, _DATA_DIR.value, _WINDOW.value)
+    models = _MODEL.value[0] if len(_MODEL.value) == 1 else list(_MODEL.value)
+    predictor = prediction.load_predictor(models, _DATA_DIR.value, _WINDOW.value, postprocessing=_POSTPROCESSING.value)
     data_dir = predictor.data_dir
     if data_dir is None:
-        raise FileNotFoundError(f"the dataset {_MODEL.value} was trained on is not reachable from here: "
+        raise FileNotFoundError(f"the dataset {predictor.model_path} was trained on is not reachable from here: "
                                 "pass --data_dir=<its dataset version directory>")
-    output = _OUTPUT.value or os.path.join(os.path.dirname(os.path.abspath(_MODEL.value)), f"eval_{_SPLIT.value}")
-    print(f"Scoring {_MODEL.value} on the {_SPLIT.value} split of {data_dir}")
+    output = _OUTPUT.value or evaluation.default_output(_MODEL.value, _SPLIT.value)
+    print(f"Scoring {predictor.model_path} on the {_SPLIT.value} split of {data_dir}"
+          + (f" (ensemble of {len(predictor.model_paths)})" if len(predictor.model_paths) > 1 else ""))
     rows, failures = evaluation.score_model(predictor, data_dir, _SPLIT.value, tta=_TTA.value, scheme=_SCHEME.value)
-    about = {"model": _MODEL.value, "data_dir": data_dir, "version_id": predictor.version_id,
-             "split": _SPLIT.value, "tta": _TTA.value,
-             "window": list(predictor.window)}
+    about = {"model": predictor.model_path, "models": list(predictor.model_paths), "data_dir": data_dir,
+             "version_id": predictor.version_id, "split": _SPLIT.value, "tta": _TTA.value,
+             "window": list(predictor.window), "postprocessing": list(predictor.postprocessing),
+             "postprocessing_file": predictor.postprocessing_path}
     return rows, failures, output, about, predictor.challenge
 
 

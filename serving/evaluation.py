@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import posixpath
 import time
 from typing import Callable, Iterator
@@ -58,15 +59,18 @@ def _spacing(affine) -> tuple[float, float, float]:
     return volume_ops.voxel_spacing(np.asarray(affine))
 
 
-def records_of_split(data_dir: str, split: str) -> Iterator[schema.PatientRecord]:
-    """Decoded records of one split, in shard order."""
+def records_of_split(data_dir: str, split: str, patients=None) -> Iterator[schema.PatientRecord]:
+    """Decoded records of one split, in shard order; only those of ``patients`` when given (a fold)."""
     found = manifest_lib.read_manifest(data_dir)
     if split not in found["splits"]:
         raise ValueError(f"{data_dir} has no split {split!r}; it has {sorted(found['splits'])}")
     compression = found["record"].get("compression", "GZIP")
     files = manifest_lib.shard_paths(data_dir, found, split)
+    wanted = None if patients is None else set(patients)
     for raw in tf.data.TFRecordDataset(files, compression_type="" if compression == "NONE" else compression):
-        yield schema.decode(raw.numpy())
+        record = schema.decode(raw.numpy())
+        if wanted is None or record.patient_id in wanted:
+            yield record
 
 
 def score_patient(patient: str, pred: np.ndarray, truth: np.ndarray, challenge: "challenges.Challenge",
@@ -80,29 +84,50 @@ def score_patient(patient: str, pred: np.ndarray, truth: np.ndarray, challenge: 
 
 def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta: str = "none",
                 overlap: float = 0.5, echo: Callable[[str], None] = print,
-                scheme: str | None = None) -> tuple[list[dict], list[dict]]:
-    """Per-patient scores of a model on a dataset split (labels taken from the records).
+                scheme: str | None = None, patients=None,
+                keep: Callable[[schema.PatientRecord, np.ndarray, np.ndarray], None] | None = None,
+                ) -> tuple[list[dict], list[dict]]:
+    """Per-patient scores of a model (or ensemble) on a dataset split (labels taken from the records).
 
     ``scheme`` names a :mod:`shared.schemes` entry (default: the model's challenge's own).
+    ``patients``: only these (a cross-validation fold's validation patients).
+    ``keep(record, predicted classes, true classes)`` is called for each
+    scored patient (cross-validation keeps them to choose post-processing on).
+    The predictor's post-processing rules, if any, are applied before scoring.
     """
     chosen = schemes.resolve(predictor.challenge, scheme)
     rows, failures = [], []
     predict = predictor.predict_fn()
     total = len(manifest_lib.read_manifest(data_dir)["splits"].get(split, {}).get("patients", []))
-    for n, record in enumerate(records_of_split(data_dir, split), 1):
+    total = len(set(patients)) if patients is not None else total
+    for n, record in enumerate(records_of_split(data_dir, split, patients), 1):
         if record.mask.shape[-1] == 0:
             failures.append(Failure(record.patient_id, "evaluate", "", "record has no labels").to_json())
             continue
         start = time.perf_counter()
         probs = inference.sliding_window(predict, record.image.astype(np.float32), predictor.window,
                                          overlap=overlap, tta=tta)
-        pred = np.argmax(probs, axis=-1).astype(np.uint8)
+        pred = prediction.classes_of(predictor, probs)
         truth = np.argmax(record.mask, axis=-1).astype(np.uint8)
+        if keep is not None:
+            keep(record, pred, truth)
         row = score_patient(record.patient_id, pred, truth, predictor.challenge, _spacing(record.affine), chosen)
         rows.append(row)
         echo(f"  [{n}/{total}] {record.patient_id}: {_dice_line(row, predictor.challenge)} "
              f"({time.perf_counter() - start:.1f} s)")
     return rows, failures
+
+
+def default_output(models: list[str], split: str) -> str:
+    """Where ``evaluate --model`` reports go: beside one model file, inside one folder, else ./eval_<split>."""
+    if len(models) != 1:
+        return f"eval_{split}"
+    model = models[0]
+    if storage.is_dir(model):
+        folder = model
+    else:
+        folder = posixpath.dirname(model) if storage.is_remote(model) else os.path.dirname(os.path.abspath(model))
+    return posixpath.join(folder, f"eval_{split}")
 
 
 def _dice_line(row: dict, challenge) -> str:

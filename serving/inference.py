@@ -134,3 +134,28 @@ def keras_predict_fn(model) -> PredictFn:
         return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
 
     return predict
+
+
+def mean_predict_fn(predict_fns: Sequence[PredictFn]) -> PredictFn:
+    """An ensemble: the mean of the members' softmax probabilities on every batch.
+
+    Averaging per batch gives the mean of the members' sliding-window
+    outputs (the Gaussian weighting and the TTA mean are linear), with one
+    accumulator instead of one whole-volume array per member.
+    """
+    fns = list(predict_fns)
+    if not fns:
+        raise ValueError("an ensemble needs at least one model")
+    if len(fns) == 1:
+        return fns[0]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        total = None
+        for fn in fns:
+            probs = np.asarray(fn(batch), dtype=np.float32)
+            if total is not None and probs.shape != total.shape:
+                raise ValueError(f"ensemble members disagree on the output shape: {probs.shape} vs {total.shape}")
+            total = probs if total is None else total + probs
+        return total / len(fns)
+
+    return predict

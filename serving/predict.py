@@ -9,9 +9,15 @@ A whole cohort on Beam (RunInference; add Dataflow options as for preprocessing)
     python -m serving.predict --model=... --input='/data/Validation/*' --output_dir=preds/ \
         --beam --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
+An ensemble (the folds of a cross-validation run, or repeated --model):
+    python -m serving.predict --model=runs/cv --input='/data/Validation/*' --output_dir=preds/ \
+        --tta=all --save_probabilities
+
 For each patient: <id>.nii.gz (labels in the source's numbering, source affine
 and header), <id>.json (region volumes in mL), <id>.png (three slices through
-the tumour) and <id>.gif (axial fly-through).  Failures go to errors.jsonl.
+the tumour) and <id>.gif (axial fly-through); with --save_probabilities also
+<id>.npz.  Post-processing a cross-validation run chose (postprocessing.json)
+is applied.  Failures go to errors.jsonl.
 Flags this module does not define are handed to Beam's PipelineOptions.
 """
 
@@ -22,7 +28,16 @@ from absl import app, flags
 from shared import console
 from serving import batch_predict, inference, prediction
 
-_MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) in its training workdir (lineage.json beside it).")
+_MODEL = flags.DEFINE_multi_string(
+    "model", None, "Trained model (.keras) in its training workdir (lineage.json beside it), a run folder, or a "
+    "cross-validation workdir (all its fold_<k> models). Repeat it for an ensemble: the models' softmax "
+    "probabilities are averaged; they must share challenge, preprocessing and dataset version.")
+_SAVE_PROBABILITIES = flags.DEFINE_boolean(
+    "save_probabilities", False, "Also write <id>.npz: the (ensemble's) softmax probabilities before "
+    "post-processing, float16 (X, Y, Z, classes) in the source grid, compressed.")
+_POSTPROCESSING = flags.DEFINE_string(
+    "postprocessing", "auto", "Post-processing rules: 'auto' (the postprocessing.json a cross-validation run "
+    "chose, found with the models), 'none', or the path of a postprocessing.json.")
 _INPUT = flags.DEFINE_list("input", None, "Patient folder(s) or glob(s), comma-separated.")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Folder for segmentations, volumes, pictures and errors.jsonl.")
 _DATA_DIR = flags.DEFINE_string(
@@ -43,17 +58,21 @@ flags.mark_flags_as_required(["model", "input", "output_dir"])
 def main(argv):
     console.configure_logging()
     options = batch_predict.Options(
-        model_path=_MODEL.value, output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value,
-        window=_WINDOW.value,
-        tta=_TTA.value, overlap=_OVERLAP.value, pictures=_PICTURES.value)
+        model_path=_MODEL.value[0] if len(_MODEL.value) == 1 else tuple(_MODEL.value),
+        output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value, window=_WINDOW.value,
+        tta=_TTA.value, overlap=_OVERLAP.value, pictures=_PICTURES.value,
+        save_probabilities=_SAVE_PROBABILITIES.value, postprocessing=_POSTPROCESSING.value)
     try:
         folders = prediction.resolve_inputs(_INPUT.value)
         predictor = options.load()
     except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"Predicting {len(folders)} patient(s) with {options.model_path} (dataset version "
-          f"{predictor.version_id}, window {'x'.join(map(str, predictor.window))}, TTA {options.tta})")
+    models = (options.model_path if len(predictor.model_paths) < 2
+              else f"an ensemble of {len(predictor.model_paths)} models ({', '.join(predictor.model_paths)})")
+    rules = (f", post-processing {predictor.postprocessing_path}" if predictor.postprocessing else "")
+    print(f"Predicting {len(folders)} patient(s) with {models} (dataset version "
+          f"{predictor.version_id}, window {'x'.join(map(str, predictor.window))}, TTA {options.tta}{rules})")
     if _BEAM.value:
         summary = batch_predict.predict_beam(options, folders, argv[1:])
     else:

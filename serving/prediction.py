@@ -37,14 +37,18 @@ class ModelError(Exception):
 
 @dataclasses.dataclass
 class Predictor:
-    """A trained model with everything needed to repeat its data's preprocessing."""
+    """A trained model (or an ensemble of models) with everything needed to repeat its data's preprocessing."""
 
-    model: object
-    model_path: str
+    model: object  # the first (or only) model
+    model_path: str  # the model file, or for an ensemble what was asked for (a cross-validation workdir, ...)
     preprocess_cfg: dict
     window: tuple[int, int, int]  # sliding-window size
     version_id: str
     data_dir: str | None  # the dataset version read for the config (None: lineage.json's copy)
+    models: tuple = ()  # every member of an ensemble (empty: ``model`` alone)
+    model_paths: tuple[str, ...] = ()  # their files
+    postprocessing: tuple[dict, ...] = ()  # shared.postprocessing rules applied to the classes
+    postprocessing_path: str | None = None  # where they were read from
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -59,8 +63,23 @@ class Predictor:
         """What the model's classes mean (the challenge of its training data)."""
         return challenges.get(self.layout)
 
+    @property
+    def members(self) -> tuple:
+        return tuple(self.models) or (self.model,)
+
     def predict_fn(self):
-        return inference.keras_predict_fn(self.model)
+        """Softmax of the model, or the mean softmax of an ensemble's members."""
+        return inference.mean_predict_fn([inference.keras_predict_fn(m) for m in self.members])
+
+    def provenance(self) -> dict:
+        """What the JSON beside a segmentation says about the model(s) and their post-processing."""
+        about = {"model": self.model_path, "dataset_version_id": self.version_id}
+        if len(self.model_paths) > 1:
+            about["ensemble"] = list(self.model_paths)
+        if self.postprocessing:
+            about["postprocessing"] = list(self.postprocessing)
+            about["postprocessing_file"] = self.postprocessing_path
+        return about
 
 
 @dataclasses.dataclass
@@ -75,6 +94,7 @@ class Prediction:
     display: np.ndarray | None  # first modality as stored (for pictures)
     seconds: dict[str, float]
     source_files: dict[str, str]
+    probabilities: np.ndarray | None = None  # (X, Y, Z, K) float16 in the source grid, when asked for
 
     @property
     def stored_labels(self) -> np.ndarray:
@@ -199,25 +219,140 @@ def load_model(model_path: str, precision: str = "auto"):
     return model
 
 
-def load_predictor(model_path: str, data_dir: str | None = None, window=None, with_model: bool = True) -> Predictor:
-    """Load a ``.keras`` model and the preprocessing of the data it learnt from.
+MODEL_FILE = "model.keras"
+FOLD_PREFIX = "fold_"
 
+
+def fold_models(workdir: str) -> list[str]:
+    """The ``fold_<k>/model.keras`` files of a cross-validation workdir, by fold (empty: not one)."""
+    found = []
+    for entry in storage.match(storage.join(workdir.rstrip("/"), FOLD_PREFIX + "*", MODEL_FILE)):
+        name = posixpath.basename(posixpath.dirname(entry.path))
+        if name[len(FOLD_PREFIX):].isdigit():
+            found.append((int(name[len(FOLD_PREFIX):]), entry.path))
+    return [path for _, path in sorted(found)]
+
+
+def expand_models(specs) -> list[str]:
+    """Model files from ``--model`` values: ``.keras`` files, run folders, or cross-validation workdirs (all folds)."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise ModelError("no model given")
+    paths = []
+    for spec in specs:
+        if storage.is_dir(spec):
+            if storage.exists(storage.join(spec, MODEL_FILE)):
+                paths.append(storage.join(spec, MODEL_FILE))
+                continue
+            folds = fold_models(spec)
+            if not folds:
+                raise ModelError(f"{spec} holds neither {MODEL_FILE} nor {FOLD_PREFIX}<k>/{MODEL_FILE} "
+                                 "(a cross-validation workdir)")
+            paths += folds
+        elif storage.exists(spec):
+            paths.append(spec)
+        else:
+            raise ModelError(f"model file {spec} does not exist")
+    if len(set(paths)) != len(paths):
+        raise ModelError(f"the same model is named twice: {paths}")
+    return paths
+
+
+def check_same_preprocessing(members: list[tuple[str, dict, str]]) -> None:
+    """Refuse to ensemble models whose inputs would be prepared differently.
+
+    ``members``: (model path, preprocessing config, dataset version).  The
+    ensemble preprocesses each patient once, so every member must have been
+    trained on the same challenge, preprocessing and dataset version.
+    """
+    first_path, first_cfg, first_version = members[0]
+    for path, cfg, version in members[1:]:
+        if cfg.get("layout") != first_cfg.get("layout"):
+            raise ModelError(f"cannot ensemble {first_path} ({first_cfg.get('layout')}) with {path} "
+                             f"({cfg.get('layout')}): they were trained for different challenges")
+        differing = sorted(k for k in set(cfg) | set(first_cfg) if cfg.get(k) != first_cfg.get(k))
+        if differing:
+            raise ModelError(f"cannot ensemble {first_path} with {path}: their preprocessing differs in "
+                             f"{', '.join(differing)}")
+        if version != first_version:
+            raise ModelError(f"cannot ensemble {first_path} (dataset version {first_version}) with {path} "
+                             f"(dataset version {version}): train every member on the same dataset version")
+
+
+POSTPROCESSING_FILE = "postprocessing.json"
+
+
+def find_postprocessing(specs, paths: list[str]) -> str | None:
+    """The ``postprocessing.json`` that goes with the models, if any.
+
+    Looked for in a folder named as the model (a cross-validation workdir),
+    else in the run folder of a single model, else in the folder all the
+    members' run folders share (the folds of one cross-validation workdir).
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    candidates = [s for s in specs if storage.is_dir(s)]
+    runs = [find_run_dir(p) for p in paths]
+    if len(paths) == 1 and runs[0]:
+        candidates.append(runs[0])
+    parents = {posixpath.dirname(r.rstrip("/")) if "://" in r else os.path.dirname(os.path.abspath(r))
+               for r in runs if r}
+    if len(parents) == 1 and len(paths) > 1 and None not in runs:
+        candidates.append(parents.pop())
+    for folder in candidates:
+        path = storage.join(folder, POSTPROCESSING_FILE)
+        if storage.exists(path):
+            return path
+    return None
+
+
+def load_predictor(model_path, data_dir: str | None = None, window=None, with_model: bool = True,
+                   postprocessing: str | None = "auto") -> Predictor:
+    """Load a ``.keras`` model, or an ensemble, and the preprocessing of the data it learnt from.
+
+    ``model_path``: a ``.keras`` file, a run folder, a cross-validation workdir
+    (all its folds) or a list of these; several models make an ensemble that
+    averages their softmax.  ``postprocessing``: ``"auto"`` applies the
+    ``postprocessing.json`` found with the models (:func:`find_postprocessing`),
+    ``None``/``"none"`` none, anything else is the path of one.
     ``with_model=False`` reads only the preprocessing (``model`` is None): for
     steps that preprocess but never run the network, such as the Beam job's
     Preprocess step, whose workers would otherwise load the model for nothing.
     """
-    if not storage.exists(model_path):
-        raise ModelError(f"model file {model_path} does not exist")
-    run_dir = find_run_dir(model_path)
-    cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
+    from shared import postprocessing as post
+
+    paths = expand_models(model_path)
+    members = []
+    for path in paths:
+        run_dir = find_run_dir(path)
+        cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
+        members.append((path, run_dir, cfg, version, found_dir))
+    check_same_preprocessing([(path, cfg, version) for path, _, cfg, version, _ in members])
+    _, run_dir, cfg, version, found_dir = members[0]
+    shown = model_path if isinstance(model_path, str) else (paths[0] if len(paths) == 1 else ",".join(model_path))
+    rules_path = None
+    if postprocessing == "auto":
+        rules_path = find_postprocessing(model_path, paths)
+    elif postprocessing not in (None, "", "none"):
+        if not storage.exists(postprocessing):
+            raise ModelError(f"post-processing file {postprocessing} does not exist")
+        rules_path = postprocessing
+    try:
+        rules = tuple(post.load(rules_path, challenges.get(cfg["layout"]))) if rules_path else ()
+    except (ValueError, KeyError) as exc:
+        raise ModelError(f"cannot use post-processing {rules_path}: {exc}") from None
+    predictor = Predictor(None, shown, cfg, window_size(window, run_dir, cfg), version, found_dir,
+                          model_paths=tuple(paths), postprocessing=rules, postprocessing_path=rules_path)
     if not with_model:
-        return Predictor(None, model_path, cfg, window_size(window, run_dir, cfg), version, found_dir)
-    model = load_model(model_path)
-    expected = model.input_shape[-1]
-    if expected != len(cfg["modalities"]):
-        raise ModelError(f"model {model_path} takes {expected} input channels, but its preprocessing "
-                         f"gives {len(cfg['modalities'])} ({', '.join(cfg['modalities'])})")
-    return Predictor(model, model_path, cfg, window_size(window, run_dir, cfg), version, found_dir)
+        return predictor
+    models = []
+    for path in paths:
+        model = load_model(path)
+        expected = model.input_shape[-1]
+        if expected != len(cfg["modalities"]):
+            raise ModelError(f"model {path} takes {expected} input channels, but its preprocessing "
+                             f"gives {len(cfg['modalities'])} ({', '.join(cfg['modalities'])})")
+        models.append(model)
+    return dataclasses.replace(predictor, model=models[0], models=tuple(models) if len(models) > 1 else ())
 
 
 def source_from_folder(folder: str, predictor: Predictor) -> tuple[PatientSource, str]:
@@ -268,17 +403,47 @@ def prepare(predictor: Predictor, source: PatientSource, label_convention: str, 
     return Prepared(source, label_convention, predictor.challenge, record, header)
 
 
-def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
-          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Classes 0..3 (uint8) on the cropped grid, by sliding window."""
+def infer_probabilities(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
+                        progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Softmax ``(X, Y, Z, K)`` on the cropped grid, by sliding window (an ensemble's: the members' mean)."""
     image = prepared.record.image.astype(np.float32)
     expected = predictor.model.input_shape[-1]
     if image.shape[-1] != expected:
         raise PatientError("inference", f"{image.shape[-1]} channels, model takes {expected}",
                            prepared.source.files[predictor.channels[0]])
-    probs = inference.sliding_window(predictor.predict_fn(), image, predictor.window, overlap=overlap, tta=tta,
-                                     progress=progress)
-    return np.argmax(probs, axis=-1).astype(np.uint8)
+    return inference.sliding_window(predictor.predict_fn(), image, predictor.window, overlap=overlap, tta=tta,
+                                    progress=progress)
+
+
+def classes_of(predictor: Predictor, probs: np.ndarray) -> np.ndarray:
+    """Classes (uint8) from probabilities, after the predictor's post-processing rules."""
+    from shared import postprocessing as post
+
+    classes = np.argmax(probs, axis=-1).astype(np.uint8)
+    return post.apply(classes, predictor.challenge, predictor.postprocessing) if predictor.postprocessing else classes
+
+
+def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
+          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Classes (uint8) on the cropped grid, by sliding window, post-processed as the predictor says."""
+    return classes_of(predictor, infer_probabilities(predictor, prepared, tta, overlap, progress))
+
+
+def probabilities_to_source_grid(probs: np.ndarray, record) -> np.ndarray:
+    """Cropped-grid probabilities onto the source grid: background certain outside the crop; float16.
+
+    Resampled (native-space) cohorts are resampled back trilinearly, channel
+    by channel, and renormalised to sum to 1.
+    """
+    probs = np.asarray(probs, np.float32)
+    out = volume_ops.uncrop(probs, record.crop_box, record.grid_shape)
+    inside = volume_ops.uncrop(np.ones(probs.shape[:3], bool), record.crop_box, record.grid_shape, fill=False)
+    out[~inside, 0] = 1.0
+    if record.resampled:
+        out = np.stack([volume_ops.resample(out[..., k], record.original_shape, order=1)
+                        for k in range(out.shape[-1])], axis=-1)
+        out /= np.maximum(out.sum(axis=-1, keepdims=True), 1e-6)
+    return out.astype(np.float16)
 
 
 def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:
@@ -289,8 +454,12 @@ def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:
     return classes
 
 
-def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None) -> Prediction:
-    """Undo the crop (and resampling); read the first modality as stored for the pictures when ``display``."""
+def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None,
+           probabilities: np.ndarray | None = None) -> Prediction:
+    """Undo the crop (and resampling); read the first modality as stored for the pictures when ``display``.
+
+    ``probabilities``: the cropped-grid softmax, to be kept (source grid, float16) for ``<id>.npz``.
+    """
     record, source = prepared.record, prepared.source
     picture = source_image(source.files[record.channels[0]])[1] if display else None
     return Prediction(
@@ -298,6 +467,7 @@ def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, second
         classes=to_source_grid(cropped, record),
         affine=record.affine, header=prepared.header, spacing=volume_ops.voxel_spacing(record.affine),
         display=picture, seconds=dict(seconds or {}), source_files=dict(source.files),
+        probabilities=None if probabilities is None else probabilities_to_source_grid(probabilities, record),
     )
 
 
@@ -308,17 +478,23 @@ def predict_patient(
     tta: str = "none",
     overlap: float = 0.5,
     progress: Callable[[str, float], None] | None = None,
+    probabilities: bool = False,
 ) -> Prediction:
-    """Preprocess, infer and uncrop one patient; PatientError names stage and file."""
+    """Preprocess, infer and uncrop one patient; PatientError names stage and file.
+
+    ``probabilities``: keep the softmax (before post-processing) for ``<id>.npz``.
+    """
     report = progress or (lambda stage, fraction: None)
     start = time.perf_counter()
     report("preprocess", 0.0)
     prepared = prepare(predictor, source, label_convention)
     middle = time.perf_counter()
     report("inference", 0.0)
-    cropped = infer(predictor, prepared, tta, overlap, lambda done, total: report("inference", done / total))
+    probs = infer_probabilities(predictor, prepared, tta, overlap, lambda done, total: report("inference", done / total))
+    cropped = classes_of(predictor, probs)
     end = time.perf_counter()
-    prediction = finish(prepared, cropped, seconds={"preprocess": middle - start, "inference": end - middle})
+    prediction = finish(prepared, cropped, seconds={"preprocess": middle - start, "inference": end - middle},
+                        probabilities=probs if probabilities else None)
     report("done", 1.0)
     return prediction
 
@@ -345,19 +521,31 @@ def volumes_report(prediction: Prediction, predictor: Predictor | None = None) -
         "source_files": {k: posixpath.basename(v) for k, v in prediction.source_files.items()},
     }
     if predictor is not None:
-        report["model"] = predictor.model_path
-        report["dataset_version_id"] = predictor.version_id
+        report.update(predictor.provenance())
     return report
+
+
+def probabilities_bytes(prediction: Prediction) -> bytes:
+    """``<id>.npz``: the softmax (source grid, float16, ``(X, Y, Z, K)``) and what its classes are."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probabilities=prediction.probabilities.astype(np.float16),
+                        class_keys=np.array(prediction.challenge.class_keys), affine=prediction.affine)
+    return buffer.getvalue()
 
 
 def write_outputs(prediction: Prediction, output_dir: str, predictor: Predictor | None = None,
                   pictures: bool = True) -> dict[str, str]:
-    """Write ``<id>.nii.gz`` (BraTS submission naming), ``<id>.json`` and the pictures."""
+    """Write ``<id>.nii.gz`` (BraTS submission naming), ``<id>.json``, the pictures and ``<id>.npz`` (probabilities, when kept)."""
     pid = prediction.patient_id
     paths = {"segmentation": posixpath.join(output_dir, f"{pid}.nii.gz"),
              "volumes": posixpath.join(output_dir, f"{pid}.json")}
     write_bytes(paths["segmentation"], segmentation_bytes(prediction))
     write_bytes(paths["volumes"], (json.dumps(volumes_report(prediction, predictor), indent=2) + "\n").encode())
+    if prediction.probabilities is not None:
+        paths["probabilities"] = posixpath.join(output_dir, f"{pid}.npz")
+        write_bytes(paths["probabilities"], probabilities_bytes(prediction))
     if pictures:
         from serving import pictures as pics  # matplotlib is only needed here
 

@@ -40,6 +40,12 @@ class DatasetInfo:
     num_train: int
     num_val: int
     compression: str = manifest_lib.DEFAULT_COMPRESSION  # of the shards: "GZIP" or "NONE" (manifest record.compression)
+    folds: dict = dataclasses.field(default_factory=dict, compare=False)  # manifest "folds": training patient -> fold
+    fold: int | None = None  # the cross-validation fold this view trains for (None: the manifest's splits)
+    # Patient filters of a fold view (empty: every record of the files): the
+    # folds share the training shards, so a fold is a filter on patient id.
+    train_patients: tuple[str, ...] = ()
+    val_patients: tuple[str, ...] = ()
 
 
 def open_dataset(data_dir: str, verify: bool = True) -> DatasetInfo:
@@ -79,7 +85,56 @@ def open_dataset(data_dir: str, verify: bool = True) -> DatasetInfo:
         num_train=len(splits["train"]["patients"]),
         num_val=len(splits["val"]["patients"]),
         compression=compression,
+        folds={str(p): int(k) for p, k in (manifest.get("folds") or {}).items()},
     )
+
+
+def num_folds(info: DatasetInfo) -> int:
+    """How many cross-validation folds the manifest assigns (0: none)."""
+    return max(info.folds.values()) + 1 if info.folds else 0
+
+
+def fold_patients(folds: dict, fold: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training, validation) patients of ``fold``: it validates, every other fold trains."""
+    train = tuple(sorted(p for p, k in folds.items() if k != fold))
+    val = tuple(sorted(p for p, k in folds.items() if k == fold))
+    return train, val
+
+
+def with_fold(info: DatasetInfo, fold: int) -> DatasetInfo:
+    """The dataset as cross-validation fold ``fold`` sees it.
+
+    Fold ``fold`` of the manifest's training patients validates and the other
+    folds train; the manifest's own val split stays held out (never read), so
+    it can still score the ensemble of the folds on patients none of them saw.
+    Both come from the training shards, filtered by patient id.
+    """
+    count = num_folds(info)
+    if not count:
+        raise DatasetError(f"{info.data_dir} has no cross-validation folds (its manifest has no 'folds'): "
+                           "preprocess it with --config.split.num_folds=5 (or another k > 1)")
+    if not 0 <= fold < count:
+        raise DatasetError(f"fold {fold} does not exist: {info.data_dir} has {count} folds (0..{count - 1})")
+    train, val = fold_patients(info.folds, fold)
+    if not train or not val:
+        raise DatasetError(f"fold {fold} of {info.data_dir} leaves {len(train)} training and {len(val)} "
+                           "validation patients: each needs at least one")
+    return dataclasses.replace(info, fold=fold, val_files=info.train_files, train_patients=train, val_patients=val,
+                               num_train=len(train), num_val=len(val))
+
+
+def _only_patients(ds: tf.data.Dataset, patients: tuple[str, ...]) -> tf.data.Dataset:
+    """The serialised records of ``patients`` only (parses just the id of each record)."""
+    if not patients:
+        return ds
+    wanted = tf.constant(list(patients))
+    feature = {"patient_id": tf.io.FixedLenFeature([], tf.string)}
+
+    def keep(serialized):
+        pid = tf.io.parse_single_example(serialized, feature)["patient_id"]
+        return tf.reduce_any(tf.equal(wanted, pid))
+
+    return ds.filter(keep)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -284,8 +339,12 @@ def epoch_seed(seed: int, epoch):
 
 
 def _by_record(info: DatasetInfo, shard: Shard) -> bool:
-    """Fewer shard files than pipelines: split by record index instead of by file."""
-    return shard.count > 1 and len(info.train_files) < shard.count
+    """Fewer shard files than pipelines, or a fold view: split by record index instead of by file.
+
+    A fold's patients are spread over the shards unevenly, so splitting by
+    file could leave a worker files without one record of its fold.
+    """
+    return shard.count > 1 and (len(info.train_files) < shard.count or bool(info.train_patients))
 
 
 def _share_files(info: DatasetInfo, shard: Shard) -> list[str]:
@@ -330,6 +389,7 @@ def _share_records(info: DatasetInfo, shard: Shard, file_seed, deterministic: bo
         lambda f: tf.data.TFRecordDataset(f, compression_type=kind),
         cycle_length=min(cycle_length, int(files.shape[0])), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic or by_record)
+    ds = _only_patients(ds, info.train_patients)  # before sharding: every worker filters the same order
     return ds.shard(shard.count, shard.index) if by_record else ds
 
 
@@ -413,9 +473,10 @@ def train_dataset(info: DatasetInfo, batch_size: int, aug: AugmentConfig, seed: 
 
 
 def val_dataset(info: DatasetInfo, batch_size: int = 1) -> tf.data.Dataset:
-    """Whole cropped validation volumes, no augmentation, fixed order."""
+    """Whole cropped validation volumes, no augmentation, fixed order (a fold view: its fold's patients)."""
     files = info.val_files or info.train_files
     ds = tf.data.TFRecordDataset(list(files), compression_type=manifest_lib.tf_compression_type(info.compression))
+    ds = _only_patients(ds, info.val_patients)
     ds = ds.map(lambda r: _image_mask(schema.parse_tf(r)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 

@@ -47,7 +47,10 @@ def _check_lineage(workdir: str, info: data.DatasetInfo) -> dict:
                "challenge": info.challenge, "label_convention": challenges.get(info.challenge).label_convention,
                "num_classes": info.num_classes,
                # a copy, so prediction can repeat the preprocessing where the dataset is not reachable
-               "preprocess": manifest_lib.read_manifest(info.data_dir)["config"]}
+               "preprocess": manifest_lib.read_manifest(info.data_dir)["config"],
+               # cross-validation: which fold validated (None: the manifest's val split), and on whom
+               "fold": info.fold, "num_folds": data.num_folds(info) if info.fold is not None else None,
+               "val_patients": list(info.val_patients) if info.fold is not None else None}
     path = os.path.join(workdir, LINEAGE)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
@@ -55,6 +58,8 @@ def _check_lineage(workdir: str, info: data.DatasetInfo) -> dict:
         if (old["version_id"], old["manifest_sha256"]) != (info.version_id, info.manifest_sha256):
             raise LaunchError(f"{workdir} was trained on dataset version {old['version_id']}, not "
                               f"{info.version_id}: use a new --workdir")
+        if old.get("fold") != info.fold:
+            raise LaunchError(f"{workdir} trained fold {old.get('fold')}, not fold {info.fold}: use a new --workdir")
     return lineage
 
 
@@ -69,6 +74,9 @@ def prepare(cfg, workdir: str):
         raise LaunchError("no dataset: pass --config.data_dir=<output_dir>/<name>/<version_id>")
     try:
         info = data.open_dataset(cfg["data_dir"], verify=cfg["verify_data"])
+        fold = cfg.get("fold", -1)
+        if fold is not None and fold != -1:  # cross-validation: fold k validates, the other folds train
+            info = data.with_fold(info, int(fold))
         # as many outputs as the dataset's challenge has classes (4 for GLI 2023, 5 for GLI 2024...)
         spec = dataclasses.replace(model_lib.spec_from_config(cfg["model"]), num_classes=info.num_classes)
         model_lib.check_patch_size(cfg["patch_size"], spec.depth)
@@ -242,8 +250,9 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
     if cfg["batch_size"] % strategy.num_replicas_in_sync:
         raise LaunchError(f"batch_size {cfg['batch_size']} is not divisible by the "
                           f"{strategy.num_replicas_in_sync} replicas")
-    echo(f"Training {cfg['model']['preset']} U-Net on {info.version_id} ({info.num_train} train / "
-         f"{info.num_val} val patients, channels {','.join(info.channels)}), precision {policy}, "
+    echo(f"Training {cfg['model']['preset']} U-Net on {info.version_id}"
+         + (f" fold {info.fold}/{data.num_folds(info)}" if info.fold is not None else "")
+         + f" ({info.num_train} train / {info.num_val} val patients, channels {','.join(info.channels)}), precision {policy}, "
          f"{strategy.num_replicas_in_sync} replica(s)" + (f", resuming at epoch {state.epoch + 1}" if state.epoch else ""))
 
     train_ds = _train_input(cfg, info, data.AugmentConfig.from_config(cfg), state.epoch, strategy)

@@ -21,6 +21,7 @@ def get_config():
     c.epochs = 300
     c.steps_per_epoch = 250
     c.val_every = 1  # epochs between validations
+    c.fold = -1  # k >= 0: cross-validation fold k of the manifest's folds validates, the others train; -1: none
 
     c.loss = "dice_ce"  # ce | dice | dice_ce
     c.optimizer = ml_collections.ConfigDict()

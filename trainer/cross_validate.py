@@ -1,0 +1,58 @@
+r"""k-fold cross-validation: train every fold, score them, choose post-processing.
+
+    python -m trainer.cross_validate --config=configs/train/unet3d.py --workdir=runs/cv \
+        --config.data_dir=/data/datasets/brats2020/<version_id>
+
+The dataset needs folds (preprocess with --config.split.num_folds=5).  Writes
+runs/cv/fold_0 .. fold_<k-1> (ordinary training runs, resumable), then
+runs/cv/cross_validation/ (per-patient validation scores of every fold and
+the mean over folds per region) and runs/cv/postprocessing.json.
+
+On a cluster, run each fold as its own job and summarise afterwards:
+    python -m trainer.train --config=... --config.fold=3 --workdir=runs/cv/fold_3
+    python -m trainer.cross_validate --workdir=runs/cv --train=false
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from serving import inference
+from trainer import cross_validation, training
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/train/unet3d.py",
+    "Training config file (get_config()); fields can be overridden as --config.field=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Cross-validation directory: fold_<k>/ runs, summary, post-processing.")
+_FOLDS = flags.DEFINE_list("folds", None, "Folds to train (default: all).")
+_TRAIN = flags.DEFINE_boolean("train", True, "Train the folds (false: only summarise the finished ones).")
+_SUMMARIZE = flags.DEFINE_boolean("summarize", True, "Once every fold has a model: score them and choose "
+                                  "post-processing.")
+_TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES, "Flip test-time augmentation when scoring the folds.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        if _TRAIN.value:
+            folds = [int(k) for k in _FOLDS.value] if _FOLDS.value else None
+            cross_validation.train_folds(_CONFIG.value, _WORKDIR.value, folds)
+        if not _SUMMARIZE.value:
+            return
+        missing = cross_validation.missing_folds(_WORKDIR.value)
+        if missing:
+            print(f"Fold(s) {missing} not trained yet: summarise after they are "
+                  f"(python -m trainer.cross_validate --workdir={_WORKDIR.value} --train=false)")
+            return
+        summary = cross_validation.summarize(_WORKDIR.value, tta=_TTA.value)
+    except (training.LaunchError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(cross_validation.format_summary(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
