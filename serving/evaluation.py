@@ -96,7 +96,7 @@ def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta:
         start = time.perf_counter()
         probs = inference.sliding_window(predict, record.image.astype(np.float32), predictor.window,
                                          overlap=overlap, tta=tta)
-        pred = np.argmax(probs, axis=-1).astype(np.uint8)
+        pred = inference.to_classes(probs, predictor.decoding)
         truth = np.argmax(record.mask, axis=-1).astype(np.uint8)
         row = score_patient(record.patient_id, pred, truth, predictor.challenge, _spacing(record.affine), chosen)
         rows.append(row)

@@ -62,6 +62,29 @@ class Predictor:
     def predict_fn(self):
         return inference.keras_predict_fn(self.model)
 
+    @property
+    def decoding(self):
+        """How to turn the model's probabilities into classes: None (argmax) or a region decoding."""
+        return region_decoding(self.model, self.challenge)
+
+
+def region_decoding(model, challenge: challenges.Challenge):
+    """The :mod:`shared.regions` decoding of a region model (``target=regions``), None for a class model.
+
+    The model says which it is by its output layer's name; its output count
+    must match the challenge's regions, or the channels would be misread.
+    """
+    from shared import regions
+    from trainer import targets
+
+    if model is None or targets.model_target(model) != "regions":
+        return None
+    found = regions.decoding(challenge)
+    if model.output_shape[-1] != len(found.names):
+        raise ModelError(f"the region model has {model.output_shape[-1]} outputs, but {challenge.name} has "
+                         f"{len(found.names)} regions ({', '.join(found.names)})")
+    return found
+
 
 @dataclasses.dataclass
 class Prediction:
@@ -270,7 +293,7 @@ def prepare(predictor: Predictor, source: PatientSource, label_convention: str, 
 
 def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Classes 0..3 (uint8) on the cropped grid, by sliding window."""
+    """Classes (uint8) on the cropped grid, by sliding window (a region model's regions decoded to classes)."""
     image = prepared.record.image.astype(np.float32)
     expected = predictor.model.input_shape[-1]
     if image.shape[-1] != expected:
@@ -278,7 +301,7 @@ def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: 
                            prepared.source.files[predictor.channels[0]])
     probs = inference.sliding_window(predictor.predict_fn(), image, predictor.window, overlap=overlap, tta=tta,
                                      progress=progress)
-    return np.argmax(probs, axis=-1).astype(np.uint8)
+    return inference.to_classes(probs, predictor.decoding)
 
 
 def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:

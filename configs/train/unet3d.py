@@ -22,7 +22,9 @@ def get_config():
     c.steps_per_epoch = 250
     c.val_every = 1  # epochs between validations
 
-    c.loss = "dice_ce"  # ce | dice | dice_ce
+    c.target = "classes"  # classes (softmax over labels) | regions (sigmoid per region, e.g. WT/TC/ET: nnU-Net's BraTS)
+    c.loss = "dice_ce"  # ce | dice | dice_ce (with target=regions: binary CE, Dice over the regions)
+    c.deep_supervision = False  # auxiliary losses at 1/2, 1/4... resolution (training only; the saved model has one output)
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
     c.optimizer.learning_rate = 1e-3
