@@ -248,10 +248,18 @@ def _elastic_field(patch, magnitude, seed, points=5):
 
 
 def _source_coordinates(patch, centre, matrix, displacement):
-    """Volume coordinates of each patch voxel: centre + matrix @ (voxel - patch centre + displacement)."""
-    grid = tf.stack(tf.meshgrid(*(tf.range(p, dtype=tf.float32) for p in patch), indexing="ij"), -1)
-    offsets = grid - (tf.constant(patch, tf.float32) - 1.0) / 2.0 + displacement
-    return tf.reshape(offsets, [-1, 3]) @ tf.transpose(matrix) + tf.cast(centre, tf.float32)
+    """Volume coordinates of each patch voxel: centre + matrix @ (voxel - patch centre + displacement).
+
+    Built as a sum of three broadcast axis terms, not from a meshgrid, so XLA
+    has no patch-sized constant to fold.
+    """
+    coords = tf.cast(centre, tf.float32) + displacement @ tf.transpose(matrix)
+    for axis, size in enumerate(patch):
+        offsets = tf.range(size, dtype=tf.float32) - (size - 1) / 2.0
+        shape = [1, 1, 1, 3]
+        shape[axis] = size
+        coords += tf.reshape(offsets[:, None] * matrix[:, axis][None, :], shape)
+    return tf.reshape(coords, [-1, 3])
 
 
 def _flat_index(index, shape):
