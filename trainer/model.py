@@ -223,9 +223,10 @@ def supervised_levels(depth: int) -> tuple[int, ...]:
     """Decoder levels that get an auxiliary head under deep supervision (level k: 1/2**k resolution).
 
     nnU-Net supervises every decoder output but gives the coarsest a weight
-    of 0; we do not build that one.  A shallow net (depth 3) keeps level 1.
+    of 0; we do not build that one.  A shallow net (depth 3) keeps level 1;
+    depth 2 has no level to supervise.
     """
-    return tuple(range(1, max(depth - 2, 2))) if depth > 1 else ()
+    return tuple(range(1, min(max(depth - 2, 2), depth - 1)))
 
 
 def _head(x, spec: UNetSpec, name: str):

@@ -59,19 +59,25 @@ def training_metrics(target: str, challenge: Challenge) -> list:
 
 
 def compiled_model(input_shape, spec: model_lib.UNetSpec, target: str, challenge: Challenge, loss_name: str,
-                   optimizer, deep_supervision: bool = False, jit_compile=False) -> keras.Model:
+                   optimizer, deep_supervision: bool = False, jit_compile=False,
+                   with_metrics: bool = True) -> keras.Model:
     """The U-Net for ``target``, compiled; deep supervision wraps it in :class:`trainer.model.DeepSupervision`.
 
     ``spec`` must already be :func:`model_spec`'s.  The model's ``save`` writes
-    the one-output serving model either way.
+    the one-output serving model either way.  ``with_metrics=False``: the
+    step alone (benchmarks).
     """
     loss = training_loss(loss_name, target, challenge)
+    if deep_supervision and not model_lib.supervised_levels(spec.depth):
+        raise ValueError(f"deep supervision needs a U-Net of depth >= 3 (a decoder level below full "
+                         f"resolution), got depth {spec.depth}")
     if deep_supervision:
         net = model_lib.DeepSupervision(model_lib.build_unet(input_shape, spec, deep_supervision=True), loss)
         loss = None  # DeepSupervision.compute_loss applies it to every output
     else:
         net = model_lib.build_unet(input_shape, spec)
-    net.compile(optimizer=optimizer, loss=loss, metrics=training_metrics(target, challenge), jit_compile=jit_compile)
+    net.compile(optimizer=optimizer, loss=loss, metrics=training_metrics(target, challenge) if with_metrics else None,
+                jit_compile=jit_compile)
     return net
 
 
