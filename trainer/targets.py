@@ -68,9 +68,7 @@ def compiled_model(input_shape, spec: model_lib.UNetSpec, target: str, challenge
     step alone (benchmarks).
     """
     loss = training_loss(loss_name, target, challenge)
-    if deep_supervision and not model_lib.supervised_levels(spec.depth):
-        raise ValueError(f"deep supervision needs a U-Net of depth >= 3 (a decoder level below full "
-                         f"resolution), got depth {spec.depth}")
+    check_deep_supervision(spec, deep_supervision)
     if deep_supervision:
         net = model_lib.DeepSupervision(model_lib.build_unet(input_shape, spec, deep_supervision=True), loss)
         loss = None  # DeepSupervision.compute_loss applies it to every output
@@ -79,6 +77,13 @@ def compiled_model(input_shape, spec: model_lib.UNetSpec, target: str, challenge
     net.compile(optimizer=optimizer, loss=loss, metrics=training_metrics(target, challenge) if with_metrics else None,
                 jit_compile=jit_compile)
     return net
+
+
+def check_deep_supervision(spec: model_lib.UNetSpec, deep_supervision: bool) -> None:
+    """Deep supervision needs a decoder level below full resolution to put an auxiliary head on."""
+    if deep_supervision and not model_lib.supervised_levels(spec.depth):
+        raise ValueError(f"deep supervision needs a U-Net of depth >= 3 (a decoder level below full "
+                         f"resolution), got depth {spec.depth}")
 
 
 def model_target(net) -> str:

@@ -73,6 +73,7 @@ def prepare(cfg, workdir: str):
         # one output per class of the dataset's challenge (4 for GLI 2023, 5 for GLI 2024...), or per region
         spec = targets.model_spec(model_lib.spec_from_config(cfg["model"]), cfg.get("target", "classes"),
                                   challenges.get(info.challenge))
+        targets.check_deep_supervision(spec, cfg.get("deep_supervision", False))
         model_lib.check_patch_size(cfg["patch_size"], spec.depth)
         data.check_patch_fits(cfg["patch_size"], info.volume_shape)
         model_lib.check_patch_size(info.volume_shape, spec.depth)  # validation runs on whole volumes
