@@ -290,10 +290,12 @@ def _gather_rows(flat, packed, dtype, channels, index):
 
 def _sample_linear(volume, coords):
     """Trilinear read of a (D, H, W, C) volume at (N, 3) coordinates; 0 outside -> (N, C) float32."""
+    packed, dtype = _packed_rows(volume)
+    if packed is not None and volume.shape[:3].is_fully_defined():
+        return _sample_linear_paired(tf.reshape(packed, volume.shape[:3]), dtype, volume.shape[-1], coords)
     shape = tf.shape(volume)[:3]
     channels = volume.shape[-1] if volume.shape[-1] is not None else tf.shape(volume)[-1]
     flat = tf.reshape(volume, [-1, tf.shape(volume)[-1]])
-    packed, dtype = _packed_rows(volume)
     low = tf.floor(coords)
     frac = coords - low
     low = tf.cast(low, tf.int32)
@@ -303,8 +305,36 @@ def _sample_linear(volume, coords):
         index = low + step
         weight = tf.reduce_prod(tf.where(step == 1, frac, 1.0 - frac), axis=-1, keepdims=True)
         inside = _inside(index, shape)
-        values = _gather_rows(flat, packed, dtype, channels, _flat_index(tf.clip_by_value(index, 0, shape - 1), shape))
+        values = tf.gather(flat, _flat_index(tf.clip_by_value(index, 0, shape - 1), shape))
         total += tf.cast(values, tf.float32) * weight * tf.cast(inside, tf.float32)[:, None]
+    return total
+
+
+def _sample_linear_paired(words, dtype, channels, coords):
+    """Trilinear read from one 64-bit word per voxel, four gathers instead of eight.
+
+    Each voxel's word is paired with its neighbour's along the last axis in
+    one two-word row, so one gather reads both corners of an edge (XLA's CPU
+    gathers cost per index, not per byte).  The volume gets a border of zeros and the
+    coordinates are clamped into it, so corners outside read 0 with no
+    per-corner test.
+    """
+    words = tf.pad(words, [[1, 2], [1, 2], [1, 2]])  # zeros around; the extra one holds the last pair's partner
+    shape = words.shape
+    pairs = tf.stack([words, tf.concat([words[:, :, 1:], words[:, :, :1]], 2)], -1)
+    flat = tf.reshape(pairs, [-1, 2])
+    high = tf.constant([shape[0] - 2, shape[1] - 2, shape[2] - 2], tf.float32)
+    coords = tf.clip_by_value(coords + 1.0, 0.0, high)  # +1: the border; outside points land on zeros
+    low = tf.floor(coords)
+    frac = coords - low
+    low = tf.cast(low, tf.int32)
+    total = 0.0
+    for corner in range(4):
+        step = tf.constant([(corner >> 1) & 1, corner & 1, 0], tf.int32)
+        weight = tf.reduce_prod(tf.where(step[:2] == 1, frac[:, :2], 1.0 - frac[:, :2]), axis=-1, keepdims=True)
+        values = tf.bitcast(tf.gather(flat, _flat_index(low + step, shape)), dtype)
+        values = tf.cast(values[..., :channels], tf.float32)  # (N, 2 neighbours, C)
+        total += weight * (values[:, 0] * (1.0 - frac[:, 2:]) + values[:, 1] * frac[:, 2:])
     return total
 
 
