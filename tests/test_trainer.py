@@ -235,7 +235,8 @@ class _Net:
 
 def test_resumed_callbacks_keep_the_best_checkpoint_and_the_patience_used(tiny_dataset, tmp_path):
     """After a restart a worse first validation must neither replace best.keras nor reset patience."""
-    cfg = dict(_cfg(tiny_dataset.dataset_dir, early_stopping_patience=2).to_dict(), num_val_patients=1)
+    cfg = dict(_cfg(tiny_dataset.dataset_dir, early_stopping_patience=2).to_dict(), num_val_patients=1,
+               challenge="brats2020")  # train_and_evaluate sets it from the dataset
     state = resume.RunState(epoch=5, best=0.9, best_epoch=3, stopping_wait=1, stopping_best=0.9, stopping_best_epoch=3)
     net = _Net().net
     callbacks = keras.callbacks.CallbackList(training._callbacks(cfg, str(tmp_path), state, lambda *_: None),
