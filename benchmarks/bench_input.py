@@ -32,7 +32,8 @@ compilation and the allocator's first growth):
   runs it (no cache: records are streamed from the page-cached shard files
   every step; default augmentation: 128^3 patch, foreground share 0.33, flips
   on 3 axes, per-channel intensity scale/shift; float32 image and float32
-  one-hot mask, batch 2).  The reported figures are the medians over rounds,
+  one-hot mask, batch 2; ``--full_augment``: also every nnU-Net-style
+  transform at its probability, ``trainer.data.FULL_AUGMENT``).  The reported figures are the medians over rounds,
   and ``ratio_tfdata_over_seed`` is the ratio of the medians (target >= 3);
 * once each: the same pipeline over the GZIP version; over NONE with the
   image ops unfused (``AugmentConfig.xla=False``); with a 144^3 patch (whole
@@ -400,6 +401,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "medians are reported (default 3)")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "bench_data", "input"),
                         help="where the cohort, the datasets and the .nii files are cached (default bench_data/input)")
+    parser.add_argument("--full_augment", action="store_true",
+                        help="the primary pipeline with every augmentation on at nnU-Net's probabilities "
+                             "(trainer.data.FULL_AUGMENT: rotation, scaling, elastic, noise, blur, brightness, "
+                             "contrast, low resolution, gamma) besides the default flips and intensity")
+    parser.add_argument("--side_by_side_only", action="store_true",
+                        help="only the side-by-side rounds (no GZIP, unfused, whole-volume or stage measurements)")
     parser.add_argument("--idle_wait_s", type=float, default=300,
                         help="before measuring, wait up to this long for other processes to leave the cores "
                              "idle (default 300; 0 to skip)")
@@ -434,19 +441,33 @@ def main(argv=None) -> int:
     env = environment()
     others, wall0 = common.OtherProcesses(), time.perf_counter()
 
+    primary_aug = dict(data.FULL_AUGMENT) if args.full_augment else {}
+    primary_label = "NONE shards, 128^3 patch" + (", full augmentation" if args.full_augment else "")
     # one untimed run of each first: the first tf.data run of a process also pays for XLA compilation, the
     # allocator's first growth and the autotuner's ramp-up (about half speed), which a training run pays once
     log("process warm-up: one untimed run of each side")
     warmup = {"seed_generator": bench_seed(seed_dir, train_ids, args.batches),
-              "tfdata_primary": bench_train_dataset(raw_info, 128, args.batches, raw_bpv, "warm-up run")}
+              "tfdata_primary": bench_train_dataset(raw_info, 128, args.batches, raw_bpv, "warm-up run",
+                                                    **primary_aug)}
     seed_rounds, primary_rounds = [], []
     for r in range(args.rounds):
         log(f"side-by-side round {r + 1}/{args.rounds}")
         common.wait_for_idle(args.idle_wait_s, log)
         seed_rounds.append(bench_seed(seed_dir, train_ids, args.batches))
         common.wait_for_idle(args.idle_wait_s, log)
-        primary_rounds.append(bench_train_dataset(raw_info, 128, args.batches, raw_bpv, "NONE shards, 128^3 patch"))
+        primary_rounds.append(bench_train_dataset(raw_info, 128, args.batches, raw_bpv, primary_label, **primary_aug))
     seed, primary = median_of(seed_rounds), median_of(primary_rounds)
+    if args.side_by_side_only:
+        ratio = primary["volumes_per_s"] / seed["volumes_per_s"]
+        log(f"tf.data ({primary_label}) {primary['volumes_per_s']:.2f} vs seeds' generator "
+            f"{seed['volumes_per_s']:.2f} volumes/s: {ratio:.2f}x")
+        print(json.dumps({"benchmark": "bench_input", "side_by_side_only": True, "primary_is": primary_label,
+                          "augment": primary_aug, "rounds": args.rounds, "timed_batches": args.batches,
+                          "seed_generator": seed, "tfdata_primary": primary, "ratio_tfdata_over_seed": round(ratio, 2),
+                          "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO,
+                          "other_processes_cpu_s": others.cpu_s(), "wall_s": round(time.perf_counter() - start, 1)},
+                         indent=2))
+        return 0
     common.wait_for_idle(args.idle_wait_s, log)
     gzip_full = bench_train_dataset(gz_info, 128, args.batches, gz_bpv, "GZIP shards, 128^3 patch")
     unfused = bench_train_dataset(raw_info, 128, args.batches, raw_bpv, "NONE shards, 128^3, xla=False", xla=False)
@@ -492,7 +513,8 @@ def main(argv=None) -> int:
             "none_patch144_whole_volume": whole,
             "none_no_augment_whole_volume": no_aug,
             "augment": ("default AugmentConfig: 128^3 patch, foreground_share 0.33, flips on 3 axes, intensity "
-                        "scale/shift 0.1/0.1 per channel, no rotation; float32 image and one-hot mask"),
+                        "scale/shift 0.1/0.1 per channel, no rotation; float32 image and one-hot mask"
+                        + (f"; primary (side by side) also {primary_aug}" if primary_aug else "")),
         },
         "stages": stages,
         "layout": {

@@ -109,13 +109,33 @@ def cpu_info() -> dict:
 
 
 def device_info() -> dict:
-    """TensorFlow's physical devices, the CPU and library versions."""
+    """The Keras backend's devices, the CPU and library versions (no TensorFlow import under JAX)."""
     import keras
+
+    info = {"keras_backend": keras.backend.backend(), "cpu": cpu_info(), "python": platform.python_version(),
+            "keras": keras.__version__}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return {**info, "physical_devices": [f"{d.platform.upper()}:{d}" for d in jax.devices()],
+                "jax": jax.__version__}
     import tensorflow as tf
 
-    return {"physical_devices": [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()],
-            "cpu": cpu_info(), "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__}
+    return {**info, "physical_devices": [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()],
+            "tensorflow": tf.__version__}
+
+
+def has_gpu() -> bool:
+    """A GPU visible to the Keras backend (JAX or TensorFlow)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def default_memory_limit_gb() -> float:
@@ -130,9 +150,7 @@ def default_memory_limit_gb() -> float:
 
 def mixed_policy() -> str:
     """mixed_float16 where a GPU is visible, else mixed_bfloat16 (no float16 MaxPool3D on CPU)."""
-    import tensorflow as tf
-
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return "mixed_float16" if has_gpu() else "mixed_bfloat16"
 
 
 # --------------------------------------------------------------------------
@@ -151,18 +169,26 @@ def random_batch(size: int, num_classes: int, seed: int = 0):
     return x, y
 
 
-def build_and_compile(preset_name: str, policy: str):
-    """The preset's U-Net under ``policy``, compiled with Adam 1e-3, dice_ce and no metrics."""
+CHILD_FLAGS: list[str] = []  # --target/--deep_supervision, passed on to every combination's process
+CHALLENGE = "brats2023_gli"  # 4 classes; 3 regions (WT, TC, ET) under --target=regions
+
+
+def build_and_compile(preset_name: str, policy: str, target: str = "classes", deep_supervision: bool = False):
+    """The preset's U-Net under ``policy``, compiled as the trainer does (trainer.targets) with Adam 1e-3,
+    dice_ce for the target and no metrics.  Keras ops only: runs under the JAX backend too."""
     import keras
 
-    from trainer.losses import get_loss
-    from trainer.model import build_unet, preset
+    from shared import challenges
+    from trainer import targets
+    from trainer.model import preset
 
     keras.mixed_precision.set_global_policy(policy)
-    model = build_unet((None, None, None, CHANNELS), preset(preset_name))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE), loss=get_loss("dice_ce"),
-                  jit_compile=False)
-    return model
+    challenge = challenges.get(CHALLENGE)
+    spec = targets.model_spec(preset(preset_name), target, challenge)
+    model = targets.compiled_model((None, None, None, CHANNELS), spec, target, challenge, "dice_ce",
+                                   keras.optimizers.Adam(learning_rate=LEARNING_RATE),
+                                   deep_supervision=deep_supervision, jit_compile=False, with_metrics=False)
+    return model, challenge.num_classes
 
 
 def emit(result: dict) -> None:
@@ -209,14 +235,15 @@ def summarise(times: list[float]) -> dict:
     return {"timed_steps": len(times), "median_step_s": round(median, 3), "volumes_per_s": round(BATCH / median, 3)}
 
 
-def run_one(preset_name: str, size: int, policy: str, steps: int, budget_s: float) -> dict:
+def run_one(preset_name: str, size: int, policy: str, steps: int, budget_s: float, target: str = "classes",
+            deep_supervision: bool = False) -> dict:
     """Build, compile and time one combination; the policy is reset to float32 afterwards."""
     import keras
 
-    result: dict = {}
+    result: dict = {"keras_backend": keras.backend.backend(), "target": target, "deep_supervision": deep_supervision}
     try:
-        model = build_and_compile(preset_name, policy)
-        x, y = random_batch(size, model.output_shape[-1])
+        model, num_classes = build_and_compile(preset_name, policy, target, deep_supervision)
+        x, y = random_batch(size, num_classes)
         result["parameters"] = int(model.count_params())
         time_steps(model, x, y, steps, budget_s, result)
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal: OOM, missing kernels...
@@ -226,6 +253,7 @@ def run_one(preset_name: str, size: int, policy: str, steps: int, budget_s: floa
     finally:
         keras.mixed_precision.set_global_policy("float32")
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["tensorflow_imported"] = "tensorflow" in sys.modules  # False under KERAS_BACKEND=jax
     return result
 
 
@@ -238,11 +266,12 @@ def volunteer_for_oom_killer() -> None:
         pass
 
 
-def child_main(spec: str, steps: int, budget_s: float) -> int:
+def child_main(spec: str, steps: int, budget_s: float, target: str = "classes",
+               deep_supervision: bool = False) -> int:
     """Entry point of a child: time ``preset,size,policy`` and print JSON lines (the last is final)."""
     preset_name, size, policy = spec.split(",")
     volunteer_for_oom_killer()
-    emit(run_one(preset_name, int(size), policy, steps, budget_s))
+    emit(run_one(preset_name, int(size), policy, steps, budget_s, target, deep_supervision))
     sys.stderr.flush()
     os._exit(0)  # skip TensorFlow's teardown (seconds); the result is already printed
 
@@ -268,7 +297,7 @@ def run_child(preset_name: str, size: int, policy: str, steps: int, budget_s: fl
     kept to explain a crash.  Returns the child's last JSON line (partial
     results survive a kill), with an error string when it did not finish.
     """
-    cmd = [sys.executable, os.path.abspath(__file__), f"--_child={preset_name},{size},{policy}",
+    cmd = [sys.executable, os.path.abspath(__file__), f"--_child={preset_name},{size},{policy}", *CHILD_FLAGS,
            f"--steps={steps}", f"--combo_budget_s={budget_s}"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -467,6 +496,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--idle_wait_s", type=float, default=60,
                         help="before each combination, wait up to this long for other processes to leave the "
                              "cores idle; not counted in the budgets (default 60; 0 to skip)")
+    parser.add_argument("--target", default="classes", choices=("classes", "regions"),
+                        help="softmax over the 4 classes, or a sigmoid per region (WT, TC, ET) with Dice + BCE")
+    parser.add_argument("--deep_supervision", action="store_true", help="auxiliary losses at lower resolutions")
     parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -474,8 +506,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args._child:
-        return child_main(args._child, args.steps, args.combo_budget_s)
+        return child_main(args._child, args.steps, args.combo_budget_s, args.target, args.deep_supervision)
     start = time.perf_counter()
+    CHILD_FLAGS[:] = [f"--target={args.target}"] + (["--deep_supervision"] if args.deep_supervision else [])
     device = device_info()
     mixed = mixed_policy()
     policies = [p for p in args.precisions.split(",") if p] or ["float32", mixed]

@@ -6,7 +6,10 @@ on the window (sigma = patch / 8), because a convolutional network is least
 sure near a patch's border, where it saw the least context.  Optional flip
 test-time augmentation averages the softmax over mirrored copies of every
 window.  Everything here is numpy in, numpy out; the model is any callable
-that maps a float32 batch ``(N, X, Y, Z, C)`` to probabilities ``(N, X, Y, Z, K)``.
+that maps a float32 batch ``(N, X, Y, Z, C)`` to probabilities ``(N, X, Y, Z, K)``:
+softmax over classes, or one sigmoid per region (a ``target=regions`` model,
+whose averaged probabilities :func:`to_classes` decodes by the rule of
+:mod:`shared.regions`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
+
+from shared.regions import RegionDecoding
 
 TTA_MODES = ("none", "axes", "all")
 
@@ -125,6 +130,13 @@ def sliding_window(
         if progress:
             progress(min(first + batch_size, len(starts)), len(starts))
     return (accum / norm)[region]
+
+
+def to_classes(probs: np.ndarray, decoding: RegionDecoding | None = None) -> np.ndarray:
+    """Classes (uint8) from probabilities: argmax of a softmax, or the regions' innermost-wins rule."""
+    if decoding is not None:
+        return decoding.to_classes(probs)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
 def keras_predict_fn(model) -> PredictFn:

@@ -81,6 +81,29 @@ class Predictor:
             about["postprocessing_file"] = self.postprocessing_path
         return about
 
+    @property
+    def decoding(self):
+        """How to turn the model's probabilities into classes: None (argmax) or a region decoding."""
+        return region_decoding(self.model, self.challenge)
+
+
+def region_decoding(model, challenge: challenges.Challenge):
+    """The :mod:`shared.regions` decoding of a region model (``target=regions``), None for a class model.
+
+    The model says which it is by its output layer's name; its output count
+    must match the challenge's regions, or the channels would be misread.
+    """
+    from shared import regions
+    from trainer import targets
+
+    if model is None or targets.model_target(model) != "regions":
+        return None
+    found = regions.decoding(challenge)
+    if model.output_shape[-1] != len(found.names):
+        raise ModelError(f"the region model has {model.output_shape[-1]} outputs, but {challenge.name} has "
+                         f"{len(found.names)} regions ({', '.join(found.names)})")
+    return found
+
 
 @dataclasses.dataclass
 class Prediction:
@@ -352,7 +375,18 @@ def load_predictor(model_path, data_dir: str | None = None, window=None, with_mo
             raise ModelError(f"model {path} takes {expected} input channels, but its preprocessing "
                              f"gives {len(cfg['modalities'])} ({', '.join(cfg['modalities'])})")
         models.append(model)
+    check_same_target(paths, models)
     return dataclasses.replace(predictor, model=models[0], models=tuple(models) if len(models) > 1 else ())
+
+
+def check_same_target(paths: list[str], models: list) -> None:
+    """Refuse an ensemble mixing class models (softmax) and region models (sigmoids): their outputs do not average."""
+    from trainer import targets
+
+    kinds = [targets.model_target(m) for m in models]
+    if len(set(kinds)) > 1:
+        listed = ", ".join(f"{p} ({k})" for p, k in zip(paths, kinds))
+        raise ModelError(f"cannot ensemble models trained on different targets: {listed}")
 
 
 def source_from_folder(folder: str, predictor: Predictor) -> tuple[PatientSource, str]:
@@ -405,7 +439,10 @@ def prepare(predictor: Predictor, source: PatientSource, label_convention: str, 
 
 def infer_probabilities(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Softmax ``(X, Y, Z, K)`` on the cropped grid, by sliding window (an ensemble's: the members' mean)."""
+    """Probabilities ``(X, Y, Z, K)`` on the cropped grid, by sliding window (an ensemble's: the members' mean).
+
+    Softmax over classes, or one sigmoid per region for a region model (``target=regions``).
+    """
     image = prepared.record.image.astype(np.float32)
     expected = predictor.model.input_shape[-1]
     if image.shape[-1] != expected:
@@ -416,10 +453,10 @@ def infer_probabilities(predictor: Predictor, prepared: Prepared, tta: str = "no
 
 
 def classes_of(predictor: Predictor, probs: np.ndarray) -> np.ndarray:
-    """Classes (uint8) from probabilities, after the predictor's post-processing rules."""
+    """Classes (uint8) from probabilities (argmax, or a region model's decoding), then the post-processing rules."""
     from shared import postprocessing as post
 
-    classes = np.argmax(probs, axis=-1).astype(np.uint8)
+    classes = inference.to_classes(probs, predictor.decoding)
     return post.apply(classes, predictor.challenge, predictor.postprocessing) if predictor.postprocessing else classes
 
 
@@ -429,20 +466,23 @@ def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: 
     return classes_of(predictor, infer_probabilities(predictor, prepared, tta, overlap, progress))
 
 
-def probabilities_to_source_grid(probs: np.ndarray, record) -> np.ndarray:
-    """Cropped-grid probabilities onto the source grid: background certain outside the crop; float16.
+def probabilities_to_source_grid(probs: np.ndarray, record, softmax: bool = True) -> np.ndarray:
+    """Cropped-grid probabilities onto the source grid, float16: outside the crop background is
+    certain (softmax) or every region absent (a region model's sigmoids, ``softmax=False``).
 
     Resampled (native-space) cohorts are resampled back trilinearly, channel
-    by channel, and renormalised to sum to 1.
+    by channel, and a softmax renormalised to sum to 1.
     """
     probs = np.asarray(probs, np.float32)
     out = volume_ops.uncrop(probs, record.crop_box, record.grid_shape)
     inside = volume_ops.uncrop(np.ones(probs.shape[:3], bool), record.crop_box, record.grid_shape, fill=False)
-    out[~inside, 0] = 1.0
+    if softmax:
+        out[~inside, 0] = 1.0
     if record.resampled:
         out = np.stack([volume_ops.resample(out[..., k], record.original_shape, order=1)
                         for k in range(out.shape[-1])], axis=-1)
-        out /= np.maximum(out.sum(axis=-1, keepdims=True), 1e-6)
+        if softmax:
+            out /= np.maximum(out.sum(axis=-1, keepdims=True), 1e-6)
     return out.astype(np.float16)
 
 
@@ -455,7 +495,7 @@ def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:
 
 
 def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None,
-           probabilities: np.ndarray | None = None) -> Prediction:
+           probabilities: np.ndarray | None = None, softmax: bool = True) -> Prediction:
     """Undo the crop (and resampling); read the first modality as stored for the pictures when ``display``.
 
     ``probabilities``: the cropped-grid softmax, to be kept (source grid, float16) for ``<id>.npz``.
@@ -467,7 +507,7 @@ def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, second
         classes=to_source_grid(cropped, record),
         affine=record.affine, header=prepared.header, spacing=volume_ops.voxel_spacing(record.affine),
         display=picture, seconds=dict(seconds or {}), source_files=dict(source.files),
-        probabilities=None if probabilities is None else probabilities_to_source_grid(probabilities, record),
+        probabilities=None if probabilities is None else probabilities_to_source_grid(probabilities, record, softmax),
     )
 
 
@@ -494,7 +534,7 @@ def predict_patient(
     cropped = classes_of(predictor, probs)
     end = time.perf_counter()
     prediction = finish(prepared, cropped, seconds={"preprocess": middle - start, "inference": end - middle},
-                        probabilities=probs if probabilities else None)
+                        probabilities=probs if probabilities else None, softmax=predictor.decoding is None)
     report("done", 1.0)
     return prediction
 

@@ -1,4 +1,4 @@
-"""Segmentation losses over one-hot masks and softmax probabilities.
+"""Segmentation losses over one-hot masks and softmax (classes) or sigmoid (regions) probabilities.
 
 Everything is cast to float32 first: under a ``mixed_float16`` policy the
 Dice sums run over millions of voxels and would overflow float16 (max 65504),
@@ -54,6 +54,55 @@ def cross_entropy_loss(y_true, y_pred):
 def dice_ce_loss(y_true, y_pred):
     """Dice + CE (the default): Dice handles imbalance, CE gives smooth early gradients."""
     return soft_dice_loss(y_true, y_pred) + cross_entropy_loss(y_true, y_pred)
+
+
+def _region_targets(y_true, membership):
+    """One-hot classes ``(..., K)`` -> region masks ``(..., R)``: a class belongs to 0 or 1 of each region."""
+    return ops.clip(ops.matmul(y_true, ops.convert_to_tensor(membership, "float32")), 0.0, 1.0)
+
+
+def _binary_cross_entropy(targets, probabilities):
+    """Mean over voxels and regions; clipped like :func:`cross_entropy_loss` (finite for a sure wrong voxel)."""
+    p = ops.clip(probabilities, EPSILON, 1.0 - EPSILON)
+    return -ops.mean(targets * ops.log(p) + (1.0 - targets) * ops.log(1.0 - p))
+
+
+@_serializable
+class RegionLoss(keras.losses.Loss):
+    """Dice and/or BCE of sigmoid region outputs against the regions of one-hot class targets.
+
+    nnU-Net's BraTS loss (``dice_ce``: batch soft Dice over every region +
+    BCE).  The targets stay one-hot classes in the data pipeline and are
+    mapped here through ``membership`` (``shared.regions.RegionDecoding``),
+    so class and region models train on the same records; all regions count
+    in the Dice (they have no background channel).
+    """
+
+    def __init__(self, membership, dice: bool = True, bce: bool = True, name: str = "region_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not (dice or bce):
+            raise ValueError("a region loss needs dice, bce or both")
+        self.membership = [[float(v) for v in row] for row in membership]
+        self.dice, self.bce = bool(dice), bool(bce)
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = _as_float32(y_true, y_pred)
+        targets = _region_targets(y_true, self.membership)
+        total = 0.0
+        if self.dice:
+            total = total + soft_dice_loss(targets, y_pred, include_background=True)
+        if self.bce:
+            total = total + _binary_cross_entropy(targets, y_pred)
+        return total
+
+    def get_config(self):
+        return {"name": self.name, "membership": self.membership, "dice": self.dice, "bce": self.bce}
+
+
+def region_loss(name: str, membership) -> RegionLoss:
+    """The region version of a config loss name: "ce" (BCE), "dice" or "dice_ce"."""
+    get_loss(name)  # the same names, the same error for a wrong one
+    return RegionLoss(membership, dice=name in ("dice", "dice_ce"), bce=name in ("ce", "dice_ce"))
 
 
 _LOSSES = {"ce": cross_entropy_loss, "dice": soft_dice_loss, "dice_ce": dice_ce_loss}

@@ -53,10 +53,13 @@ class _MaskDice(keras.metrics.Metric):
         self.pred_sum = self.add_variable((), initializer="zeros", dtype="float32", name="pred_sum")
         self.true_sum = self.add_variable((), initializer="zeros", dtype="float32", name="true_sum")
 
+    def _predicted(self, y_pred):
+        return _member_mask(y_pred, self.members, self.num_classes)
+
     def update_state(self, y_true, y_pred, sample_weight=None):
         # sample_weight is ignored: Dice is a set overlap, not a per-sample mean.
         t = _member_mask(y_true, self.members, self.num_classes)
-        p = _member_mask(y_pred, self.members, self.num_classes)
+        p = self._predicted(y_pred)
         self.intersection.assign_add(ops.sum(t * p))
         self.pred_sum.assign_add(ops.sum(p))
         self.true_sum.assign_add(ops.sum(t))
@@ -77,6 +80,24 @@ class RegionDice(_MaskDice):
 
 
 @_serializable
+class SigmoidRegionDice(_MaskDice):
+    """Dice of a region model's output ``channel`` (probability > 0.5) against the truth's region.
+
+    The truth stays one-hot classes; the region is its ``members``.
+    """
+
+    def __init__(self, members, channel: int, name: str, num_classes: int, **kwargs):
+        super().__init__(members, name=name, num_classes=num_classes, **kwargs)
+        self.channel = int(channel)
+
+    def _predicted(self, y_pred):
+        return ops.cast(ops.cast(y_pred[..., self.channel], "float32") > 0.5, "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "channel": self.channel}
+
+
+@_serializable
 class MeanRegionDice(keras.metrics.Metric):
     """Mean of the regions' epoch Dice (each accumulated separately).
 
@@ -84,12 +105,20 @@ class MeanRegionDice(keras.metrics.Metric):
     metrics being present in the compile list.
     """
 
-    def __init__(self, regions: dict, num_classes: int, name: str = "dice_mean", **kwargs):
+    def __init__(self, regions: dict, num_classes: int, name: str = "dice_mean", channels: dict | None = None,
+                 **kwargs):
         super().__init__(name=name, dtype="float32", **kwargs)
         self.num_classes = num_classes
         self.region_members = {str(k): tuple(int(c) for c in v) for k, v in regions.items()}
-        self.regions = [RegionDice(m, name=f"dice_{r.lower()}", num_classes=num_classes)
-                        for r, m in self.region_members.items()]
+        # channels: region -> output channel of a region model (None: a class model, argmax)
+        self.channels = {str(k): int(v) for k, v in channels.items()} if channels else None
+        self.regions = [self._region_metric(r, m) for r, m in self.region_members.items()]
+
+    def _region_metric(self, region, members):
+        name = f"dice_{region.lower()}"
+        if self.channels is None:
+            return RegionDice(members, name=name, num_classes=self.num_classes)
+        return SigmoidRegionDice(members, self.channels[region], name=name, num_classes=self.num_classes)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         for metric in self.regions:
@@ -104,7 +133,7 @@ class MeanRegionDice(keras.metrics.Metric):
 
     def get_config(self):
         return {"name": self.name, "regions": {k: list(v) for k, v in self.region_members.items()},
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "channels": self.channels}
 
 
 def training_metrics(challenge: Challenge) -> list:
@@ -123,4 +152,21 @@ def training_metrics(challenge: Challenge) -> list:
         MeanRegionDice(ranked, num_classes=k),
         *(RegionDice(m, name=f"dice_{key.lower()}", num_classes=k) for key, m in labels_only),
         keras.metrics.CategoricalAccuracy(name="accuracy"),
+    ]
+
+
+def region_training_metrics(challenge: Challenge) -> list:
+    """Metrics of a region model (sigmoid outputs, shared/regions.py): each region's Dice and ``dice_mean``.
+
+    Named as a class model's (``dice_wt``...), so checkpoints and logs read
+    the same; no per-label Dice or accuracy, which would need the decoded
+    labels.
+    """
+    regions = challenge.region_classes()
+    channels = {r: i for i, r in enumerate(regions)}
+    ranked = {r: m for r, m in regions.items() if r in ("WT", "TC", "ET")} or regions
+    k = challenge.num_classes
+    return [
+        *(SigmoidRegionDice(m, channels[r], name=f"dice_{r.lower()}", num_classes=k) for r, m in regions.items()),
+        MeanRegionDice(ranked, num_classes=k, channels={r: channels[r] for r in ranked}),
     ]

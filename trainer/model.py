@@ -28,6 +28,10 @@ from keras import layers
 NORMALIZATIONS = ("none", "batch", "instance", "group")
 ACTIVATIONS = ("relu", "leaky_relu", "elu")
 UPSAMPLINGS = ("transpose", "upsample_conv")
+HEADS = ("softmax", "sigmoid")
+# The output layer's name says what a saved model predicts, so serving needs no side file to
+# tell a region model (independent sigmoids, shared/regions.py) from a class model (softmax).
+OUTPUT_NAMES = {"softmax": "probabilities", "sigmoid": "region_probabilities"}
 LEAKY_SLOPE = 0.01  # nnU-Net's negative slope
 MAX_GROUPS = 8
 
@@ -49,7 +53,8 @@ class UNetSpec:
     normalization: str = "none"
     activation: str = "relu"
     kernel_initializer: str = "he_normal"
-    num_classes: int = 4  # background + 3 tumour labels; training sets the dataset's own
+    num_classes: int = 4  # outputs: background + 3 tumour labels, or one per region; training sets them
+    head: str = "softmax"  # softmax over classes | sigmoid per region (target=regions)
 
     def __post_init__(self):
         # Fail at config time, not halfway through building a graph.
@@ -68,8 +73,9 @@ class UNetSpec:
         _check_choice("upsampling", self.upsampling, UPSAMPLINGS)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
         _check_choice("activation", self.activation, ACTIVATIONS)
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 for a softmax head, got {self.num_classes}")
+        _check_choice("head", self.head, HEADS)
+        if self.num_classes < (2 if self.head == "softmax" else 1):
+            raise ValueError(f"num_classes must be >= 2 for a softmax head (>= 1 for sigmoid), got {self.num_classes}")
 
     def filters(self, level: int) -> int:
         """Width of a level: doubled per level, capped (nnU-Net caps at 320)."""
@@ -213,16 +219,36 @@ def _upsample(x, spec: UNetSpec, filters: int, name: str):
     return layers.Conv3D(filters, 2, padding="same", name=f"{name}_upconv")(x)
 
 
+def supervised_levels(depth: int) -> tuple[int, ...]:
+    """Decoder levels that get an auxiliary head under deep supervision (level k: 1/2**k resolution).
+
+    nnU-Net supervises every decoder output but gives the coarsest a weight
+    of 0; we do not build that one.  A shallow net (depth 3) keeps level 1;
+    depth 2 has no level to supervise.
+    """
+    return tuple(range(1, min(max(depth - 2, 2), depth - 1)))
+
+
+def _head(x, spec: UNetSpec, name: str):
+    """1x1x1 conv + softmax/sigmoid, float32 even under a mixed policy (accurate losses)."""
+    logits = layers.Conv3D(spec.num_classes, 1, name=f"{name}logits")(x)
+    return layers.Activation(spec.head, dtype="float32", name=f"{name}{OUTPUT_NAMES[spec.head]}")(logits)
+
+
 def build_unet(
     input_shape: tuple[int | None, int | None, int | None, int],
     spec: UNetSpec,
     name: str = "unet3d",
+    deep_supervision: bool = False,
 ) -> keras.Model:
     """Build the U-Net for channels-last ``(D, H, W, C)`` inputs.
 
     Spatial dims may be ``None`` (fully convolutional inference on any size
-    divisible by ``2**(depth-1)``).  The softmax head is float32 even under a
+    divisible by ``2**(depth-1)``).  The head is float32 even under a
     ``mixed_float16`` policy so probabilities and losses stay accurate.
+    ``deep_supervision``: the model also returns auxiliary outputs at the
+    :func:`supervised_levels` (finest first, after the full-resolution one);
+    for training only (:class:`DeepSupervision`).
     """
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be (D, H, W, C), got {tuple(input_shape)}")
@@ -237,11 +263,80 @@ def build_unet(
         x = layers.MaxPooling3D(2, name=f"enc{level}_pool")(x)
     x = _conv_block(x, spec, spec.depth - 1, "bottleneck")
 
+    aux = {}
+    wanted = supervised_levels(spec.depth) if deep_supervision else ()
     for level in reversed(range(spec.depth - 1)):
         x = _upsample(x, spec, spec.filters(level), f"dec{level}")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = _conv_block(x, spec, level, f"dec{level}")
+        if level in wanted:
+            aux[level] = _head(x, spec, f"aux{level}_")
 
-    logits = layers.Conv3D(spec.num_classes, 1, name="logits")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    outputs = _head(x, spec, "")
+    if aux:
+        return keras.Model(inputs, [outputs, *(aux[k] for k in sorted(aux))], name=name)
     return keras.Model(inputs, outputs, name=name)
+
+
+def supervision_weights(outputs: int) -> tuple[float, ...]:
+    """nnU-Net's deep-supervision weights: 1, 1/2, 1/4, ... (full resolution first), summing to 1."""
+    raw = [0.5**i for i in range(outputs)]
+    return tuple(w / sum(raw) for w in raw)
+
+
+def serving_model(net: keras.Model) -> keras.Model:
+    """The one-output model to save and serve: ``net`` itself, or a deep-supervised net's main output."""
+    if isinstance(net, DeepSupervision):
+        return net.serving_model()
+    return net
+
+
+@keras.saving.register_keras_serializable(package="trainer")
+class DeepSupervision(keras.Model):
+    """Training wrapper of a multi-output U-Net: the loss over every output, the metrics on the main one.
+
+    Each auxiliary output at 1/2**k resolution is compared with the target
+    downsampled by nearest neighbour (every 2**k-th voxel, as nnU-Net does),
+    weighted by :func:`supervision_weights`.  ``save``/``export`` write the
+    one-output serving model, so checkpoints and the final model never carry
+    the auxiliary heads.  ``loss`` is any ``(y_true, y_pred)`` function; the
+    one passed to ``compile`` is not used (pass none).
+    """
+
+    def __init__(self, network: keras.Model, loss, **kwargs):
+        super().__init__(name=f"{network.name}_deep_supervision", **kwargs)
+        if len(network.outputs) < 2:
+            raise ValueError(f"{network.name} has one output: build it with deep_supervision=True")
+        self.network = network
+        self.supervised_loss = loss
+        self.strides = (1, *(2**k for k in supervised_levels_of(network)))
+        self.loss_weights_ = supervision_weights(len(network.outputs))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        total = 0.0
+        for weight, stride, output in zip(self.loss_weights_, self.strides, y_pred):
+            target = y if stride == 1 else y[:, ::stride, ::stride, ::stride, :]
+            total = total + weight * self.supervised_loss(target, output)
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, y_pred[0], sample_weight)
+
+    def serving_model(self) -> keras.Model:
+        return keras.Model(self.network.inputs, self.network.outputs[0], name=self.network.name)
+
+    def save(self, filepath, *args, **kwargs):
+        return self.serving_model().save(filepath, *args, **kwargs)
+
+    def export(self, filepath, *args, **kwargs):
+        return self.serving_model().export(filepath, *args, **kwargs)
+
+
+def supervised_levels_of(network: keras.Model) -> tuple[int, ...]:
+    """The levels of a deep-supervised network's auxiliary outputs, from their layer names."""
+    names = [t._keras_history[0].name for t in network.outputs[1:]]
+    return tuple(int(n[len("aux"):n.index("_")]) for n in names)

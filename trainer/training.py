@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from shared import challenges, manifest as manifest_lib
-from trainer import data, losses, metrics, model as model_lib, resume, runtime
+from trainer import data, losses, model as model_lib, resume, runtime, targets
 
 LINEAGE = "lineage.json"
 
@@ -38,7 +38,7 @@ class Outcome:
     already_finished: bool = False  # a re-launch of a finished run: nothing was trained
 
 
-def _check_lineage(workdir: str, info: data.DatasetInfo) -> dict:
+def _check_lineage(workdir: str, info: data.DatasetInfo, cfg: dict) -> dict:
     """Record which data this run trains on; refuse to resume onto other data."""
     data_dir = info.data_dir if "://" in info.data_dir else os.path.abspath(info.data_dir)
     lineage = {"data_dir": data_dir, "version_id": info.version_id, "manifest_sha256": info.manifest_sha256,
@@ -46,6 +46,7 @@ def _check_lineage(workdir: str, info: data.DatasetInfo) -> dict:
                # the label numbering predictions are written in, and the app's legend
                "challenge": info.challenge, "label_convention": challenges.get(info.challenge).label_convention,
                "num_classes": info.num_classes,
+               "target": cfg.get("target", "classes"),  # regions: sigmoid outputs, decoded by shared/regions.py
                # a copy, so prediction can repeat the preprocessing where the dataset is not reachable
                "preprocess": manifest_lib.read_manifest(info.data_dir)["config"],
                # cross-validation: which fold validated (None: the manifest's val split), and on whom
@@ -77,8 +78,10 @@ def prepare(cfg, workdir: str):
         fold = cfg.get("fold", -1)
         if fold is not None and fold != -1:  # cross-validation: fold k validates, the other folds train
             info = data.with_fold(info, int(fold))
-        # as many outputs as the dataset's challenge has classes (4 for GLI 2023, 5 for GLI 2024...)
-        spec = dataclasses.replace(model_lib.spec_from_config(cfg["model"]), num_classes=info.num_classes)
+        # one output per class of the dataset's challenge (4 for GLI 2023, 5 for GLI 2024...), or per region
+        spec = targets.model_spec(model_lib.spec_from_config(cfg["model"]), cfg.get("target", "classes"),
+                                  challenges.get(info.challenge))
+        targets.check_deep_supervision(spec, cfg.get("deep_supervision", False))
         model_lib.check_patch_size(cfg["patch_size"], spec.depth)
         data.check_patch_fits(cfg["patch_size"], info.volume_shape)
         model_lib.check_patch_size(info.volume_shape, spec.depth)  # validation runs on whole volumes
@@ -235,7 +238,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
     chief = runtime.is_chief()
     scratch = _scratch(workdir, chief)
     tf.io.gfile.makedirs(workdir)
-    lineage = _check_lineage(workdir, info)
+    lineage = _check_lineage(workdir, info, cfg)
     state = _resume_point(cfg, workdir, scratch, echo if chief else (lambda *_: None))
     if state is None:
         return _finished_outcome(workdir)
@@ -263,10 +266,11 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
         val_ds = val_ds.with_options(options)
 
     with strategy.scope():
-        net = model_lib.build_unet((None, None, None, len(info.channels)), spec)
-        net.compile(optimizer=_optimizer(cfg, cfg["epochs"] * cfg["steps_per_epoch"]),
-                    loss=losses.get_loss(cfg["loss"]), metrics=metrics.training_metrics(challenges.get(info.challenge)),
-                    jit_compile=cfg["jit_compile"])
+        net = targets.compiled_model((None, None, None, len(info.channels)), spec, cfg.get("target", "classes"),
+                                     challenges.get(info.challenge), cfg["loss"],
+                                     _optimizer(cfg, cfg["epochs"] * cfg["steps_per_epoch"]),
+                                     deep_supervision=cfg.get("deep_supervision", False),
+                                     jit_compile=cfg["jit_compile"])
     cfg["num_val_patients"] = info.num_val
     cfg["challenge"] = info.challenge
     resume.trim_history(os.path.join(scratch, "history.csv"), state.epoch)

@@ -22,4 +22,7 @@ def get_config():
     c.augment.flips = False
     c.augment.intensity_scale = 0.0
     c.augment.intensity_shift = 0.0
+    for name in ("rotate_p", "scale_p", "elastic_p", "noise_p", "blur_p", "brightness_p", "contrast_p", "lowres_p",
+                 "gamma_p"):
+        c.augment[name] = 0.0  # the seeds did not augment
     return c

@@ -19,4 +19,7 @@ def get_config():
     c.precision = "float32"
     c.augment.foreground_share = 0.5
     c.data.cache = True
+    for name in ("rotate_p", "scale_p", "elastic_p", "noise_p", "blur_p", "brightness_p", "contrast_p", "lowres_p",
+                 "gamma_p"):
+        c.augment[name] = 0.0  # a CPU demo: the cheap crop path only
     return c

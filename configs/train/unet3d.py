@@ -23,7 +23,9 @@ def get_config():
     c.val_every = 1  # epochs between validations
     c.fold = -1  # k >= 0: cross-validation fold k of the manifest's folds validates, the others train; -1: none
 
-    c.loss = "dice_ce"  # ce | dice | dice_ce
+    c.target = "classes"  # classes (softmax over labels) | regions (sigmoid per region, e.g. WT/TC/ET: nnU-Net's BraTS)
+    c.loss = "dice_ce"  # ce | dice | dice_ce (with target=regions: binary CE, Dice over the regions)
+    c.deep_supervision = False  # auxiliary losses at 1/2, 1/4... resolution (training only; the saved model has one output)
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
     c.optimizer.learning_rate = 1e-3
@@ -45,6 +47,19 @@ def get_config():
     c.augment.intensity_scale = 0.1  # per channel, +-
     c.augment.intensity_shift = 0.1
     c.augment.xla = True  # crop/flips/cast/intensity as one fused XLA kernel on the CPU (same patches, ~6x cheaper)
+    # nnU-Net-style transforms: the probability each is applied to a patch (0 = off); ranges in trainer/data.py AugmentConfig
+    c.augment.rotate_p = 0.2  # any angle about each axis, up to +-rotate_max_deg
+    c.augment.rotate_max_deg = 30.0
+    c.augment.scale_p = 0.2
+    c.augment.scale_range = (0.7, 1.4)
+    c.augment.elastic_p = 0.0  # off, as in nnU-Net's 3d_fullres
+    c.augment.elastic_magnitude = 4.0  # voxels
+    c.augment.noise_p = 0.1
+    c.augment.blur_p = 0.2
+    c.augment.brightness_p = 0.15
+    c.augment.contrast_p = 0.15
+    c.augment.lowres_p = 0.25
+    c.augment.gamma_p = 0.3
 
     c.data = ml_collections.ConfigDict()
     c.data.shuffle_buffer = 16
