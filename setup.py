@@ -29,6 +29,7 @@ setuptools.setup(
         "protobuf>=6.31.1,<7",
         "matplotlib>=3.11,<4",  # the pictures predict --beam writes on its workers
         "pillow>=12,<13",
+        "google-crc32c>=1.5,<2",  # TFRecord framing in shared/tfrecord.py (the workers import no TensorFlow)
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.77,<2.78"],

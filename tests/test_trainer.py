@@ -202,6 +202,7 @@ def test_a_killed_and_resumed_run_ends_as_an_uninterrupted_one(tiny_dataset, tmp
     _assert_same_run(whole, _finished_run(tmp_path / "killed"))
 
 
+@pytest.mark.slow  # three trainer launches through the CLI (~75 s on 2 cores); the resume test above stays fast
 def test_a_finished_run_is_not_trained_again_unless_asked(tiny_dataset, tmp_path):
     cfg = _cfg(tiny_dataset.dataset_dir, epochs=1, steps_per_epoch=2)
     training.train_and_evaluate(cfg, str(tmp_path), echo=lambda *_: None)
