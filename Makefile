@@ -38,7 +38,7 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 	rm -rf $(DEMO)
 	$(PY) -m synthetic.generate --output_dir=$(DEMO)/cohort --num_patients=8 --shape=96,96,80
 	$(PY) -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \
-	    --config.crop.size=64,64,64 --input=$(DEMO)/cohort --output_dir=$(DEMO)/datasets $(BEAM_LOCAL)
+	    --config.crop.size=64,64,64 --config.n4.shrink_factor=4 --input=$(DEMO)/cohort --output_dir=$(DEMO)/datasets $(BEAM_LOCAL)
 	$(PY) -m beam_pipeline.verify --dataset_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
 	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
