@@ -123,7 +123,8 @@ def _beam_handler(options: Options):
             for item in batch:
                 probs = prediction.infer_probabilities(model, item, options.tta, options.overlap)
                 classes = prediction.classes_of(model, probs)
-                yield PredictionResult(item, (classes, probs if options.save_probabilities else None))
+                kept = probs if options.save_probabilities else None
+                yield PredictionResult(item, (classes, kept, model.decoding is None))
 
         def batch_elements_kwargs(self):
             return {"min_batch_size": 1, "max_batch_size": 1}
@@ -168,8 +169,8 @@ def _finish_fn(options: Options):
         try:
             if "provenance" not in state:
                 state["provenance"] = options.load(with_model=False)
-            classes, probs = result.inference
-            pred = prediction.finish(item, classes, display=options.pictures, probabilities=probs)
+            classes, probs, softmax = result.inference
+            pred = prediction.finish(item, classes, display=options.pictures, probabilities=probs, softmax=softmax)
             paths = prediction.write_outputs(pred, options.output_dir, state["provenance"], options.pictures)
             yield _outcome(pred, paths)
         except Exception as exc:

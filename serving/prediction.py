@@ -495,11 +495,17 @@ def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:
 
 
 def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None,
-           probabilities: np.ndarray | None = None, softmax: bool = True) -> Prediction:
+           probabilities: np.ndarray | None = None, softmax: bool | None = None) -> Prediction:
     """Undo the crop (and resampling); read the first modality as stored for the pictures when ``display``.
 
-    ``probabilities``: the cropped-grid softmax, to be kept (source grid, float16) for ``<id>.npz``.
+    ``probabilities``: the cropped-grid probabilities, to be kept (source grid,
+    float16) for ``<id>.npz``; ``softmax`` then says what they are (a class
+    model's softmax, or a region model's sigmoids, ``Predictor.decoding`` not
+    None), which decides what "outside the crop" is.  It has no default: a
+    guess would mark every region certain outside the crop for region models.
     """
+    if probabilities is not None and softmax is None:
+        raise TypeError("finish(): probabilities need softmax=True (class model) or False (region model)")
     record, source = prepared.record, prepared.source
     picture = source_image(source.files[record.channels[0]])[1] if display else None
     return Prediction(

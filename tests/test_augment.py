@@ -96,3 +96,20 @@ def test_the_full_set_runs_in_the_training_pipeline_graph(tiny_dataset):
     image, mask = next(iter(data.train_dataset(info, 2, aug, seed=0, samples_per_epoch=2)))
     assert image.shape == (2, 16, 16, 16, 4) and mask.shape == (2, 16, 16, 16, 4)
     assert np.isfinite(image.numpy()).all() and np.all(mask.numpy().sum(-1) == 1)
+
+
+def test_the_fused_image_kernel_sees_the_patch_not_the_volume():
+    """XLA treats a slice's start as a compile-time constant: a kernel that cropped
+    the volume itself compiled once per patch position (0.13 s each on a 64³
+    volume, a 15x slower demo input pipeline).  The crop must happen before the
+    kernel, so its only input of image size is the patch (one compilation)."""
+    volume = tf.constant(np.random.default_rng(0).random((20, 20, 20, 3)), tf.float16)
+    for start in ([0, 0, 0], [3, 1, 2], [4, 4, 4]):
+        data._image_patch(volume, tf.constant(start), (16, 16, 16), tf.constant([True, False, True]),
+                          tf.ones([3]), tf.zeros([3]), xla=True)
+    kernel = data._XLA_KERNELS[(16, 16, 16)]
+    shapes = [tuple(spec.shape) for spec in kernel.get_concrete_function(
+        tf.TensorSpec([16, 16, 16, 3], tf.float16), tf.TensorSpec([3], tf.bool),
+        tf.TensorSpec([3], tf.float32), tf.TensorSpec([3], tf.float32)).structured_input_signature[0]]
+    assert shapes[0] == (16, 16, 16, 3)
+    assert kernel.experimental_get_tracing_count() == 1, "the kernel was traced for another input than the patch"

@@ -112,3 +112,50 @@ def test_a_region_model_trains_saves_and_predicts_labels(tiny_dataset, tmp_path)
     assert len(predictor.model.outputs) == 1 and predictor.decoding.names == ("WT", "TC", "ET")
     rows, failures = evaluation.score_model(predictor, tiny_dataset.dataset_dir, "val", echo=lambda *_: None)
     assert rows and not failures and all(0.0 <= r["dice_WT"] <= 1.0 for r in rows)
+
+
+def _region_stub(channels: int = 4):
+    """WT, TC, ET sigmoids of the stub's flair rule: region probabilities everywhere inside the crop."""
+    image = keras.Input((None, None, None, channels), name="image")
+    logits = keras.layers.Conv3D(3, 1, name="logits")(image)
+    out = keras.layers.Activation("sigmoid", dtype="float32", name=model_lib.OUTPUT_NAMES["sigmoid"])(logits)
+    model = keras.Model(image, out, name="region_stub")
+    weights = np.zeros((1, 1, 1, channels, 3), np.float32)
+    weights[0, 0, 0, 0] = [4.0, 2.0, 1.0]  # flair drives every region, with different steepness
+    model.get_layer("logits").set_weights([weights, np.array([0.5, -0.5, -1.0], np.float32)])
+    return model
+
+
+def test_saved_region_probabilities_say_every_region_absent_outside_the_crop(stub_model, tiny_cohort, tmp_path):
+    """A region model's sigmoids are not a softmax: outside the crop every region is absent (0), and no
+    channel is 'certain'.  The Beam path once kept them as a softmax (channel 0 set to 1 outside the
+    crop, i.e. WT certain everywhere outside the brain box); it must write what the local path writes."""
+    import shutil
+
+    from serving import batch_predict
+    from tests.conftest import IN_PROCESS
+
+    run = tmp_path / "run"
+    shutil.copytree(stub_model.parent, run)
+    _region_stub().save(run / "model.keras")
+    folders = [str(sorted(tiny_cohort.iterdir())[0])]
+    written = {}
+    for where in ("local", "beam"):
+        options = batch_predict.Options(str(run / "model.keras"), str(tmp_path / where), pictures=False,
+                                        save_probabilities=True)
+        if where == "local":
+            summary = batch_predict.predict_local(options, folders, echo=lambda *_: None)
+        else:
+            summary = batch_predict.predict_beam(options, folders, IN_PROCESS)
+        assert not summary.failures, summary.failures
+        with np.load(summary.predicted[0]["files"]["probabilities"]) as f:
+            written[where] = f["probabilities"].astype(np.float32)
+    local = written["local"]
+    predictor = prediction.load_predictor(str(run / "model.keras"))
+    source, convention = prediction.source_from_folder(folders[0], predictor)
+    box = prediction.prepare(predictor, source, convention).record.crop_box
+    outside = np.ones(local.shape[:3], bool)
+    outside[tuple(slice(lo, hi) for lo, hi in box)] = False
+    assert outside.any() and (local[~outside] > 0.5).any(), "the test needs voxels outside the crop and regions inside"
+    assert np.all(local[outside] == 0.0)
+    np.testing.assert_array_equal(written["beam"], local)
