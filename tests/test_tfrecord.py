@@ -78,13 +78,13 @@ def test_the_workers_path_never_imports_tensorflow(tiny_cohort, tmp_path):
     # Preprocess -> encode -> stage -> write a shard, as a Beam worker runs it, in a fresh interpreter.
     code = f"""
 import json, sys
-from beam_pipeline import pipeline, sharding
+from beam_pipeline import sharding, staging
 from preprocessing import discovery
 from shared import layouts
 from tests.conftest import tiny_config
 cfg = {{k: v for k, v in tiny_config().items() if k != "runtime"}}
 source = discovery.discover({str(tiny_cohort)!r}, layouts.get_layout(cfg["layout"]), tuple(cfg["modalities"])).patients[0]
-outcome = pipeline.process_patient(source, cfg, {str(tmp_path / "_staging")!r})
+outcome = staging.process_patient(source, cfg, {str(tmp_path / "_staging")!r})
 entry = sharding.write_shard({str(tmp_path)!r}, {str(tmp_path / "_staging")!r}, "train", 0, 1,
                              [(0, outcome["staged"])], cfg["shards"]["compression"])
 print(json.dumps({{"file": entry["file"], "patient": source.patient_id,

@@ -19,7 +19,7 @@ from tests.conftest import ROOT, TINY_SHAPE, run_pipeline, tiny_config
 def test_the_core_imports_without_beam_and_leaves_the_environment_alone():
     code = ("import os, sys; before = dict(os.environ); "
             "import preprocessing.patient, preprocessing.discovery, preprocessing.n4, preprocessing.checksums, "
-            "shared.storage, shared.manifest, shared.spec, shared.failures, shared.schema; "
+            "beam_pipeline.staging, shared.storage, shared.manifest, shared.spec, shared.failures, shared.schema; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'apache_beam')); "
             "print(sorted(k for k in os.environ if os.environ.get(k) != before.get(k)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
