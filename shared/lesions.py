@@ -11,21 +11,33 @@ are those of :mod:`shared.schemes`, the parameters (dilation, volume
 threshold, penalty) the challenge's (:mod:`shared.challenges`).
 
 Our own implementation of the published rules, checked against the reference
-code (rachitsaluja/BraTS-2023-Metrics, BraTS-2024-Metrics, BrainLesion/panoptica).
-Known differences, all small:
+code (rachitsaluja/BraTS-2023-Metrics, BraTS-2024-Metrics, BrainLesion/panoptica)
+and reproducing it, as the 2023-2025 challenges compute their scores:
 
-* HD95 is taken over surface voxels (as MedPy and panoptica); the 2023-2025
-  code uses DeepMind's surface-element-area weighting, which moves HD95 by a
-  fraction of a voxel.
-* 2024 predicted lesions are dropped by volume in mm³ (the reference counts
-  voxels for every task but MEN-RT; identical at 1 mm).
-* The 2024 cross-tissue joining of ET/NETC/RC lesions that touch one another
-  is not reproduced (it only changes how lesions of NETC, ET, RC and SNFH are
-  grouped, never WT or TC).
+* per-lesion HD95 on DeepMind's area-weighted surface elements with its
+  non-interpolated 95th percentile (:mod:`shared.surface`, the scheme's
+  ``lesion_surface``); the 2026 matched scheme keeps panoptica's surface voxels;
+* 2024 predicted lesions dropped at or below the threshold counted in voxels
+  for every task but MEN-RT (mm³ there: ``lesion_prediction_unit``); true
+  lesions always in mm³;
+* the 2024 cross-tissue joining (``Challenge.lesion_joins``, :func:`join_groups`):
+  GLI NETC, ET, RC and SNFH lesions, MET and SSA ET lesions, that touch the
+  same lowest-numbered lesion of a partner tissue become one lesion.
+
+Known differences: none in the scores.  Per-lesion records are numbered in
+our own order (true lesions, then false positives, cluster by cluster), not
+the reference's label values; the 2023 reference's "Legacy" whole-region
+HD95 and its normalised surface Dice are not part of this module.  GoAT has
+no task file in BraTS-2024-Metrics: it gets the 2024 procedure without
+joining.  Assumed, not checked against a run of the reference: cc3d numbers
+the dilated masks (C-ordered, as ``binary_dilation`` returns them) in C raster
+order like ``ndimage.label``; and the reference reads float32 header zooms,
+so a lesion exactly at a threshold in mm³ may round the other way.
 
 Speed: the tumour is split into independent clusters (:func:`clusters`), each
 region is scored inside its own box within a cluster, components come from one
-``scipy.ndimage.label`` pass, hits from one ``np.unique`` over voxel pairs, and
+``scipy.ndimage.label`` pass, hits from one ``np.unique`` over voxel pairs,
+touching lesions of two tissues from one dilation of their common window, and
 distances from distance transforms on the box of each lesion; a 240x240x155
 patient takes under a second of CPU where the reference code, which dilates
 the full volume once per lesion, takes many seconds (BUILD_NOTES.md).

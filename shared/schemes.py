@@ -141,5 +141,11 @@ def describe(scheme: Scheme, challenge: Challenge | None = None) -> str:
     elif scheme.lesionwise and challenge is not None and challenge.lesion_rules:
         rules = ", ".join(f"{r} {rule.dilation}/{rule.min_volume_mm3:g}" for r, rule in challenge.lesion_rules.items())
         text += (f" {challenge.name}: dilation/threshold mm3 {rules}; penalty {challenge.lesion_penalty_mm}"
-                 f"{' (volume diagonal, voxels)' if isinstance(challenge.lesion_penalty_mm, str) else ' mm'}.")
+                 f"{' (volume diagonal, voxels)' if isinstance(challenge.lesion_penalty_mm, str) else ' mm'}")
+        if scheme.lesion_method == "brats2024":
+            text += f"; predicted lesions thresholded in {challenge.lesion_prediction_unit}"
+            if challenge.lesion_joins:
+                text += "; joined across tissues: " + ", ".join(
+                    f"{j.region} through {'/'.join(j.partners)}" for j in challenge.lesion_joins)
+        text += "."
     return text
