@@ -58,6 +58,8 @@ class Scheme:
                 raise ValueError(f"{self.name}: unknown HD95 reduction {reduction!r}")
         if self.lesion_surface not in surface.SURFACES:
             raise ValueError(f"{self.name}: unknown lesion surface {self.lesion_surface!r}")
+        if self.lesion_surface == "surfel" and self.lesion_method == "matched":
+            raise ValueError(f"{self.name}: matched lesions use surface voxels (their NSD needs them)")
         if self.lesion_surface == "surfel" and self.lesion_hd95_reduction != "max_directed":
             raise ValueError(f"{self.name}: the surfel HD95 is the larger directed percentile (max_directed)")
 
