@@ -85,6 +85,25 @@ class LesionRule:
 
 
 @dataclasses.dataclass(frozen=True)
+class LesionJoin:
+    """The BraTS 2024 code's cross-tissue joining of one region's lesions (``combine_lesions_*``).
+
+    After merging by dilation (and, for predictions, dropping small lesions),
+    the lesions of ``region`` are joined through each tissue of ``partners`` in
+    turn: two lesions (or groups already joined) whose lowest-numbered touching
+    lesion of that tissue is the same become one.  "Touching" is an 18-neighbour
+    contact (one dilation with ``generate_binary_structure(3, 2)``); lesions of
+    a tissue are numbered in C raster order of their dilated zones, as cc3d
+    numbers the dilated mask.  A partner is a label key; its lesions follow its
+    own lesion rule, or ``partner_rule`` when it is not a scored region.
+    """
+
+    region: str
+    partners: tuple[str, ...]
+    partner_rule: LesionRule | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Naming:
     """How a challenge names patient folders and files."""
 
@@ -110,6 +129,10 @@ class Challenge:
     crop: dict  # default crop: {"mode": "fixed", "box": ...} or {"mode": "centered", "size": ...}
     lesion_rules: dict[str, LesionRule] = dataclasses.field(default_factory=dict)
     lesion_penalty_mm: float | str | None = None  # HD95 of a missed lesion or a false positive (or PENALTY_DIAGONAL)
+    # BraTS 2024 code only: the unit its predicted-lesion threshold counts in (the
+    # truth threshold is always mm3), and its cross-tissue joining of lesions.
+    lesion_prediction_unit: str = "voxels"  # or "mm3" (MEN-RT)
+    lesion_joins: tuple[LesionJoin, ...] = ()
     hd95_reduction: str = "max_directed"  # whole-region HD95 of its leaderboard (shared/metrics.py)
     notes: str = ""
 
@@ -127,6 +150,24 @@ class Challenge:
         unknown_rules = set(self.lesion_rules) - set(self.regions)
         if unknown_rules:
             raise ValueError(f"{self.name}: lesion rules for unscored regions {sorted(unknown_rules)}")
+        if self.lesion_prediction_unit not in ("voxels", "mm3"):
+            raise ValueError(f"{self.name}: lesion_prediction_unit must be voxels or mm3")
+        keys = {label.key for label in self.labels}
+        for join in self.lesion_joins:
+            if join.region not in self.lesion_rules or join.region not in keys:
+                raise ValueError(f"{self.name}: joined region {join.region} must be a label with a lesion rule")
+            for partner in join.partners:
+                if partner not in keys or (partner not in self.lesion_rules and join.partner_rule is None):
+                    raise ValueError(f"{self.name}: join partner {partner} needs a label and a lesion rule")
+
+    def tissue_lesion_rule(self, key: str) -> LesionRule:
+        """The lesion rule of a tissue taking part in a join: its own, or the join's partner rule."""
+        if key in self.lesion_rules:
+            return self.lesion_rules[key]
+        for join in self.lesion_joins:
+            if key in join.partners and join.partner_rule is not None:
+                return join.partner_rule
+        raise KeyError(f"{self.name}: no lesion rule for {key}")
 
     def lesion_penalty(self, shape) -> float:
         """HD95 (mm) the lesion-wise scores give a missed lesion or a false positive in a volume of ``shape``."""
@@ -249,6 +290,8 @@ _ENTRIES = (
         lesion_rules={**_lesions(3, 20, ("WT", "TC", "SNFH")), "ET": LesionRule(3, 10),
                       **_lesions(5, 20, ("NETC", "RC"))},
         lesion_penalty_mm=337,
+        lesion_joins=(LesionJoin("NETC", ("ET", "RC")), LesionJoin("ET", ("NETC", "RC")),
+                      LesionJoin("RC", ("ET", "NETC")), LesionJoin("SNFH", ("ET", "RC", "NETC"))),
         notes="RC is not part of WT or TC; 2025 adds pre-treatment cases with the same labels",
     ),
     Challenge(
@@ -256,6 +299,7 @@ _ENTRIES = (
         naming=_modern("SSA"), label_convention="brats2023", labels=_GLIOMA_2023,
         regions=_WT_TC_ET_2023, grid=SRI24, crop=_SEED_BOX,
         lesion_rules=_lesions(3, 50, ("WT", "TC", "ET")), lesion_penalty_mm=374,
+        lesion_joins=(LesionJoin("ET", ("NETC",), LesionRule(3, 50)),),
     ),
     Challenge(
         name="brats2023_men", title="BraTS MEN (pre-operative meningioma)",
@@ -269,7 +313,7 @@ _ENTRIES = (
                       id_format="BraTS-MEN-RT-{index:04d}-1"),
         label_convention="brats_gtv", labels=_GTV, regions={"GTV": (1,)},
         grid=NATIVE, crop=_CENTRED_144,
-        lesion_rules=_lesions(1, 50, ("GTV",)), lesion_penalty_mm=PENALTY_DIAGONAL,
+        lesion_rules=_lesions(1, 50, ("GTV",)), lesion_penalty_mm=PENALTY_DIAGONAL, lesion_prediction_unit="mm3",
         notes="native space: scans of any shape and spacing; preprocess with resample on. Lesion penalty: "
               "the volume's diagonal in voxels (BraTS-2024-Metrics metrics_MEN_RT.py, July 2024)",
     ),
@@ -278,12 +322,14 @@ _ENTRIES = (
         naming=_modern("MET"), label_convention="brats2023", labels=_GLIOMA_2023,
         regions=_WT_TC_ET_2023, grid=SRI24, crop=_SEED_BOX,
         lesion_rules=_lesions(1, 2, ("WT", "TC", "ET")), lesion_penalty_mm=374,
+        lesion_joins=(LesionJoin("ET", ("NETC",), LesionRule(1, 2)),),
     ),
     Challenge(
         name="brats2025_met", title="BraTS 2025 MET (brain metastases, with resection cavity)",
         naming=_modern("MET"), label_convention="brats2024_post", labels=_POST_TREATMENT,
         regions={**_WT_TC_ET_2023, "RC": (4,)}, grid=SRI24, crop=_CENTRED_144,
         lesion_rules=_lesions(1, 2, ("WT", "TC", "ET", "RC")), lesion_penalty_mm=PENALTY_DIAGONAL,
+        lesion_joins=(LesionJoin("ET", ("NETC",), LesionRule(1, 2)),),
         notes="2025 additions are in native space co-registered to T1c: preprocess those with resample on. "
               "Lesion penalty: the volume's diagonal in voxels (BraTS-2024-Metrics metrics_MET.py, May 2025)",
     ),

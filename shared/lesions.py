@@ -11,21 +11,33 @@ are those of :mod:`shared.schemes`, the parameters (dilation, volume
 threshold, penalty) the challenge's (:mod:`shared.challenges`).
 
 Our own implementation of the published rules, checked against the reference
-code (rachitsaluja/BraTS-2023-Metrics, BraTS-2024-Metrics, BrainLesion/panoptica).
-Known differences, all small:
+code (rachitsaluja/BraTS-2023-Metrics, BraTS-2024-Metrics, BrainLesion/panoptica)
+and reproducing it, as the 2023-2025 challenges compute their scores:
 
-* HD95 is taken over surface voxels (as MedPy and panoptica); the 2023-2025
-  code uses DeepMind's surface-element-area weighting, which moves HD95 by a
-  fraction of a voxel.
-* 2024 predicted lesions are dropped by volume in mm³ (the reference counts
-  voxels for every task but MEN-RT; identical at 1 mm).
-* The 2024 cross-tissue joining of ET/NETC/RC lesions that touch one another
-  is not reproduced (it only changes how lesions of NETC, ET, RC and SNFH are
-  grouped, never WT or TC).
+* per-lesion HD95 on DeepMind's area-weighted surface elements with its
+  non-interpolated 95th percentile (:mod:`shared.surface`, the scheme's
+  ``lesion_surface``); the 2026 matched scheme keeps panoptica's surface voxels;
+* 2024 predicted lesions dropped at or below the threshold counted in voxels
+  for every task but MEN-RT (mm³ there: ``lesion_prediction_unit``); true
+  lesions always in mm³;
+* the 2024 cross-tissue joining (``Challenge.lesion_joins``, :func:`join_groups`):
+  GLI NETC, ET, RC and SNFH lesions, MET and SSA ET lesions, that touch the
+  same lowest-numbered lesion of a partner tissue become one lesion.
+
+Known differences: none in the scores.  Per-lesion records are numbered in
+our own order (true lesions, then false positives, cluster by cluster), not
+the reference's label values; the 2023 reference's "Legacy" whole-region
+HD95 and its normalised surface Dice are not part of this module.  GoAT has
+no task file in BraTS-2024-Metrics: it gets the 2024 procedure without
+joining.  Assumed, not checked against a run of the reference: cc3d numbers
+the dilated masks (C-ordered, as ``binary_dilation`` returns them) in C raster
+order like ``ndimage.label``; and the reference reads float32 header zooms,
+so a lesion exactly at a threshold in mm³ may round the other way.
 
 Speed: the tumour is split into independent clusters (:func:`clusters`), each
 region is scored inside its own box within a cluster, components come from one
-``scipy.ndimage.label`` pass, hits from one ``np.unique`` over voxel pairs, and
+``scipy.ndimage.label`` pass, hits from one ``np.unique`` over voxel pairs,
+touching lesions of two tissues from one dilation of their common window, and
 distances from distance transforms on the box of each lesion; a 240x240x155
 patient takes under a second of CPU where the reference code, which dilates
 the full volume once per lesion, takes many seconds (BUILD_NOTES.md).
@@ -34,6 +46,7 @@ the full volume once per lesion, takes many seconds (BUILD_NOTES.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -42,6 +55,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from shared import metrics, schemes
+from shared import surface as surface_lib
 from shared.challenges import Challenge, LesionRule
 from shared.schemes import Scheme
 
@@ -191,50 +205,133 @@ def _numbered(records: list[dict]) -> list[dict]:
 
 # -- BraTS 2023-2025 lesion-wise ------------------------------------------------
 
-def _predicted_lesions(pred: np.ndarray, rule: LesionRule, merge: bool, voxel_mm3: float) -> np.ndarray:
-    """Predicted lesion ids: components (2023), or dilation-merged lesions above the threshold (2024)."""
+def _volume(count, spacing) -> float:
+    """``count`` voxels in mm³, multiplied as the reference does (``n * sx * sy * sz``)."""
+    s0, s1, s2 = spacing
+    return float(count) * s0 * s1 * s2
+
+
+def _predicted_lesions(pred: np.ndarray, rule: LesionRule, merge: bool, spacing,
+                       unit: str = "voxels") -> np.ndarray:
+    """Predicted lesion ids: components (2023), or dilation-merged lesions above the threshold (2024).
+
+    The 2024 code drops a predicted lesion of ``count`` voxels when ``count <= threshold``
+    (``unit`` voxels: every task but MEN-RT) or ``count <= threshold / (sx * sy * sz)``
+    (``unit`` mm3: MEN-RT).
+    """
     if not merge:
         return components(pred)[0]
     ids, _, n = merge_by_dilation(pred, rule.dilation)
-    sizes = np.bincount(ids.ravel(), minlength=n + 1) * voxel_mm3
-    small = np.flatnonzero(sizes <= rule.min_volume_mm3)
+    counts = np.bincount(ids.ravel(), minlength=n + 1)
+    limit = rule.min_volume_mm3 if unit == "voxels" else rule.min_volume_mm3 / (spacing[0] * spacing[1] * spacing[2])
+    small = np.flatnonzero(counts <= limit)
     small = small[small > 0]
     if small.size:
         ids = np.where(np.isin(ids, small), 0, ids)
     return ids
 
 
-def _hit_score(truth_k: np.ndarray, pred_k: np.ndarray, spacing, reduction: str) -> tuple[float, float]:
+def _hit_score(truth_k: np.ndarray, pred_k: np.ndarray, spacing, hd95) -> tuple[float, float]:
     """Dice and HD95 of one true lesion against the union of the predicted lesions that hit it."""
     inter = int(np.count_nonzero(truth_k & pred_k))
     dice = 2.0 * inter / (int(np.count_nonzero(truth_k)) + int(np.count_nonzero(pred_k)))
-    return dice, metrics.reduce_hd95(*_pair_distances(truth_k, pred_k, spacing), reduction)
+    return dice, hd95(pred_k, truth_k, spacing)
 
 
-def _lesionwise_part(pred: np.ndarray, truth: np.ndarray, rule: LesionRule, penalty: float, spacing,
-                     merge: bool, reduction: str) -> list[dict]:
-    """Records of the true lesions and false positives of one cluster (see :func:`lesionwise_region`)."""
-    voxel_mm3 = float(np.prod(spacing))
-    truth_ids, zones, n_truth = merge_by_dilation(truth, rule.dilation)
-    pred_ids = _predicted_lesions(pred, rule, merge, voxel_mm3)
+def _scored_records(truth_ids: np.ndarray, zones: np.ndarray, n_truth: int, pred_ids: np.ndarray,
+                    rule: LesionRule, penalty: float, spacing, hd95) -> list[dict]:
+    """Records of the true lesions (ids 1..n_truth, dilated ``zones``) and false positives of one box."""
     zone_of, hit_by, _ = _pairs(zones, pred_ids)
-    truth_boxes, pred_boxes = ndimage.find_objects(truth_ids), ndimage.find_objects(pred_ids)
+    truth_boxes, pred_boxes = ndimage.find_objects(truth_ids, n_truth), ndimage.find_objects(pred_ids)
     truth_sizes = np.bincount(truth_ids.ravel(), minlength=n_truth + 1)
     records = []
     for k in range(1, n_truth + 1):
         hits = hit_by[zone_of == k]
-        volume = float(truth_sizes[k]) * voxel_mm3
+        volume = _volume(truth_sizes[k], spacing)
         if hits.size:
             sub = _union_box([truth_boxes[k - 1]] + [pred_boxes[h - 1] for h in hits])
-            dice, hd = _hit_score(truth_ids[sub] == k, np.isin(pred_ids[sub], hits), spacing, reduction)
+            dice, hd = _hit_score(truth_ids[sub] == k, np.isin(pred_ids[sub], hits), spacing, hd95)
         else:
             dice, hd = 0.0, float(penalty)
         records.append(_lesion("truth", volume, volume > rule.min_volume_mm3, bool(hits.size), dice, hd))
     hit = set(hit_by.tolist())
     pred_sizes = np.bincount(pred_ids.ravel(), minlength=len(pred_boxes) + 1)
-    records += [_lesion("false_positive", float(pred_sizes[p]) * voxel_mm3, True, False, 0.0, float(penalty))
+    records += [_lesion("false_positive", _volume(pred_sizes[p], spacing), True, False, 0.0, float(penalty))
                 for p in range(1, len(pred_boxes) + 1) if pred_boxes[p - 1] is not None and p not in hit]
     return records
+
+
+def _lesionwise_part(pred: np.ndarray, truth: np.ndarray, rule: LesionRule, penalty: float, spacing,
+                     merge: bool, hd95, unit: str = "voxels") -> list[dict]:
+    """Records of the true lesions and false positives of one cluster (see :func:`lesionwise_region`)."""
+    truth_ids, zones, n_truth = merge_by_dilation(truth, rule.dilation)
+    pred_ids = _predicted_lesions(pred, rule, merge, spacing, unit)
+    return _scored_records(truth_ids, zones, n_truth, pred_ids, rule, penalty, spacing, hd95)
+
+
+# -- the 2024 cross-tissue joining --------------------------------------------
+
+# The 18 neighbours of a voxel: what one dilation with generate_binary_structure(3, 2) reaches.
+_OFFSETS_18 = np.array([o for o in np.ndindex(3, 3, 3) if 1 <= sum(abs(c - 1) for c in o) <= 2]) - 1
+
+
+@dataclasses.dataclass
+class _Tissue:
+    """One tissue's lesions in one cluster: ids on its voxels (0 elsewhere) inside ``box``
+    (cluster coordinates), the dilated zones (truth only) and the number of ids."""
+
+    box: tuple[slice, ...]
+    ids: np.ndarray
+    zones: np.ndarray | None
+    n: int
+
+
+def touching_pairs(a: _Tissue, b: _Tissue) -> np.ndarray:
+    """Distinct (a id, b id) pairs with an a voxel and a b voxel 18-neighbours of each other
+    (the reference's ``get_touching_labels``: one dilation of either by the 18-connected cross)."""
+    lo = [max(sa.start, sb.start - 1) for sa, sb in zip(a.box, b.box)]
+    hi = [min(sa.stop, sb.stop + 1) for sa, sb in zip(a.box, b.box)]
+    if any(low >= high for low, high in zip(lo, hi)):
+        return np.zeros((0, 2), dtype=np.int64)
+    a_win = a.ids[tuple(slice(low - sa.start, high - sa.start) for low, high, sa in zip(lo, hi, a.box))]
+    b_win = np.zeros(tuple(high - low + 2 for low, high in zip(lo, hi)), dtype=b.ids.dtype)  # one voxel wider
+    src = tuple(slice(max(low - 1, sb.start), min(high + 1, sb.stop)) for low, high, sb in zip(lo, hi, b.box))
+    b_win[tuple(slice(s.start - low + 1, s.stop - low + 1) for s, low in zip(src, lo))] = \
+        b.ids[tuple(slice(s.start - sb.start, s.stop - sb.start) for s, sb in zip(src, b.box))]
+    near = ndimage.binary_dilation(b_win > 0, DILATION_STRUCTURE)[1:-1, 1:-1, 1:-1] & (a_win > 0)
+    where = np.nonzero(near)
+    if where[0].size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    a_of = a_win[where].astype(np.int64)
+    found = []
+    for offset in _OFFSETS_18:
+        b_of = b_win[tuple(w + 1 + o for w, o in zip(where, offset))].astype(np.int64)
+        keep = b_of > 0
+        found.append(np.stack([a_of[keep], b_of[keep]], axis=1))
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def join_groups(n: int, partner_pairs: Sequence[np.ndarray]) -> np.ndarray:
+    """Group of each lesion 1..n (index 0 stays 0) after the reference's ``relabel_nifti_image``
+    for each partner tissue in turn: every group that touches the partner takes the partner's
+    lowest touching id as its key, and groups with the same key become one.  Groups are
+    numbered 1.. in the order of their lowest member."""
+    group = np.arange(n + 1)
+    for pairs in partner_pairs:
+        if len(pairs) == 0:
+            continue
+        key: dict[int, int] = {}
+        for g, partner in zip(group[pairs[:, 0]].tolist(), pairs[:, 1].tolist()):
+            key[g] = min(key.get(g, partner), partner)
+        first: dict[int, int] = {}
+        for g in sorted(key):
+            first.setdefault(key[g], g)
+        remap = np.arange(n + 1)
+        for g, k in key.items():
+            remap[g] = first[k]
+        group = remap[group]
+    _, numbered = np.unique(group, return_inverse=True)
+    return numbered.reshape(-1)
 
 
 def lesionwise_scores(records: list[dict], penalty: float) -> dict[str, float]:
@@ -255,21 +352,27 @@ def lesionwise_scores(records: list[dict], penalty: float) -> dict[str, float]:
 
 def lesionwise_region(pred: np.ndarray, truth: np.ndarray, rule: LesionRule, penalty: float,
                       spacing=(1.0, 1.0, 1.0), *, merge_predictions: bool = False,
-                      reduction: str = "max_directed") -> tuple[dict[str, float], list[dict]]:
+                      reduction: str = "max_directed", surface: str = "surfel",
+                      prediction_unit: str = "voxels") -> tuple[dict[str, float], list[dict]]:
     """BraTS 2023 (``merge_predictions=False``) or 2024-2025 lesion-wise scores of one binary region.
 
     True components closer than ``rule.dilation`` dilations form one lesion;
     every predicted lesion that reaches a true lesion's dilated zone is a hit,
     and the union of its hits is scored against it.  Returns the patient's
     scores ``{"dice", "hd95", "tp", "fp", "fn"}`` and one record per true
-    lesion and per false positive.
+    lesion and per false positive.  HD95 by default as the reference code
+    (``surface="surfel"``: DeepMind's area-weighted surface elements); the
+    2024 threshold on predictions counts ``prediction_unit`` (voxels, or mm3
+    as for MEN-RT).  One region alone: no cross-tissue joining (see
+    :func:`score_lesions`).
     """
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     spacing = tuple(float(s) for s in spacing)
+    hd95 = functools.partial(surface_lib.hd95, surface=surface, reduction=reduction)
     records = []
     for box, member in clusters(pred | truth, rule.dilation):
         records += _lesionwise_part(pred[box] & member, truth[box] & member, rule, penalty, spacing,
-                                    merge_predictions, reduction)
+                                    merge_predictions, hd95, prediction_unit)
     records = _numbered(records)
     return lesionwise_scores(records, penalty), records
 
@@ -373,7 +476,9 @@ def _scored_regions(challenge: Challenge, scheme: Scheme) -> dict[str, tuple[int
 def _reach(challenge: Challenge, scheme: Scheme) -> int:
     if scheme.lesion_method == "matched":
         return 0
-    return max((rule.dilation for rule in challenge.lesion_rules.values()), default=0)
+    dilations = [rule.dilation for rule in challenge.lesion_rules.values()]
+    dilations += [join.partner_rule.dilation for join in challenge.lesion_joins if join.partner_rule]
+    return max(dilations, default=0)
 
 
 def _lookup(classes: tuple[int, ...], num_classes: int) -> np.ndarray:
@@ -392,7 +497,9 @@ def score_lesions(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
     in the array's own axis order.  ``scheme`` defaults to the challenge's own
     (:func:`shared.schemes.default_for`); a scheme without lesions scores none.
     The tumour is split once into independent clusters (:func:`clusters`) and
-    every region is scored cluster by cluster.
+    every region is scored cluster by cluster; under ``brats2024`` the
+    challenge's cross-tissue joins (:class:`shared.challenges.LesionJoin`)
+    group the lesions of the tissues they name first.
     """
     scheme = scheme if isinstance(scheme, Scheme) else schemes.resolve(challenge, scheme)
     pred_classes, truth_classes = np.asarray(pred_classes), np.asarray(truth_classes)
@@ -409,26 +516,91 @@ def score_lesions(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
     records: dict[str, list[dict]] = {region: [] for region in regions}
     for box, member in clusters((pred_classes > 0) | (truth_classes > 0), _reach(challenge, scheme)):
         pred_part, truth_part = pred_classes[box] * member, truth_classes[box] * member
+        if scheme.lesion_method == "matched":
+            for region in regions:
+                records[region] += _matched_region_part(tables[region][pred_part], tables[region][truth_part],
+                                                        scheme, spacing)
+            continue
+        cluster = _LesionwiseCluster(pred_part, truth_part, challenge, scheme, spacing, pred_classes.shape, tables)
         for region in regions:
-            pred, truth = tables[region][pred_part], tables[region][truth_part]
-            records[region] += _region_part(pred, truth, challenge, region, scheme, spacing, pred_classes.shape)
+            records[region] += cluster.records(region)
     return PatientLesions(scheme.name, [_region_result(region, _numbered(found), challenge, scheme,
                                                        pred_classes.shape) for region, found in records.items()])
 
 
-def _region_part(pred, truth, challenge: Challenge, region: str, scheme: Scheme, spacing, shape) -> list[dict]:
-    """One region's records in one cluster, computed in the region's own box (often far smaller:
-    the enhancing rim or the core inside a whole-tumour cluster)."""
+def _matched_region_part(pred, truth, scheme: Scheme, spacing) -> list[dict]:
+    """One region's 2026 records in one cluster, computed in the region's own box."""
     either = pred | truth
     if not either.any():
         return []
-    if scheme.lesion_method == "matched":
-        box = _box(either, 1)
-        return _matched_part(pred[box], truth[box], spacing, scheme.nsd_tolerance_mm, scheme.lesion_hd95_reduction)
-    rule = challenge.lesion_rules[region]
-    box = _box(either, rule.dilation + 1)
-    return _lesionwise_part(pred[box], truth[box], rule, challenge.lesion_penalty(shape), spacing,
-                            scheme.lesion_method == "brats2024", scheme.lesion_hd95_reduction)
+    box = _box(either, 1)
+    return _matched_part(pred[box], truth[box], spacing, scheme.nsd_tolerance_mm, scheme.lesion_hd95_reduction)
+
+
+class _LesionwiseCluster:
+    """The 2023-2025 lesion-wise records of one cluster, region by region.
+
+    Each tissue's lesions are found once, in the tissue's own box (often far
+    smaller than the cluster: the enhancing rim, the core), and serve both to
+    score the tissue and as a partner in another tissue's joins.
+    """
+
+    def __init__(self, pred_part, truth_part, challenge: Challenge, scheme: Scheme, spacing, shape, tables):
+        self.parts = {"pred": pred_part, "truth": truth_part}
+        self.challenge, self.scheme, self.spacing, self.tables = challenge, scheme, spacing, tables
+        self.penalty = challenge.lesion_penalty(shape)
+        self.merge = scheme.lesion_method == "brats2024"
+        self.hd95 = functools.partial(surface_lib.hd95, surface=scheme.lesion_surface,
+                                      reduction=scheme.lesion_hd95_reduction)
+        self.joins = {join.region: join for join in challenge.lesion_joins} if self.merge else {}
+        self._found: dict[tuple[str, str], _Tissue | None] = {}
+
+    def _mask(self, key: str, which: str) -> np.ndarray:
+        table = self.tables.get(key)
+        if table is None:  # a partner tissue that is not a scored region: its label's class
+            table = _lookup((self.challenge.class_of(self.challenge.label(key).value),), self.challenge.num_classes)
+        return table[self.parts[which]]
+
+    def _box_of(self, key: str) -> tuple[slice, ...] | None:
+        either = self._mask(key, "pred") | self._mask(key, "truth")
+        if not either.any():
+            return None
+        return _box(either, self.challenge.tissue_lesion_rule(key).dilation + 1)
+
+    def tissue(self, key: str, which: str) -> _Tissue | None:
+        """Lesions of ``key`` in the truth or the prediction (merged by dilation; predictions
+        thresholded under 2024), before any joining; None when the tissue is absent."""
+        if (key, which) not in self._found:
+            box, found = self._box_of(key), None
+            if box is not None:
+                mask, rule = self._mask(key, which)[box], self.challenge.tissue_lesion_rule(key)
+                if which == "truth":
+                    ids, zones, n = merge_by_dilation(mask, rule.dilation)
+                    found = _Tissue(box, ids, zones, n)
+                else:
+                    ids = _predicted_lesions(mask, rule, self.merge, self.spacing,
+                                             self.challenge.lesion_prediction_unit)
+                    found = _Tissue(box, ids, None, int(ids.max(initial=0)))
+            self._found[(key, which)] = found
+        return self._found[(key, which)]
+
+    def _joined(self, region: str, which: str) -> _Tissue:
+        found = self.tissue(region, which)
+        join = self.joins.get(region)
+        if join is None or found.n == 0:
+            return found
+        pairs = [touching_pairs(found, partner) for key in join.partners
+                 if (partner := self.tissue(key, which)) is not None]
+        group = join_groups(found.n, pairs)
+        zones = None if found.zones is None else group[found.zones]
+        return _Tissue(found.box, group[found.ids], zones, int(group.max(initial=0)))
+
+    def records(self, region: str) -> list[dict]:
+        if self.tissue(region, "truth") is None:
+            return []
+        truth, pred = self._joined(region, "truth"), self._joined(region, "pred")
+        return _scored_records(truth.ids, truth.zones, truth.n, pred.ids, self.challenge.lesion_rules[region],
+                               self.penalty, self.spacing, self.hd95)
 
 
 def _region_result(region: str, records: list[dict], challenge: Challenge, scheme: Scheme, shape) -> RegionLesions:

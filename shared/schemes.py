@@ -12,7 +12,9 @@ all three over the years.  A :class:`Scheme` names one complete procedure:
   predicted components merged by dilation too and predicted lesions at or below
   the volume threshold dropped), or ``matched`` (the 2026 ``brats-evaluation``
   package built on panoptica: one-to-one Hungarian matching of components);
-* the lesion HD95 reduction and the empty-region rule.
+* the lesion HD95: its surface (``voxel`` or ``surfel``, see
+  :data:`shared.surface.SURFACES`: the 2023-2025 code takes DeepMind's
+  area-weighted surface elements), its reduction, and the empty-region rule.
 
 The lesion parameters (dilation, volume threshold, penalty) are the
 challenge's, from :mod:`shared.challenges`; a scheme only says how they are
@@ -29,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import types
 
-from shared import metrics
+from shared import metrics, surface
 from shared.challenges import Challenge
 
 LESION_METHODS = ("none", "brats2023", "brats2024", "matched")
@@ -46,6 +48,7 @@ class Scheme:
     lesion_hd95_reduction: str  # per-lesion HD95
     empty_rule: str  # what a region empty in truth, prediction or both scores
     nsd_tolerance_mm: float = 1.0  # normalised surface Dice of matched lesions (matched only)
+    lesion_surface: str = "voxel"  # per-lesion HD95 surface (surface.SURFACES)
 
     def __post_init__(self):
         if self.lesion_method not in LESION_METHODS:
@@ -53,6 +56,12 @@ class Scheme:
         for reduction in (self.hd95_reduction, self.lesion_hd95_reduction):
             if reduction not in metrics.HD95_REDUCTIONS:
                 raise ValueError(f"{self.name}: unknown HD95 reduction {reduction!r}")
+        if self.lesion_surface not in surface.SURFACES:
+            raise ValueError(f"{self.name}: unknown lesion surface {self.lesion_surface!r}")
+        if self.lesion_surface == "surfel" and self.lesion_method == "matched":
+            raise ValueError(f"{self.name}: matched lesions use surface voxels (their NSD needs them)")
+        if self.lesion_surface == "surfel" and self.lesion_hd95_reduction != "max_directed":
+            raise ValueError(f"{self.name}: the surfel HD95 is the larger directed percentile (max_directed)")
 
     @property
     def lesionwise(self) -> bool:
@@ -70,14 +79,18 @@ _ENTRIES = (
     Scheme("nnunet", "nnU-Net's BraTS evaluation (MedPy hd95)", "none", "pooled", "pooled",
            empty_rule=f"both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 {metrics.EMPTY_HD95} mm; kept in means"),
     Scheme("brats2023", "BraTS 2023 lesion-wise (BraTS-2023-Metrics)", "brats2023", "max_directed", "max_directed",
-           empty_rule=_PENALISED),
+           empty_rule=_PENALISED, lesion_surface="surfel"),
     Scheme("brats2024", "BraTS 2024-2025 lesion-wise (BraTS-2024-Metrics)", "brats2024", "max_directed",
            "max_directed", empty_rule=_PENALISED + "; predicted lesions are merged by dilation and those at "
-           "or below the threshold are dropped before matching"),
+           "or below the threshold (counted in voxels, in mm3 for MEN-RT) are dropped before matching; "
+           "lesions of the tissues the task joins (GLI: NETC, ET, RC, SNFH; MET, SSA: ET) that touch the same "
+           "lesion of another tissue become one", lesion_surface="surfel"),
     Scheme("brats2026", "BraTS 2026 matched lesions (brats-evaluation / panoptica)", "matched", "pooled", "pooled",
            empty_rule="a region empty in both is left out of means (NaN); with lesions but no match: Dice 0, "
            "NSD 0, HD95 inf, F1 0, PQ 0"),
 )
+
+_SURFACE_WORDS = {"voxel": "surface voxels", "surfel": "area-weighted surface elements (DeepMind surface-distance)"}
 
 SCHEMES: types.MappingProxyType = types.MappingProxyType({s.name: s for s in _ENTRIES})
 
@@ -120,7 +133,8 @@ def describe(scheme: Scheme, challenge: Challenge | None = None) -> str:
     text = (f"Scheme {scheme.name} ({scheme.title}). Whole-region HD95: {scheme.hd95_reduction}. ")
     if scheme.lesionwise:
         text += (f"Lesions: 26-connected components, method {scheme.lesion_method}, per-lesion HD95 "
-                 f"{scheme.lesion_hd95_reduction}; {scheme.empty_rule}.")
+                 f"{scheme.lesion_hd95_reduction} over {_SURFACE_WORDS[scheme.lesion_surface]}; "
+                 f"{scheme.empty_rule}.")
     else:
         text += f"Empty regions: {scheme.empty_rule}."
     if scheme.lesion_method == "matched":
@@ -129,5 +143,11 @@ def describe(scheme: Scheme, challenge: Challenge | None = None) -> str:
     elif scheme.lesionwise and challenge is not None and challenge.lesion_rules:
         rules = ", ".join(f"{r} {rule.dilation}/{rule.min_volume_mm3:g}" for r, rule in challenge.lesion_rules.items())
         text += (f" {challenge.name}: dilation/threshold mm3 {rules}; penalty {challenge.lesion_penalty_mm}"
-                 f"{' (volume diagonal, voxels)' if isinstance(challenge.lesion_penalty_mm, str) else ' mm'}.")
+                 f"{' (volume diagonal, voxels)' if isinstance(challenge.lesion_penalty_mm, str) else ' mm'}")
+        if scheme.lesion_method == "brats2024":
+            text += f"; predicted lesions thresholded in {challenge.lesion_prediction_unit}"
+            if challenge.lesion_joins:
+                text += "; joined across tissues: " + ", ".join(
+                    f"{j.region} through {'/'.join(j.partners)}" for j in challenge.lesion_joins)
+        text += "."
     return text

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+import brats_reference
 from shared import challenges, lesions, metrics, schemes
 from shared.challenges import LesionRule
 
@@ -256,10 +257,21 @@ def test_the_challenge_penalty_is_used_and_native_tasks_use_the_volume_diagonal(
 
 def test_the_2024_gli_registry_matches_the_reference_code():
     """BraTS-2024-Metrics metrics_GLI.py: dilation 5 for NETC and RC only (its SNFH check is
-    spelt "SFNH", so SNFH keeps 3); threshold 10 mm^3 for ET, 20 otherwise; penalty 337."""
-    rules = challenges.get("brats2024_gli").lesion_rules
-    assert {r: (rule.dilation, rule.min_volume_mm3) for r, rule in rules.items()} == {
+    spelt "SFNH", so SNFH keeps 3); threshold 10 mm^3 for ET, 20 otherwise; penalty 337;
+    predictions thresholded in voxels; combine_lesions_tissues joins NETC through ET then RC,
+    ET through NETC then RC, RC through ET then NETC, SNFH through ET, RC, NETC.  MEN-RT alone
+    thresholds predictions in mm^3 (``counts <= thresh / (sx*sy*sz)``); SSA and MET join ET through NETC."""
+    gli = challenges.get("brats2024_gli")
+    assert {r: (rule.dilation, rule.min_volume_mm3) for r, rule in gli.lesion_rules.items()} == {
         "WT": (3, 20), "TC": (3, 20), "SNFH": (3, 20), "ET": (3, 10), "NETC": (5, 20), "RC": (5, 20)}
+    assert {j.region: j.partners for j in gli.lesion_joins} == {
+        "NETC": ("ET", "RC"), "ET": ("NETC", "RC"), "RC": ("ET", "NETC"), "SNFH": ("ET", "RC", "NETC")}
+    units = {name: c.lesion_prediction_unit for name, c in challenges.CHALLENGES.items() if c.lesion_rules}
+    assert {name for name, unit in units.items() if unit == "mm3"} == {"brats2024_men_rt"}
+    for name, rule in (("brats2024_ssa", LesionRule(3, 50)), ("brats2024_met", LesionRule(1, 2)),
+                       ("brats2025_met", LesionRule(1, 2))):
+        assert [(j.region, j.partners, j.partner_rule) for j in challenges.get(name).lesion_joins] == [
+            ("ET", ("NETC",), rule)]
 
 
 def test_schemes_default_to_the_challenge_year_and_refuse_what_cannot_apply():
@@ -288,7 +300,7 @@ def test_lesion_table_for_one_patient_names_its_scheme():
 
 def _reference_loop(pred, truth, rule, penalty, merge=False):
     """The BraTS-2023-Metrics loop written out literally on the full volume (one
-    dilation per lesion, no cropping): what the fast version must reproduce.
+    dilation per lesion, no cropping, DeepMind's HD95): what the fast version must reproduce.
     ``merge``: the 2024 code's predictions, merged by dilation and dropped at or
     below the threshold (1 mm voxels here)."""
     struct = lesions.DILATION_STRUCTURE
@@ -311,7 +323,7 @@ def _reference_loop(pred, truth, rule, penalty, merge=False):
         hit_all |= hits
         hit_mask = np.isin(pred_ids, list(hits))
         dice = 2.0 * np.count_nonzero(hit_mask & lesion) / (np.count_nonzero(hit_mask) + np.count_nonzero(lesion))
-        hd = metrics.hd95(hit_mask, lesion) if hits else penalty
+        hd = brats_reference.hd95(lesion, hit_mask, (1.0, 1.0, 1.0)) if hits else penalty
         if np.count_nonzero(lesion) > rule.min_volume_mm3:
             dices.append(dice)
             hds.append(hd)
@@ -350,3 +362,154 @@ def test_the_fast_lesion_wise_scores_equal_the_literal_reference_loop(seed, merg
     assert fast["dice"] > 0 and fast["tp"] > 0  # the case exercises real overlaps
     assert len(lesions.clusters(pred | truth, rule.dilation)) > 1  # and several clusters
     assert fast == pytest.approx(_reference_loop(pred, truth, rule, P, merge))
+
+
+# -- 2024: prediction threshold units and cross-tissue joining ----------------------
+
+def _labels(shape=(32, 32, 12)) -> np.ndarray:
+    return np.zeros(shape, dtype=np.uint8)
+
+
+def test_the_2024_prediction_threshold_counts_voxels_except_for_men_rt():
+    """Voxels of 1 x 1 x 2 mm.  GLI ET (threshold 10): truth a 3^3 cube (54 mm^3, counted),
+    predicted exactly; the prediction adds a 2^3 cube far away: 8 voxels = 16 mm^3.
+    The reference drops predicted lesions of at most 10 *voxels*: 8 <= 10, gone, ET perfect
+    (Dice 1, no FP).  Counted in mm^3 it would stay (16 > 10): one FP, Dice (1 + 0)/2 = 0.5.
+
+    MEN-RT (threshold 50, ``counts <= 50 / (sx*sy*sz)`` = 25 voxels): a predicted 3^3
+    cube (27 voxels = 54 mm^3) stays as a FP (Dice 0.5), where a voxel count would drop it (27 <= 50)."""
+    import dataclasses
+
+    spacing = (1.0, 1.0, 2.0)
+    gli = challenges.get("brats2024_gli")  # class 3 = ET (label 3)
+    truth = _labels()
+    truth[2:5, 2:5, 2:5] = 3
+    pred = truth.copy()
+    pred[20:22, 20:22, 6:8] = 3
+    by_region = {r.region: r.scores for r in lesions.score_lesions(pred, truth, gli, spacing).regions}
+    assert by_region["ET"] == {"dice": 1.0, "hd95": 0.0, "tp": 1, "fp": 0, "fn": 0}
+    in_mm3 = dataclasses.replace(gli, name="gli_mm3", lesion_prediction_unit="mm3")
+    by_region = {r.region: r.scores for r in lesions.score_lesions(pred, truth, in_mm3, spacing).regions}
+    assert by_region["ET"]["dice"] == 0.5 and by_region["ET"]["fp"] == 1
+
+    men_rt = challenges.get("brats2024_men_rt")
+    truth = _labels()
+    truth[2:6, 2:6, 2:6] = 1
+    pred = truth.copy()
+    pred[20:23, 20:23, 6:9] = 1
+    gtv = lesions.score_lesions(pred, truth, men_rt, spacing).regions[0].scores
+    assert gtv["dice"] == 0.5 and gtv["fp"] == 1
+    in_voxels = dataclasses.replace(men_rt, name="men_rt_voxels", lesion_prediction_unit="voxels")
+    assert lesions.score_lesions(pred, truth, in_voxels, spacing).regions[0].scores["fp"] == 0
+    # the single-region entry point takes the unit too
+    mask_p, mask_t = pred > 0, truth > 0
+    assert lesions.lesionwise_region(mask_p, mask_t, LesionRule(1, 50), 100.0, spacing, merge_predictions=True,
+                                     prediction_unit="mm3")[0]["fp"] == 1
+    assert lesions.lesionwise_region(mask_p, mask_t, LesionRule(1, 50), 100.0, spacing,
+                                     merge_predictions=True)[0]["fp"] == 0
+
+
+def test_two_netc_lesions_touching_the_same_et_lesion_are_one_lesion_in_2024():
+    """GLI 2024.  Truth: an ET bar (label 3) x 2..29, y 5..6, z 5..6, and two NETC cubes
+    (label 1, 3^3 = 27 voxels) stuck to it at x 2..4 and x 24..26, y 7..9.  The cubes are
+    19 voxels apart, far more than NETC's dilation 5 bridges (11), so by dilation they
+    are two lesions; but both touch ET lesion 1, so combine_lesions_NETC gives them one
+    label: one NETC lesion of 54 voxels.  The prediction has the bar and the first cube:
+    Dice 2*27/(54+27) = 2/3, one TP, no FN.  Without the joining: the first cube is
+    perfect, the second missed: Dice (1 + 0)/2, one FN.  The 2023 procedure never joins."""
+    import dataclasses
+
+    gli = challenges.get("brats2024_gli")
+    truth = _labels()
+    truth[2:30, 5:7, 5:7] = 3
+    truth[2:5, 7:10, 4:7] = 1
+    truth[24:27, 7:10, 4:7] = 1
+    pred = truth.copy()
+    pred[24:27, 7:10, 4:7] = 0
+    found = lesions.score_lesions(pred, truth, gli, (1.0, 1.0, 1.0))
+    netc = {r.region: r for r in found.regions}["NETC"]
+    assert netc.scores["dice"] == pytest.approx(2 / 3) and (netc.scores["tp"], netc.scores["fn"]) == (1, 0)
+    assert [r["volume_mm3"] for r in netc.lesions if r["kind"] == "truth"] == [54.0]
+    unjoined = dataclasses.replace(gli, name="gli_unjoined", lesion_joins=())
+    netc = {r.region: r.scores for r in lesions.score_lesions(pred, truth, unjoined, (1, 1, 1)).regions}["NETC"]
+    assert netc["dice"] == 0.5 and netc["fn"] == 1
+    netc = {r.region: r.scores for r in lesions.score_lesions(pred, truth, gli, (1, 1, 1), "brats2023").regions}["NETC"]
+    assert netc["dice"] == 0.5 and netc["fn"] == 1
+
+
+def test_joining_keys_each_lesion_by_its_lowest_touching_partner_and_is_not_transitive():
+    """GLI 2024, truth scored against itself.  ET bars E1 (x 2..3) and E2 (x 20..21), both
+    y 2..30, z 4..5: 16 voxels apart, two ET lesions, E1 numbered first (C raster order).
+    NETC A (x 4..19, y 2..4) touches both; NETC B (x 22..25, y 26..29; 32 voxels, above the threshold 20) touches E2 only;
+    A and B are 22 voxels apart (no dilation merge).  relabel_nifti_image keys A by its
+    lowest touching ET lesion (E1) and B by E2: different keys, so NETC stays TWO
+    lesions (a union of everything touching would make one).  For ET, E1 touches A only
+    (key A) and E2 touches A and B (key min(A, B) = A, numbered first): same key, so ET
+    is ONE lesion.  The literal reference transcription agrees."""
+    gli = challenges.get("brats2024_gli")
+    truth = _labels((32, 34, 10))
+    truth[2:4, 2:31, 4:6] = 3
+    truth[20:22, 2:31, 4:6] = 3
+    truth[4:20, 2:5, 4:6] = 1
+    truth[22:26, 26:30, 4:6] = 1
+    by_region = {r.region: r for r in lesions.score_lesions(truth, truth, gli, (1.0, 1.0, 1.0)).regions}
+    assert by_region["NETC"].scores["tp"] == 2 and by_region["ET"].scores["tp"] == 1
+    reference = brats_reference.lesionwise_2024(truth, truth, brats_reference.GLI)
+    assert (reference["NETC"]["tp"], reference["ET"]["tp"]) == (2, 1)
+
+
+def _joined_case(rng, shape=(48, 40, 12)):
+    """Three ET bars with small NETC / SNFH / RC blocks stuck to them every 13 voxels
+    (only touching joins them), and a few random blocks of any label in the prediction."""
+    truth = np.zeros(shape, np.uint8)
+    for y in (4, 18, 32):
+        truth[2:46, y:y + 2, 4:6] = 3
+        for x in range(2, 44, 13):
+            yy = y + 2 if rng.random() < 0.5 else y - 2
+            truth[x + rng.integers(0, 3):x + 5, yy:yy + 2, 4:6 + rng.integers(0, 2)] = rng.choice((1, 2, 4))
+    pred = truth.copy()
+    for _ in range(3):
+        x, y = rng.integers(0, 44), rng.integers(0, 36)
+        pred[x:x + 3, y:y + 3, 3:7] = rng.choice((0, 1, 2, 3, 4))
+    return pred, truth
+
+
+def _random_case(rng, labels, shape=(40, 40, 24), n=12):
+    """Random label boxes (later ones overwrite), the prediction shifted by up to a voxel and
+    partly repainted."""
+    truth = np.zeros(shape, np.uint8)
+    for _ in range(n):
+        size = rng.integers(1, 7, size=3)
+        corner = rng.integers(0, np.array(shape) - size)
+        truth[tuple(slice(c, c + s) for c, s in zip(corner, size))] = rng.choice(labels)
+    pred = np.roll(truth, tuple(rng.integers(-1, 2, size=3)), axis=(0, 1, 2)).copy()
+    for _ in range(4):
+        size = rng.integers(1, 5, size=3)
+        corner = rng.integers(0, np.array(shape) - size)
+        pred[tuple(slice(c, c + s) for c, s in zip(corner, size))] = rng.choice((0,) + labels)
+    return pred, truth
+
+
+@pytest.mark.parametrize("task, seed, spacing", [("gli_joined", 0, (1.0, 1.0, 1.0)), ("gli_joined", 1, (1.0, 1.0, 2.0)),
+                                                 ("gli", 2, (0.8, 1.0, 1.5)), ("ssa", 3, (1.0, 1.0, 1.0)),
+                                                 ("ssa", 4, (1.0, 1.0, 2.0))])
+def test_2024_scores_equal_a_literal_transcription_of_the_reference(task, seed, spacing):
+    """Every region of GLI 2024 (labels 1..4; bars with stuck-on blocks, where the joining
+    decides the lesions, or random boxes) and SSA (ET joined through NETC), at 1 mm and
+    anisotropic spacing: score_lesions gives the same Dice, HD95 and counts as
+    brats_reference.lesionwise_2024, a step-by-step transcription of metrics_GLI.py /
+    metrics_SSA.py (per-tissue dilation merge, voxel-count threshold, touching pairs and
+    relabelling, per-lesion dilation loop, DeepMind HD95)."""
+    rng = np.random.default_rng(seed)
+    if task == "gli_joined":
+        pred, truth = _joined_case(rng)
+    else:
+        pred, truth = _random_case(rng, (1, 2, 3, 4) if task == "gli" else (1, 2, 3))
+    challenge = challenges.get("brats2024_ssa" if task == "ssa" else "brats2024_gli")
+    expected = brats_reference.lesionwise_2024(pred, truth, brats_reference.SSA if task == "ssa"
+                                               else brats_reference.GLI, spacing)
+    # class volumes: GLI and SSA number classes as their labels
+    found = {r.region: r.scores for r in lesions.score_lesions(pred, truth, challenge, spacing).regions}
+    assert set(found) == set(expected)
+    for region, scores in expected.items():
+        assert found[region] == pytest.approx(scores, rel=1e-12, abs=1e-12), region
