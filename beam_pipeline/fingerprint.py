@@ -27,6 +27,7 @@ BYTE_SHAPING_MODULES = (
     "shared.layouts",
     "shared.manifest",
     "shared.failures",
+    "shared.geometry",
     "shared.nifti_io",
     "shared.schema",
     "shared.tfrecord",

@@ -41,6 +41,7 @@ from beam_pipeline import fingerprint, sharding
 from preprocessing import patient as patient_lib
 from preprocessing.discovery import PatientSource
 from shared import failures as failures_lib
+from shared import geometry as geometry_lib
 from shared import schema, storage, tfrecord
 from shared.manifest import FORMAT, SPLITS, canonical_json, write_manifest
 from shared.spec import PreprocessingSpec
@@ -107,7 +108,9 @@ def process_patient(source: PatientSource, config: dict, staging: str, segfault_
         return {"ok": False, "patient": source.patient_id, "failure": failure}
     seconds = dict(result.seconds, write=stage_record(result.record, config, staged))
     outcome = {"ok": True, "patient": source.patient_id, "split": source.split, "staged": staged,
-               "warnings": result.warnings, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+               "warnings": result.warnings, "seconds": {k: round(v, 3) for k, v in seconds.items()},
+               # the scan's orientation, shape and spacing: the manifest's `geometry` summarises them
+               "geometry": geometry_lib.ScanGeometry.of(result.record.affine, result.record.original_shape).to_json()}
     write_bytes(outcome_path, canonical_json(outcome).encode())  # last: marks the patient done for a resume
     log.info("patient %s done in %.1fs", source.patient_id, time.perf_counter() - start)
     return dict(outcome, resumed=False)
@@ -247,8 +250,10 @@ class WriteManifest(beam.DoFn):
         write_bytes(join(plan.dataset_dir, RUN_NAME), (json.dumps(run_facts(plan, outcomes), indent=2) + "\n").encode())
         if good:
             warnings = {o["patient"]: o["warnings"] for o in good if o["warnings"]}
+            scans = geometry_lib.summarize((o["geometry"] for o in good),
+                                           geometry_lib.resample_spacing(plan.config) is not None)
             write_manifest(plan.dataset_dir, build_manifest(plan, shards, sorted(failures, key=failures_lib.sort_key),
-                                                            warnings))
+                                                            warnings, scans))
             storage.delete_tree(join(plan.dataset_dir, STAGING))
         yield len(good)
 
@@ -277,8 +282,12 @@ def _cohorts(plan: Plan) -> dict:
     return {name: dict(entry, patients=sorted(entry["patients"])) for name, entry in sorted(out.items())}
 
 
-def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict) -> dict:
-    """The manifest: deterministic, and the same wherever the input folder lay (``run.json`` says where)."""
+def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict, scans: dict) -> dict:
+    """The manifest: deterministic, and the same wherever the input folder lay (``run.json`` says where).
+
+    ``scans``: the training scans' geometry (:func:`shared.geometry.summarize`),
+    which prediction, evaluation and the app compare new scans with.
+    """
     splits = {}
     for split in SPLITS:
         mine = sorted((s for s in shards if s["split"] == split), key=lambda s: s["index"])
@@ -311,6 +320,7 @@ def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warning
         "folds": plan.folds,
         "failed": failures,
         "warnings": warnings,
+        geometry_lib.KEY: scans,
         "code": plan.code,
     }
 
