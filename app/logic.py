@@ -397,10 +397,14 @@ def write_patient(patient: PatientInput, workdir: str) -> tuple[str, str | None]
 # --------------------------------------------------------------------------
 
 
-def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
-    """A volume the model's crop fits in: the small example, or the BraTS grid for a fixed box."""
+def example_shape(preprocess_cfg: dict, expected=None) -> tuple[int, int, int]:
+    """The training scans' grid when the dataset recorded one (``expected``, a :class:`shared.geometry.Expected`:
+    another grid would be refused), else a volume the model's crop fits in: the small example, or the BraTS
+    grid for a fixed box."""
     from synthetic import cohort as synthetic_data
 
+    if expected is not None and expected.resample_mm is None and expected.grids:
+        return expected.grids[0][0]
     spec = PreprocessingSpec.from_config(preprocess_cfg)
     need = spec.min_source_shape
     if all(n <= e for n, e in zip(need, EXAMPLE_SHAPE)):
@@ -409,8 +413,16 @@ def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
     return tuple(max(int(n), b) for n, b in zip(need, base))  # type: ignore[return-value]
 
 
+def example_spacing(expected=None) -> tuple[float, float, float]:
+    """The training scans' voxel size when the dataset recorded one grid to match, else 1 mm."""
+    if expected is not None and expected.resample_mm is None and expected.grids:
+        return tuple(expected.grids[0][1])
+    return (1.0, 1.0, 1.0)
+
+
 @functools.lru_cache(maxsize=4)
-def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE, challenge: str = "brats2020") -> tuple[Upload, ...]:
+def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE, challenge: str = "brats2020",
+                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[Upload, ...]:
     """The synthetic example patient as uploads: the challenge's modalities and true segmentation.
 
     Made in memory from :mod:`synthetic.cohort` with a fixed seed, in the
@@ -420,7 +432,8 @@ def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE, challenge: str 
     """
     from synthetic import cohort as synthetic_data
 
-    patient = synthetic_data.make_patient(EXAMPLE_ID, 1, shape, "HGG", seed=EXAMPLE_SEED, challenge=challenge)
+    patient = synthetic_data.make_patient(EXAMPLE_ID, 1, shape, "HGG", seed=EXAMPLE_SEED, challenge=challenge,
+                                          spacing=spacing)
     layout = layouts.get_layout(challenge)
     volumes = dict(patient.images, seg=patient.seg.astype(np.uint8))
     return tuple(Upload(layout.expected_name(EXAMPLE_ID, name), synthetic_data.nifti_bytes(array, patient.affine))

@@ -82,8 +82,9 @@ def collect_inputs(settings: logic.Settings, predictor):
                    "made on the fly with the project's synthetic-data generator, with its true segmentation.")
 
         def example():
-            shape = logic.example_shape(predictor.preprocess_cfg if predictor else {})
-            uploads = logic.example_uploads(shape, name)
+            expected = predictor.expected if predictor else None  # the training scans' grid, where recorded
+            shape = logic.example_shape(predictor.preprocess_cfg if predictor else {}, expected)
+            uploads = logic.example_uploads(shape, name, logic.example_spacing(expected))
             return [u for u in uploads if compare or not logic.is_segmentation_name(u.name, name)], None
 
         return example

@@ -194,8 +194,15 @@ def test_the_manifest_records_the_training_geometry(scan, tmp_path):
     manifest = json.loads(pathlib.Path(summary.dataset_dir, "manifest.json").read_text())
     assert manifest["geometry"] == {"orientations": ["LPS"],
                                     "grids": [{"shape": [48, 48, 40], "spacing_mm": [1.0, 1.0, 1.0]}]}
-    expected = geometry.Expected.from_entry(manifest["geometry"], manifest["config"])
-    assert expected.orientation == "LPS" and expected.describe() == "orientation LPS, 48x48x40 voxels of 1x1x1 mm"
+    run = tmp_path / "run"  # a model trained on it: prediction reads the geometry from the manifest
+    run.mkdir()
+    (run / "lineage.json").write_text(json.dumps({"data_dir": summary.dataset_dir, "version_id": summary.version_id}))
+    (run / "model.keras").write_bytes(b"")  # never loaded (with_model=False)
+    (run / "config.json").write_text(json.dumps({"patch_size": [16, 16, 16]}))
+    predictor = prediction.load_predictor(str(run / "model.keras"), with_model=False)
+    assert predictor.geometry == manifest["geometry"]
+    assert predictor.expected.orientation == "LPS"
+    assert predictor.expected.describe() == "orientation LPS, 48x48x40 voxels of 1x1x1 mm"
 
 
 def test_evaluation_turns_a_prediction_into_the_truths_orientation_or_names_its_grid(scan, tmp_path):
@@ -245,3 +252,6 @@ def test_the_app_says_scans_must_be_skull_stripped_and_co_registered(scan, stub_
     text = logic.model_summary(predictor)
     assert "skull-stripped and co-registered to the SRI24 grid" in text
     assert "orientation LPS, 48x48x40 voxels of 1x1x1 mm" in text and "another grid refused" in text
+    # the example case comes on that grid, so the page's example is never refused
+    assert logic.example_shape(predictor.preprocess_cfg, predictor.expected) == TINY_SHAPE
+    assert logic.example_spacing(predictor.expected) == (1.0, 1.0, 1.0)
