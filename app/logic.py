@@ -476,10 +476,10 @@ def truth_classes(path: str, convention: str, scans: tuple[np.ndarray, Sequence[
     """
     from shared import geometry
     from shared.nifti_io import load_array, parse_nifti
+    from shared.storage import read_bytes
 
     name = os.path.basename(path)
-    with open(path, "rb") as handle:
-        image = parse_nifti(handle.read(), name)
+    image = parse_nifti(read_bytes(path), name)
     seg = load_array(image, name)
     if scans is not None:
         try:

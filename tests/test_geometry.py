@@ -109,6 +109,9 @@ def test_reorientation_is_exact_both_ways_and_keeps_world_positions():
     np.testing.assert_array_equal(turn.forward(array.transpose(2, 0, 1)), array)
     np.testing.assert_array_equal(turn.backward(array), array.transpose(2, 0, 1))
     np.testing.assert_allclose(turn.affine, affine)
+    probabilities = np.random.default_rng(0).random(shape + (4,))  # trailing class axis: turned with the voxels
+    np.testing.assert_array_equal(turn.forward(turn.backward(probabilities)), probabilities)
+    np.testing.assert_array_equal(turn.backward(probabilities)[..., 2], turn.backward(probabilities[..., 2]))
     assert geometry.reorientation(affine, shape, "LPS") is None
 
 
