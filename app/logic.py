@@ -14,7 +14,10 @@ one the user picks), and their shapes compared.  Only then are the
 files written, under their base names, into a ``tempfile.TemporaryDirectory``
 that is removed when the segmentation returns or fails.  The prediction itself
 is :func:`serving.prediction.predict_patient`, the same code as
-``python -m serving.predict``.
+``python -m serving.predict``: it reorients a scan stored in another
+orientation and refuses one on a grid the model cannot take
+(:mod:`shared.geometry`).  The page also warns when a scan's background is
+not zero, the sign of a scan that was not skull-stripped.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class Result:
     segmentation: bytes  # .nii.gz in the source geometry and label numbering
     summary_png: bytes
     notes: list[str]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # shown as warnings: the result may be wrong
 
     @property
     def classes(self) -> np.ndarray:
@@ -393,10 +397,14 @@ def write_patient(patient: PatientInput, workdir: str) -> tuple[str, str | None]
 # --------------------------------------------------------------------------
 
 
-def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
-    """A volume the model's crop fits in: the small example, or the BraTS grid for a fixed box."""
+def example_shape(preprocess_cfg: dict, expected=None) -> tuple[int, int, int]:
+    """The training scans' grid when the dataset recorded one (``expected``, a :class:`shared.geometry.Expected`:
+    another grid would be refused), else a volume the model's crop fits in: the small example, or the BraTS
+    grid for a fixed box."""
     from synthetic import cohort as synthetic_data
 
+    if expected is not None and expected.resample_mm is None and expected.grids:
+        return expected.grids[0][0]
     spec = PreprocessingSpec.from_config(preprocess_cfg)
     need = spec.min_source_shape
     if all(n <= e for n, e in zip(need, EXAMPLE_SHAPE)):
@@ -405,8 +413,16 @@ def example_shape(preprocess_cfg: dict) -> tuple[int, int, int]:
     return tuple(max(int(n), b) for n, b in zip(need, base))  # type: ignore[return-value]
 
 
+def example_spacing(expected=None) -> tuple[float, float, float]:
+    """The training scans' voxel size when the dataset recorded one grid to match, else 1 mm."""
+    if expected is not None and expected.resample_mm is None and expected.grids:
+        return tuple(expected.grids[0][1])
+    return (1.0, 1.0, 1.0)
+
+
 @functools.lru_cache(maxsize=4)
-def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE, challenge: str = "brats2020") -> tuple[Upload, ...]:
+def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE, challenge: str = "brats2020",
+                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[Upload, ...]:
     """The synthetic example patient as uploads: the challenge's modalities and true segmentation.
 
     Made in memory from :mod:`synthetic.cohort` with a fixed seed, in the
@@ -416,7 +432,8 @@ def example_uploads(shape: tuple[int, int, int] = EXAMPLE_SHAPE, challenge: str 
     """
     from synthetic import cohort as synthetic_data
 
-    patient = synthetic_data.make_patient(EXAMPLE_ID, 1, shape, "HGG", seed=EXAMPLE_SEED, challenge=challenge)
+    patient = synthetic_data.make_patient(EXAMPLE_ID, 1, shape, "HGG", seed=EXAMPLE_SEED, challenge=challenge,
+                                          spacing=spacing)
     layout = layouts.get_layout(challenge)
     volumes = dict(patient.images, seg=patient.seg.astype(np.uint8))
     return tuple(Upload(layout.expected_name(EXAMPLE_ID, name), synthetic_data.nifti_bytes(array, patient.affine))
@@ -450,12 +467,26 @@ def _friendly(message: str, workdir: str) -> str:
     return message.replace(os.path.realpath(workdir) + os.sep, "").replace(workdir + os.sep, "")
 
 
-def truth_classes(path: str, convention: str) -> np.ndarray:
+def truth_classes(path: str, convention: str, scans: tuple[np.ndarray, Sequence[int]] | None = None) -> np.ndarray:
     """The truth as classes, read in the one numbering of its challenge (never guessed from its values:
-    label 4 is enhancing tumour in 2020 but a resection cavity in GLI 2024)."""
-    from serving.prediction import source_image
+    label 4 is enhancing tumour in 2020 but a resection cavity in GLI 2024).
 
-    _, seg = source_image(path)
+    ``scans``: (affine, shape) of the scans (the prediction's grid); a truth stored in another orientation
+    is turned into theirs, one on another grid is refused.
+    """
+    from shared import geometry
+    from shared.nifti_io import load_array, parse_nifti
+    from shared.storage import read_bytes
+
+    name = os.path.basename(path)
+    image = parse_nifti(read_bytes(path), name)
+    seg = load_array(image, name)
+    if scans is not None:
+        try:
+            seg = geometry.align_to(seg, image.affine, scans[0], scans[1], what=f"The segmentation {name}",
+                                    reference="the scans")
+        except geometry.GeometryError as exc:
+            raise InputError(f"{exc}; it cannot be scored against them.") from None
     bad = labels.unexpected_labels(seg, convention)
     if not bad:
         return labels.to_classes(seg, convention)
@@ -495,7 +526,7 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
             if truth_path is not None:
                 from shared import lesions
 
-                truth = truth_classes(truth_path, pred.label_convention)
+                truth = truth_classes(truth_path, pred.label_convention, (pred.affine, pred.classes.shape))
                 scores = metrics.score_patient(pred.classes, truth, pred.challenge, pred.spacing)
                 lesion_scores = lesions.lesion_table(pred.classes, truth, pred.challenge, pred.spacing)
         except PatientError as exc:
@@ -503,12 +534,46 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
         except ValueError as exc:  # a scan nibabel cannot read, labels, shapes
             raise InputError(_friendly(f"Cannot segment {patient.patient_id}: {exc}", workdir)) from None
     notes = [f"Files not used: {', '.join(patient.ignored)}"] if patient.ignored else []
+    notes += [f"Geometry: {note}." for note in pred.notes]
     if not np.any(pred.classes):
         notes.append("The model found no tumour in this scan.")
+    warning = background_warning(images, {ch: patient.files[ch].name for ch in images if ch in patient.files})
     png = pictures.summary_png(pred.display, pred.classes, pred.challenge, pred.spacing, title=pred.patient_id,
                                affine=pred.affine)
     return Result(uuid.uuid4().hex[:12], pred.patient_id, predictor.model_path, pred, images, scores,
-                  lesion_scores, prediction.segmentation_bytes(pred), png, notes)
+                  lesion_scores, prediction.segmentation_bytes(pred), png, notes, [warning] if warning else [])
+
+
+# A skull-stripped scan co-registered to a challenge's grid is exactly 0 outside the brain, so on its
+# border; a scan with skull, scalp or scanner noise is not.  Border: this many voxels on each face.
+BACKGROUND_BORDER = 2
+BACKGROUND_NONZERO_SHARE = 0.05  # more of the border non-zero than this: not skull-stripped
+
+
+def border_nonzero_share(volume: np.ndarray, border: int = BACKGROUND_BORDER) -> float:
+    """The share of the voxels on the volume's border (``border`` voxels deep on each face) that are not 0."""
+    inner = np.zeros(volume.shape, dtype=bool)
+    inner[tuple(slice(border, max(border, n - border)) for n in volume.shape)] = True
+    shell = volume[~inner]
+    return float(np.count_nonzero(shell)) / shell.size if shell.size else 0.0
+
+
+def background_warning(images: dict[str, np.ndarray], names: dict[str, str]) -> str | None:
+    """A warning when a scan's background is not zero (it does not look skull-stripped), naming the files.
+
+    The model's brain mask is "non-zero in any modality", as for BraTS: with
+    the head around the brain, the crop, N4 and z-scores take in skull and
+    scalp, and the segmentation is not to be trusted.
+    """
+    shares = {ch: border_nonzero_share(volume) for ch, volume in images.items()}
+    bad = {ch: share for ch, share in shares.items() if share > BACKGROUND_NONZERO_SHARE}
+    if not bad:
+        return None
+    listed = ", ".join(f"{names.get(ch, ch)} ({100 * share:.0f}% of its border voxels)" for ch, share in bad.items())
+    return (f"The background is not zero in {listed}: these scans do not look skull-stripped. The model was "
+            "trained on skull-stripped scans co-registered to the challenge's grid, as BraTS distributes them "
+            "(0 outside the brain). Skull-strip the scans first (e.g. with HD-BET or SynthStrip); this "
+            "segmentation may be wrong.")
 
 
 # --------------------------------------------------------------------------
@@ -617,4 +682,16 @@ def model_summary(predictor) -> str:
     return (f"Trained on {entry.title}: labels {', '.join(entry.class_keys[1:])}. "
             f"Modalities {', '.join(predictor.channels)}; crop {crop_text}; window "
             f"{'x'.join(map(str, predictor.window))}; trained on dataset {predictor.version_id} "
-            f"({predictor.layout} naming).")
+            f"({predictor.layout} naming). {geometry_text(predictor)}")
+
+
+def geometry_text(predictor) -> str:
+    """What scans the model takes: skull-stripped, co-registered, and the training geometry it checks."""
+    expected = predictor.expected
+    grid = predictor.challenge.grid
+    atlas = ("in native space (any grid)" if grid.native
+             else f"co-registered to the {grid.name} grid ({'x'.join(map(str, grid.shape))} at "
+                  f"{'x'.join(f'{s:g}' for s in grid.spacing_mm)} mm)")
+    return (f"Scans must be skull-stripped and {atlas}, as the challenge distributes them. Training scans: "
+            f"{expected.describe()}; another orientation is reoriented, "
+            + ("another spacing resampled." if expected.resample_mm is not None else "another grid refused."))

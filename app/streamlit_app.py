@@ -82,15 +82,18 @@ def collect_inputs(settings: logic.Settings, predictor):
                    "made on the fly with the project's synthetic-data generator, with its true segmentation.")
 
         def example():
-            shape = logic.example_shape(predictor.preprocess_cfg if predictor else {})
-            uploads = logic.example_uploads(shape, name)
+            expected = predictor.expected if predictor else None  # the training scans' grid, where recorded
+            shape = logic.example_shape(predictor.preprocess_cfg if predictor else {}, expected)
+            uploads = logic.example_uploads(shape, name, logic.example_spacing(expected))
             return [u for u in uploads if compare or not logic.is_segmentation_name(u.name, name)], None
 
         return example
     scans = st.file_uploader(
         "The patient's modalities (.nii or .nii.gz, any BraTS naming: *_flair, *_t1, *_t1ce, *_t2 or "
         "*-t2f, *-t1n, *-t1c, *-t2w, MEN-RT *_t1c), or one zip of the patient folder. Scans must be "
-        "skull-stripped and co-registered, as BraTS distributes them",
+        "skull-stripped and co-registered to the challenge's grid, as BraTS distributes them: another "
+        "orientation is reoriented, another grid is refused (or resampled, where the model's preprocessing "
+        "resamples)",
         accept_multiple_files=True, max_upload_size=settings.max_upload_mb, key="scans")
     truth = st.file_uploader("Optional: a segmentation to compare with (Dice, HD95)",
                              max_upload_size=settings.max_upload_mb, key="truth")
@@ -134,6 +137,8 @@ def show_viewer(result: logic.Result) -> None:
     st.caption(f"Model {result.model_path}; preprocessing {pred.seconds['preprocess']:.1f} s, inference "
                f"{pred.seconds['inference']:.1f} s; grid {'x'.join(map(str, result.shape))}, voxels "
                f"{' x '.join(f'{s:g}' for s in pred.spacing)} mm.")
+    for warning in result.warnings:
+        st.warning(warning)
     for note in result.notes:
         st.info(note)
     key = result.token
@@ -188,7 +193,8 @@ def main() -> None:
     # The server refuses any file over server.maxUploadSize (default 200 MB): never promise more.
     settings.max_upload_mb = min(settings.max_upload_mb, int(st.get_option("server.maxUploadSize")))
     st.title("Brain tumour segmentation")
-    st.markdown("Upload one patient's MRI (skull-stripped and co-registered, as BraTS distributes them) and a 3D "
+    st.markdown("Upload one patient's MRI (skull-stripped and co-registered to the challenge's grid, as BraTS "
+                "distributes them) and a 3D "
                 "U-Net trained on a BraTS challenge outlines the tumour sub-regions that challenge labels. "
                 "For research only, not for diagnosis.")
     predictor, tta = choose_model(settings)

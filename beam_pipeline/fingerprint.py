@@ -27,6 +27,7 @@ BYTE_SHAPING_MODULES = (
     "shared.layouts",
     "shared.manifest",
     "shared.failures",
+    "shared.geometry",
     "shared.nifti_io",
     "shared.schema",
     "shared.tfrecord",
@@ -36,6 +37,7 @@ BYTE_SHAPING_MODULES = (
     "beam_pipeline.pipeline",
     "beam_pipeline.sharding",
     "beam_pipeline.splits",
+    "beam_pipeline.staging",
 )
 # Distributions whose version can change the numbers (ITK inside antspyx, numpy's
 # maths, nibabel's scaling, scikit-learn's splits).  Records and shards are written

@@ -40,6 +40,7 @@ from beam_pipeline import fingerprint, sharding
 from beam_pipeline.staging import FAULT_INJECT_SEGFAULT_ENV, STAGED_RECORD, process_patient  # noqa: F401
 from preprocessing.discovery import PatientSource
 from shared import failures as failures_lib
+from shared import geometry as geometry_lib
 from shared import schema, storage, tfrecord
 from shared.manifest import FORMAT, SPLITS, canonical_json, write_manifest
 from shared.spec import PreprocessingSpec
@@ -196,8 +197,10 @@ class WriteManifest(beam.DoFn):
         write_bytes(join(plan.dataset_dir, RUN_NAME), (json.dumps(run_facts(plan, outcomes), indent=2) + "\n").encode())
         if good:
             warnings = {o["patient"]: o["warnings"] for o in good if o["warnings"]}
+            scans = geometry_lib.summarize((o["geometry"] for o in good),
+                                           geometry_lib.resample_spacing(plan.config) is not None)
             write_manifest(plan.dataset_dir, build_manifest(plan, shards, sorted(failures, key=failures_lib.sort_key),
-                                                            warnings))
+                                                            warnings, scans))
             storage.delete_tree(join(plan.dataset_dir, STAGING))
         yield len(good)
 
@@ -226,8 +229,12 @@ def _cohorts(plan: Plan) -> dict:
     return {name: dict(entry, patients=sorted(entry["patients"])) for name, entry in sorted(out.items())}
 
 
-def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict) -> dict:
-    """The manifest: deterministic, and the same wherever the input folder lay (``run.json`` says where)."""
+def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warnings: dict, scans: dict) -> dict:
+    """The manifest: deterministic, and the same wherever the input folder lay (``run.json`` says where).
+
+    ``scans``: the training scans' geometry (:func:`shared.geometry.summarize`),
+    which prediction, evaluation and the app compare new scans with.
+    """
     splits = {}
     for split in SPLITS:
         mine = sorted((s for s in shards if s["split"] == split), key=lambda s: s["index"])
@@ -260,6 +267,7 @@ def build_manifest(plan: Plan, shards: list[dict], failures: list[dict], warning
         "folds": plan.folds,
         "failed": failures,
         "warnings": warnings,
+        geometry_lib.KEY: scans,
         "code": plan.code,
     }
 

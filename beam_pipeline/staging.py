@@ -19,6 +19,7 @@ import time
 from preprocessing import patient as patient_lib
 from preprocessing.discovery import PatientSource
 from shared import failures as failures_lib
+from shared import geometry as geometry_lib
 from shared import schema, storage, tfrecord
 from shared.manifest import canonical_json
 from shared.spec import PreprocessingSpec
@@ -58,7 +59,9 @@ def process_patient(source: PatientSource, config: dict, staging: str, segfault_
         return {"ok": False, "patient": source.patient_id, "failure": failure}
     seconds = dict(result.seconds, write=stage_record(result.record, config, staged))
     outcome = {"ok": True, "patient": source.patient_id, "split": source.split, "staged": staged,
-               "warnings": result.warnings, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+               "warnings": result.warnings, "seconds": {k: round(v, 3) for k, v in seconds.items()},
+               # the scan's orientation, shape and spacing: the manifest's `geometry` summarises them
+               "geometry": geometry_lib.ScanGeometry.of(result.record.affine, result.record.original_shape).to_json()}
     write_bytes(outcome_path, canonical_json(outcome).encode())  # last: marks the patient done for a resume
     log.info("patient %s done in %.1fs", source.patient_id, time.perf_counter() - start)
     return dict(outcome, resumed=False)

@@ -1,8 +1,8 @@
 """Preprocessing of one patient: NIfTI files in, one schema record out.
 
 Stages, each named in the error a bad patient is reported with:
-load -> validate -> resample (native-space cohorts only) -> mask -> crop ->
-n4 -> normalize -> encode.
+load -> validate -> [geometry: prediction only] -> resample (native-space
+cohorts only) -> mask -> crop -> n4 -> normalize -> encode.
 Everything here is plain numpy on one patient, so it runs (and is tested)
 without Beam; ``pipeline.py`` only fans it out.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from preprocessing import checksums, n4
 from preprocessing.discovery import PatientSource
-from shared import labels, layouts, schema, volume_ops
+from shared import geometry as geometry_lib, labels, layouts, schema, volume_ops
 from shared.nifti_io import load_array, parse_nifti
 from shared.storage import read_bytes
 
@@ -47,6 +47,8 @@ class Result:
     record: schema.PatientRecord
     seconds: dict[str, float]  # per stage
     warnings: list[str]
+    reorientation: geometry_lib.Reorientation | None = None  # the record is in the training orientation, not the scan's
+    notes: tuple[str, ...] = ()  # what the geometry stage did (reoriented, resampled), for people
 
 
 def load(source: PatientSource) -> Loaded:
@@ -198,10 +200,26 @@ def _one_hot_mask(seg, convention, box, image_grid, warnings) -> np.ndarray:
     return labels.one_hot(cropped, labels.num_classes(convention))
 
 
-def _resample_cfg(cfg):
-    """(enabled, target spacing) from the config's optional ``resample`` block."""
-    block = cfg.get("resample") or {}
-    return bool(block.get("enabled", False)), tuple(float(s) for s in block.get("spacing", (1.0, 1.0, 1.0)))
+def conform(loaded: Loaded, first: str, expected: geometry_lib.Expected):
+    """Turn every volume into the training orientation; refuse a grid the model cannot take.
+
+    Prediction only (training records keep their scans' own geometry, which
+    the manifest summarises).  Returns the :class:`~shared.geometry.Reorientation`
+    (None: already in the training orientation) and notes for people;
+    :class:`~shared.geometry.GeometryError` names what the scan has and what
+    the model expects.
+    """
+    affine, shape = loaded.affines[first], loaded.arrays[first].shape
+    turn = geometry_lib.reorientation(affine, shape, expected.orientation)
+    if turn is not None and turn.source not in expected.orientations:
+        for channel in loaded.arrays:
+            loaded.arrays[channel] = turn.forward(loaded.arrays[channel])
+            loaded.affines[channel] = turn.affine
+        affine, shape = turn.affine, loaded.arrays[first].shape
+    else:
+        turn = None  # one of the training orientations (a dataset may mix them): as stored
+    resampled = geometry_lib.check(geometry_lib.ScanGeometry.of(affine, shape), expected)
+    return turn, tuple(n for n in (turn.note() if turn else None, resampled) if n)
 
 
 def to_image(channels: list[np.ndarray], names: list[str]) -> np.ndarray:
@@ -223,13 +241,16 @@ def to_image(channels: list[np.ndarray], names: list[str]) -> np.ndarray:
     return image
 
 
-def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
+def preprocess(source: PatientSource, cfg, threads: int = 1,
+               expected: geometry_lib.Expected | None = None) -> Result:
     """Run every stage on one patient; raises PatientError naming stage and file.
 
     ``threads`` is how many cores this patient may use: 1 inside a Beam worker
     (Beam runs one patient per core, and the output is byte-reproducible),
     ``os.cpu_count()`` for one interactive patient (prediction, the web app),
-    where N4 of the channels then runs in parallel.
+    where N4 of the channels then runs in parallel.  ``expected``: the
+    geometry a model was trained on (prediction): the scans are reoriented
+    to it, or refused at the "geometry" stage (:func:`conform`).
     """
     stages, warnings = _Stages(source.patient_id), []
     modalities = tuple(cfg["modalities"])
@@ -239,13 +260,17 @@ def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
     loaded = stages.run("load", "", load, source)
     stages.run("validate", "", validate, loaded, convention)
     first = loaded.names[modalities[0]]
+    turn, notes = None, ()
+    if expected is not None:
+        turn, notes = stages.run("geometry", first, conform, loaded, modalities[0], expected,
+                                 bad_input=(geometry_lib.GeometryError,))
     affine = loaded.affines[modalities[0]]
     spacing = volume_ops.voxel_spacing(affine)
     volumes = [loaded.arrays[m] for m in modalities]
     seg = loaded.arrays.get(layouts.SEGMENTATION)
     source_shape = tuple(int(s) for s in volumes[0].shape)
-    resample, target = _resample_cfg(cfg)
-    if resample:
+    target = geometry_lib.resample_spacing(cfg)
+    if target is not None:
         volumes, seg, _, spacing = stages.run("resample", first, resample_channels, volumes, seg, spacing, target,
                                               bad_input=(n4.InputError, ValueError))
 
@@ -278,4 +303,4 @@ def preprocess(source: PatientSource, cfg, threads: int = 1) -> Result:
         source_files=tuple(loaded.names[c] for c in source.files),
         source_sha256=tuple(loaded.sha256[c] for c in source.files),
     )
-    return Result(record=record, seconds=stages.seconds, warnings=warnings)
+    return Result(record=record, seconds=stages.seconds, warnings=warnings, reorientation=turn, notes=notes)

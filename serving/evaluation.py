@@ -34,7 +34,8 @@ import tensorflow as tf
 from preprocessing.discovery import list_patient_folders
 from shared import failures as failures_lib
 from shared.failures import Failure
-from shared import challenges, labels, layouts, lesions, manifest as manifest_lib, metrics, schema, schemes, volume_ops
+from shared import (challenges, geometry, labels, layouts, lesions, manifest as manifest_lib, metrics, schema,
+                    schemes, volume_ops)
 from shared.nifti_io import load_array, parse_nifti
 from shared import storage
 from shared.storage import read_bytes, write_bytes
@@ -172,7 +173,9 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
                   scheme: str | None = None) -> tuple[list[dict], list[dict], "challenges.Challenge"]:
     """Per-patient scores of NIfTI predictions against BraTS ground-truth folders, and the truth's challenge.
 
-    Voxel spacing comes from the ground truth's affine, in the array's axis order.
+    Voxel spacing comes from the ground truth's affine, in the array's axis order.  A prediction stored
+    in another orientation is turned into the truth's (exactly: flips and axis swaps); one on another
+    grid or at another spacing is not scored (stage "geometry", naming both geometries).
     """
     layout, folders = _truth_folders(truth_dir, layout_name)
     challenge = layout.challenge
@@ -195,12 +198,14 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
             continue
         try:
             truth, affine = _load_labels(match.paths[layouts.SEGMENTATION], layout.label_convention)
-            pred, _ = _load_labels(pred_path, pred_convention)
-            if pred.shape != truth.shape:
-                raise ValueError(f"{posixpath.basename(pred_path)}: shape {pred.shape} differs from the ground "
-                                 f"truth's {truth.shape}")
+            pred, pred_affine = _load_labels(pred_path, pred_convention)
         except ValueError as exc:
             failures.append(Failure(pid, "load", posixpath.basename(pred_path), str(exc)).to_json())
+            continue
+        try:
+            pred = geometry.align_to(pred, pred_affine, affine, truth.shape)
+        except geometry.GeometryError as exc:
+            failures.append(Failure(pid, "geometry", posixpath.basename(pred_path), str(exc)).to_json())
             continue
         row = score_patient(pid, pred, truth, challenge, _spacing(affine), chosen)
         rows.append(row)

@@ -6,6 +6,11 @@ trained on (named by the run's ``lineage.json``), so a prediction sees exactly
 what training saw.  After sliding-window inference the classes are mapped back
 to the source's label numbering (enhancing 3 -> 4 for BraTS 2020/2021), put
 back into the uncropped grid, and saved with the source's affine and header.
+
+Scans are first compared with the geometry the model's dataset recorded
+(:mod:`shared.geometry`): another orientation is reoriented on the way in and
+the segmentation turned back on the way out; another spacing or grid is
+resampled where the dataset's preprocessing resamples, and refused otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from preprocessing.discovery import PatientSource
 from preprocessing.patient import PatientError, preprocess
-from shared import challenges, labels, layouts, manifest, metrics, storage, volume_ops
+from shared import challenges, geometry, labels, layouts, manifest, metrics, storage, volume_ops
 from shared.spec import PreprocessingSpec
 from shared.nifti_io import load_array, nifti_bytes, parse_nifti
 from shared.storage import read_bytes, write_bytes
@@ -49,6 +54,12 @@ class Predictor:
     model_paths: tuple[str, ...] = ()  # their files
     postprocessing: tuple[dict, ...] = ()  # shared.postprocessing rules applied to the classes
     postprocessing_path: str | None = None  # where they were read from
+    geometry: dict | None = None  # the training scans' geometry, as the dataset's manifest records it
+
+    @property
+    def expected(self) -> geometry.Expected:
+        """What a scan must look like for this model (orientation, grid, resampling)."""
+        return geometry.Expected.from_entry(self.geometry, self.preprocess_cfg)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -118,6 +129,7 @@ class Prediction:
     seconds: dict[str, float]
     source_files: dict[str, str]
     probabilities: np.ndarray | None = None  # (X, Y, Z, K) float16 in the source grid, when asked for
+    notes: tuple[str, ...] = ()  # what was done to the scan's geometry on the way (reoriented, resampled)
 
     @property
     def stored_labels(self) -> np.ndarray:
@@ -140,12 +152,13 @@ def find_run_dir(model_path: str) -> str | None:
     return None
 
 
-def preprocessing_config(run_dir: str | None, data_dir: str | None) -> tuple[dict, str, str | None]:
-    """The preprocessing config, version id and directory of the model's training data.
+def preprocessing_config(run_dir: str | None, data_dir: str | None) -> tuple[dict, str, str | None, dict | None]:
+    """The preprocessing config, version id, directory and scan geometry of the model's training data.
 
     Taken from the dataset's manifest (``data_dir``, or the one lineage.json
-    names); when that dataset is not reachable from here, from the copy the
-    trainer keeps in lineage.json.
+    names); when that dataset is not reachable from here, from the copies the
+    trainer keeps in lineage.json.  The geometry is None for a dataset
+    preprocessed before it was recorded.
     """
     lineage = _read_json(os.path.join(run_dir, LINEAGE)) if run_dir else {}
     data_dir = data_dir or lineage.get("data_dir")
@@ -154,9 +167,9 @@ def preprocessing_config(run_dir: str | None, data_dir: str | None) -> tuple[dic
         if lineage and found["version_id"] != lineage.get("version_id"):
             raise ModelError(f"{data_dir} holds dataset version {found['version_id']}, but the model was "
                              f"trained on {lineage['version_id']}")
-        return found["config"], found["version_id"], data_dir
+        return found["config"], found["version_id"], data_dir, found.get(geometry.KEY)
     if "preprocess" in lineage:
-        return lineage["preprocess"], lineage["version_id"], None
+        return lineage["preprocess"], lineage["version_id"], None, lineage.get(geometry.KEY)
     where = f"{run_dir}/{LINEAGE}" if run_dir else "no lineage.json beside the model"
     raise ModelError(f"cannot find the model's preprocessing: {where}; dataset {data_dir or '(none named)'} "
                      "not found. Pass --data_dir=<the dataset version directory it was trained on>")
@@ -347,10 +360,10 @@ def load_predictor(model_path, data_dir: str | None = None, window=None, with_mo
     members = []
     for path in paths:
         run_dir = find_run_dir(path)
-        cfg, version, found_dir = preprocessing_config(run_dir, data_dir)
-        members.append((path, run_dir, cfg, version, found_dir))
-    check_same_preprocessing([(path, cfg, version) for path, _, cfg, version, _ in members])
-    _, run_dir, cfg, version, found_dir = members[0]
+        cfg, version, found_dir, scans = preprocessing_config(run_dir, data_dir)
+        members.append((path, run_dir, cfg, version, found_dir, scans))
+    check_same_preprocessing([(path, cfg, version) for path, _, cfg, version, _, _ in members])
+    _, run_dir, cfg, version, found_dir, scans = members[0]
     shown = model_path if isinstance(model_path, str) else (paths[0] if len(paths) == 1 else ",".join(model_path))
     rules_path = None
     if postprocessing == "auto":
@@ -364,7 +377,8 @@ def load_predictor(model_path, data_dir: str | None = None, window=None, with_mo
     except (ValueError, KeyError) as exc:
         raise ModelError(f"cannot use post-processing {rules_path}: {exc}") from None
     predictor = Predictor(None, shown, cfg, window_size(window, run_dir, cfg), version, found_dir,
-                          model_paths=tuple(paths), postprocessing=rules, postprocessing_path=rules_path)
+                          model_paths=tuple(paths), postprocessing=rules, postprocessing_path=rules_path,
+                          geometry=scans)
     if not with_model:
         return predictor
     models = []
@@ -419,6 +433,8 @@ class Prepared:
     challenge: challenges.Challenge
     record: object  # shared.schema.PatientRecord: cropped, normalised image and the crop geometry
     header: object  # nibabel header of the first modality, copied into the written segmentation
+    reorientation: geometry.Reorientation | None = None  # the record is in the model's orientation, not the scan's
+    notes: tuple[str, ...] = ()  # what was done to the scan's geometry (for the report and the app)
 
 
 def prepare(predictor: Predictor, source: PatientSource, label_convention: str, threads: int | None = None) -> Prepared:
@@ -429,12 +445,16 @@ def prepare(predictor: Predictor, source: PatientSource, label_convention: str, 
     (bench-predict), and a cold one costs more than that for a single patient.
     """
     threads = threads or 1
-    record = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=threads).record
+    done = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=threads,
+                      expected=predictor.expected)
     first = source.files[predictor.channels[0]]
     header = parse_nifti(read_bytes(first), posixpath.basename(first)).header
     if not challenges.same_classes(label_convention, predictor.challenge.label_convention):
         raise ValueError(f"a {predictor.challenge.name} model cannot write labels in numbering {label_convention!r}")
-    return Prepared(source, label_convention, predictor.challenge, record, header)
+    notes = done.notes if predictor.expected.recorded else (
+        "the model's dataset records no scan geometry (preprocessed before it was recorded): orientation, "
+        "spacing and grid were not checked", *done.notes)
+    return Prepared(source, label_convention, predictor.challenge, done.record, header, done.reorientation, notes)
 
 
 def infer_probabilities(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
@@ -496,7 +516,8 @@ def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:
 
 def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None,
            probabilities: np.ndarray | None = None, softmax: bool | None = None) -> Prediction:
-    """Undo the crop (and resampling); read the first modality as stored for the pictures when ``display``.
+    """Undo the crop (and resampling, and reorientation); read the first modality as stored for the pictures
+    when ``display``.
 
     ``probabilities``: the cropped-grid probabilities, to be kept (source grid,
     float16) for ``<id>.npz``; ``softmax`` then says what they are (a class
@@ -506,14 +527,19 @@ def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, second
     """
     if probabilities is not None and softmax is None:
         raise TypeError("finish(): probabilities need softmax=True (class model) or False (region model)")
-    record, source = prepared.record, prepared.source
+    record, source, turn = prepared.record, prepared.source, prepared.reorientation
     picture = source_image(source.files[record.channels[0]])[1] if display else None
+    classes = to_source_grid(cropped, record)
+    probs = None if probabilities is None else probabilities_to_source_grid(probabilities, record, softmax)
+    affine = record.affine
+    if turn is not None:  # back into the scan's own orientation, with its own affine
+        classes, affine = turn.backward(classes), turn.source_affine
+        probs = None if probs is None else turn.backward(probs)
     return Prediction(
         patient_id=source.patient_id, label_convention=prepared.label_convention, challenge=prepared.challenge,
-        classes=to_source_grid(cropped, record),
-        affine=record.affine, header=prepared.header, spacing=volume_ops.voxel_spacing(record.affine),
+        classes=classes, affine=affine, header=prepared.header, spacing=volume_ops.voxel_spacing(affine),
         display=picture, seconds=dict(seconds or {}), source_files=dict(source.files),
-        probabilities=None if probabilities is None else probabilities_to_source_grid(probabilities, record, softmax),
+        probabilities=probs, notes=tuple(prepared.notes),
     )
 
 
@@ -565,6 +591,7 @@ def volumes_report(prediction: Prediction, predictor: Predictor | None = None) -
                            labels.stored_values(prediction.label_convention))),
         "seconds": {k: round(v, 3) for k, v in prediction.seconds.items()},
         "source_files": {k: posixpath.basename(v) for k, v in prediction.source_files.items()},
+        "geometry_notes": list(prediction.notes),
     }
     if predictor is not None:
         report.update(predictor.provenance())

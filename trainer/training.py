@@ -41,14 +41,16 @@ class Outcome:
 def _check_lineage(workdir: str, info: data.DatasetInfo, cfg: dict) -> dict:
     """Record which data this run trains on; refuse to resume onto other data."""
     data_dir = info.data_dir if "://" in info.data_dir else os.path.abspath(info.data_dir)
+    found = manifest_lib.read_manifest(info.data_dir)
     lineage = {"data_dir": data_dir, "version_id": info.version_id, "manifest_sha256": info.manifest_sha256,
                "channels": list(info.channels), "num_train": info.num_train, "num_val": info.num_val,
                # the label numbering predictions are written in, and the app's legend
                "challenge": info.challenge, "label_convention": challenges.get(info.challenge).label_convention,
                "num_classes": info.num_classes,
                "target": cfg.get("target", "classes"),  # regions: sigmoid outputs, decoded by shared/regions.py
-               # a copy, so prediction can repeat the preprocessing where the dataset is not reachable
-               "preprocess": manifest_lib.read_manifest(info.data_dir)["config"],
+               # copies, so prediction can repeat the preprocessing (and check scans against the
+               # training geometry) where the dataset is not reachable
+               "preprocess": found["config"], "geometry": found.get("geometry"),
                # cross-validation: which fold validated (None: the manifest's val split), and on whom
                "fold": info.fold, "num_folds": data.num_folds(info) if info.fold is not None else None,
                "val_patients": list(info.val_patients) if info.fold is not None else None}
