@@ -19,7 +19,7 @@ $(STAMP): requirements.txt constraints.txt setup.py
 venv: $(STAMP)
 
 test: venv  ## the fast suite (slow tests skipped)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=15 tests
 
 test-all: venv browser  ## everything, slow tests included
 	$(PY) -m pytest -q tests
