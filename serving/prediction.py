@@ -428,6 +428,15 @@ def load_predictor(model_path, data_dir: str | None = None, window=None, with_mo
     return dataclasses.replace(predictor, model=models[0], models=tuple(models) if len(models) > 1 else ())
 
 
+def with_window(predictor: Predictor, window) -> Predictor:
+    """The same loaded model(s) with another sliding window (``patch``, ``volume`` or X,Y,Z): no reload.
+
+    The training patch is the first member's run's.
+    """
+    run_dir = find_run_dir(predictor.model_paths[0]) if predictor.model_paths else None
+    return dataclasses.replace(predictor, window=window_size(window, run_dir, predictor.preprocess_cfg))
+
+
 def check_same_target(paths: list[str], models: list) -> None:
     """Refuse an ensemble mixing class models (softmax) and region models (sigmoids): their outputs do not average."""
     from trainer import targets
