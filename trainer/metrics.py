@@ -171,7 +171,7 @@ class _PatientDice(keras.metrics.Metric):
         self.count.assign_add(ops.cast(ops.shape(per_sample)[0], "float32"))
 
     def result(self):
-        return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), ops.zeros_like(self.count))
+        return self.total / ops.maximum(self.count, 1.0)  # 0 before any sample
 
     def get_config(self):
         return {"name": self.name, "members": list(self.members), "num_classes": self.num_classes,
