@@ -43,8 +43,8 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
 	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
 	    --config.data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
-	$(PY) -m serving.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val --window=volume
-	$(PY) -m serving.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions --window=volume \
+	$(PY) -m serving.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val
+	$(PY) -m serving.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions \
 	    --input=$(DEMO)/cohort/$$($(PY) -c "import json,glob; print(json.load(open(glob.glob('$(DEMO)/datasets/synthetic/*/manifest.json')[0]))['splits']['val']['patients'][0])")
 
 bench-preprocess: venv  ## seed recipe vs this pipeline at 240x240x155 (prints JSON)

@@ -675,6 +675,31 @@ def legend_html(challenge: challenges.Challenge, show: Sequence[int] | None = No
     return "".join(items)
 
 
+WINDOWS = {"patch": "training patch (as nnU-Net)", "volume": "whole crop in one pass"}
+
+
+def inference_defaults(model_path: str) -> tuple[str, str, str]:
+    """(window, TTA, a sentence saying why) preselected in the sidebar for a model.
+
+    The run's recorded best on its validation split (``inference.json``),
+    else the training patch without TTA.  Which window is better depends on
+    the model (the demo's tiny model: the whole crop by 0.10 WT Dice), so the
+    page follows the measurement rather than one fixed rule.
+    """
+    from serving import prediction
+
+    settings = prediction.inference_settings(model_path)
+    recorded = prediction.recorded_inference(model_path)
+    if recorded is None:
+        return settings.window, settings.tta, (
+            "No window/TTA choice recorded for this model: training patch, no TTA. Record one with "
+            f"`python -m serving.choose_inference --model={model_path}`.")
+    scores = ", ".join(f"{c['window']}/{c['tta']} {c['patient_dice_mean']:.3f}" for c in recorded["candidates"])
+    return settings.window, settings.tta, (
+        f"Preselected: the best window/TTA on the run's {recorded['patients']} validation patient(s), by mean "
+        f"per-patient Dice ({scores}).")
+
+
 def model_summary(predictor) -> str:
     """A line on what the model expects, for the sidebar."""
     crop_text = PreprocessingSpec.from_config(predictor.preprocess_cfg).describe_crop()

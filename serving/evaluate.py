@@ -1,8 +1,11 @@
 r"""Score segmentations with the BraTS metrics (Dice, HD95, sensitivity, specificity, volumes).
 
-A trained model on a split of its dataset version:
+A trained model on a split of its dataset version, each patient predicted from its raw scans as
+serving.predict does and scored in its own space (the same numbers as predict + --pred_dir):
     python -m serving.evaluate --model=runs/exp1/model.keras \
         --data_dir=/data/datasets/brats2020/<version_id> --split=val --output_dir=runs/exp1/eval
+    (--input=/data/MICCAI_BraTS2020_TrainingData when the folder the dataset was made from has moved;
+     --space=cropped scores the records' cropped grid instead: faster, no raw scans, blind outside the crop)
 
 The ensemble of a cross-validation run's folds on the held-out val split (repeat --model for others):
     python -m serving.evaluate --model=runs/cv --split=val
@@ -44,9 +47,17 @@ _LAYOUT = flags.DEFINE_enum("layout", None, list(challenges.CHALLENGES),
 _PRED_CONVENTION = flags.DEFINE_enum("pred_convention", None, list(challenges.CONVENTIONS),
                                      "Label numbering of the predictions (default: the ground truth's).")
 _WINDOW = flags.DEFINE_string(
-    "window", "patch", "Sliding window for --model: 'patch' (training patch size), 'volume' (whole cropped "
-    "volume, as the trainer's validation) or X,Y,Z voxels.")
-_TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES, "Flip test-time augmentation for --model.")
+    "window", None, "Sliding window for --model: 'patch' (training patch size), 'volume' (whole cropped "
+    "volume, as the trainer's validation) or X,Y,Z voxels. Default: the run's recorded best "
+    "(inference.json), else 'patch'.")
+_TTA = flags.DEFINE_enum("tta", None, inference.TTA_MODES, "Flip test-time augmentation for --model. "
+                         "Default: the run's recorded best (inference.json), else none.")
+_INPUT = flags.DEFINE_list("input", None, "For --model: the raw cohort folder(s) the dataset was preprocessed "
+                           "from (default: the folder its run.json records).")
+_SPACE = flags.DEFINE_enum("space", "source", ["source", "cropped"], "For --model: score each patient in its "
+                           "own space from its raw scans, as predict + --pred_dir would ('source'), or the "
+                           "records' cropped grid ('cropped': no raw scans or N4, but tumour outside the crop "
+                           "box is not counted).")
 _SCHEME = flags.DEFINE_enum(
     "scheme", None, list(schemes.SCHEMES),
     "Scoring scheme: brats2020 (whole-region, max-directed HD95), nnunet (whole-region, pooled HD95), brats2023 "
@@ -58,19 +69,30 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Where the reports go (default
 
 def _by_model():
     models = _MODEL.value[0] if len(_MODEL.value) == 1 else list(_MODEL.value)
-    predictor = prediction.load_predictor(models, _DATA_DIR.value, _WINDOW.value, postprocessing=_POSTPROCESSING.value)
+    settings = prediction.inference_settings(models, _WINDOW.value, _TTA.value)
+    predictor = prediction.load_predictor(models, _DATA_DIR.value, settings.window,
+                                          postprocessing=_POSTPROCESSING.value)
     data_dir = predictor.data_dir
     if data_dir is None:
         raise FileNotFoundError(f"the dataset {predictor.model_path} was trained on is not reachable from here: "
                                 "pass --data_dir=<its dataset version directory>")
     output = _OUTPUT.value or evaluation.default_output(_MODEL.value, _SPLIT.value)
     print(f"Scoring {predictor.model_path} on the {_SPLIT.value} split of {data_dir}"
-          + (f" (ensemble of {len(predictor.model_paths)})" if len(predictor.model_paths) > 1 else ""))
-    rows, failures = evaluation.score_model(predictor, data_dir, _SPLIT.value, tta=_TTA.value, scheme=_SCHEME.value)
+          + (f" (ensemble of {len(predictor.model_paths)})" if len(predictor.model_paths) > 1 else "")
+          + f", window {'x'.join(map(str, predictor.window))}, TTA {settings.tta} ({settings.source}), "
+          + ("in each patient's own space" if _SPACE.value == "source" else "on the records' cropped grid"))
     about = {"model": predictor.model_path, "models": list(predictor.model_paths), "data_dir": data_dir,
-             "version_id": predictor.version_id, "split": _SPLIT.value, "tta": _TTA.value,
-             "window": list(predictor.window), "postprocessing": list(predictor.postprocessing),
-             "postprocessing_file": predictor.postprocessing_path}
+             "version_id": predictor.version_id, "split": _SPLIT.value, "tta": settings.tta,
+             "window": list(predictor.window), "inference_settings": settings.source, "space": _SPACE.value,
+             "postprocessing": list(predictor.postprocessing), "postprocessing_file": predictor.postprocessing_path}
+    if _SPACE.value == "source":
+        inputs = evaluation.cohort_folders(data_dir, _INPUT.value)
+        about["input"] = inputs
+        rows, failures = evaluation.score_model_in_source_space(predictor, data_dir, _SPLIT.value, inputs,
+                                                                tta=settings.tta, scheme=_SCHEME.value)
+    else:
+        rows, failures = evaluation.score_model(predictor, data_dir, _SPLIT.value, tta=settings.tta,
+                                                scheme=_SCHEME.value)
     return rows, failures, output, about, predictor.challenge
 
 

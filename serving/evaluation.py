@@ -2,10 +2,12 @@
 
 Two sources of predictions, one report:
 
-* a trained model on a split of a dataset version: each record's cropped image
-  goes through the same sliding window as prediction, and is compared with the
-  record's own labels (the crop holds the whole tumour, so Dice and HD95 are
-  those of the full grid);
+* a trained model on a split of a dataset version, each patient predicted from
+  its raw scans as ``serving.predict`` does and scored in its own (source)
+  space against its ground-truth file, exactly as the two steps would
+  (:func:`score_model_in_source_space`); or, faster and without the raw scans,
+  each record's cropped image against the record's labels
+  (:func:`score_model`: tumour outside the crop box is not seen);
 * a folder of NIfTI segmentations from any tool against BraTS ground-truth
   folders of any release, so other models are compared on the same footing.
 
@@ -88,7 +90,11 @@ def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta:
                 scheme: str | None = None, patients=None,
                 keep: Callable[[schema.PatientRecord, np.ndarray, np.ndarray], None] | None = None,
                 ) -> tuple[list[dict], list[dict]]:
-    """Per-patient scores of a model (or ensemble) on a dataset split (labels taken from the records).
+    """Per-patient scores of a model (or ensemble) on a dataset split, on the records' cropped grid.
+
+    Cheap (no N4, no raw scans), so cross-validation and the choice of
+    inference window use it; tumour outside the crop box is not counted
+    (``evaluate --model`` uses :func:`score_model_in_source_space`).
 
     ``scheme`` names a :mod:`shared.schemes` entry (default: the model's challenge's own).
     ``patients``: only these (a cross-validation fold's validation patients).
@@ -168,6 +174,37 @@ def _load_labels(path: str, convention: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{name}: {exc}") from None
 
 
+def _truth_path(layout: layouts.Layout, pid: str, paths: list[str]) -> tuple[str | None, dict | None]:
+    """The patient's ground-truth file, or the failure saying it is missing."""
+    match = layouts.match_patient_files(layout, pid, paths, (layouts.SEGMENTATION,))
+    if not match.complete:
+        return None, Failure(pid, "truth", layout.expected_name(pid, "seg"),
+                             match.missing[layouts.SEGMENTATION]).to_json()
+    return match.paths[layouts.SEGMENTATION], None
+
+
+def _score_against_truth(pid: str, pred: np.ndarray, pred_affine, pred_name: str, truth_path: str,
+                         layout: layouts.Layout, chosen: schemes.Scheme) -> dict:
+    """One patient's row: predicted classes (truth's numbering) against the truth file, on the truth's grid.
+
+    Both ``evaluate --pred_dir`` and ``evaluate --model`` score here, so the
+    two give the same numbers for the same segmentation.  A prediction in
+    another orientation is turned into the truth's; another grid raises
+    :class:`shared.geometry.GeometryError` naming the file; a truth that
+    cannot be read, ValueError.
+    """
+    truth, affine = _load_labels(truth_path, layout.label_convention)
+    pred = geometry.align_to(pred, pred_affine, affine, truth.shape, what=pred_name)
+    return score_patient(pid, pred, truth, layout.challenge, _spacing(affine), chosen)
+
+
+def _check_numbering(pred_convention: str, layout: layouts.Layout) -> None:
+    if not challenges.same_classes(pred_convention, layout.label_convention):
+        raise ValueError(f"predictions numbered {pred_convention!r} cannot be scored against "
+                         f"{layout.challenge.name} truth (numbered {layout.label_convention!r}): the labels mean "
+                         "different tissues")
+
+
 def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None, pred_convention: str | None = None,
                   echo: Callable[[str], None] = print,
                   scheme: str | None = None) -> tuple[list[dict], list[dict], "challenges.Challenge"]:
@@ -181,36 +218,120 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
     challenge = layout.challenge
     chosen = schemes.resolve(challenge, scheme)
     pred_convention = pred_convention or layout.label_convention
-    if not challenges.same_classes(pred_convention, layout.label_convention):
-        raise ValueError(f"predictions numbered {pred_convention!r} cannot be scored against {challenge.name} "
-                         f"truth (numbered {layout.label_convention!r}): the labels mean different tissues")
+    _check_numbering(pred_convention, layout)
     rows, failures = [], []
     for n, (pid, paths) in enumerate(folders.items(), 1):
-        match = layouts.match_patient_files(layout, pid, paths, (layouts.SEGMENTATION,))
+        truth_path, missing = _truth_path(layout, pid, paths)
         pred_path = find_prediction(pred_dir, pid)
-        if not match.complete:
-            failures.append(Failure(pid, "truth", layout.expected_name(pid, "seg"),
-                                    match.missing[layouts.SEGMENTATION]).to_json())
+        if missing:
+            failures.append(missing)
             continue
         if pred_path is None:
             failures.append(Failure(pid, "prediction", f"{pid}.nii.gz",
                                     f"no prediction in {pred_dir} (looked for {', '.join(PRED_NAMES)})").to_json())
             continue
         try:
-            truth, affine = _load_labels(match.paths[layouts.SEGMENTATION], layout.label_convention)
             pred, pred_affine = _load_labels(pred_path, pred_convention)
-        except ValueError as exc:
-            failures.append(Failure(pid, "load", posixpath.basename(pred_path), str(exc)).to_json())
-            continue
-        try:
-            pred = geometry.align_to(pred, pred_affine, affine, truth.shape)
+            row = _score_against_truth(pid, pred, pred_affine, posixpath.basename(pred_path), truth_path, layout,
+                                       chosen)
         except geometry.GeometryError as exc:
             failures.append(Failure(pid, "geometry", posixpath.basename(pred_path), str(exc)).to_json())
             continue
-        row = score_patient(pid, pred, truth, challenge, _spacing(affine), chosen)
+        except ValueError as exc:
+            failures.append(Failure(pid, "load", posixpath.basename(pred_path), str(exc)).to_json())
+            continue
         rows.append(row)
         echo(f"  [{n}/{len(folders)}] {pid}: {_dice_line(row, challenge)}")
     return rows, failures, challenge
+
+
+# ------------------------------------------------------- a model in source space ----
+
+def cohort_folders(data_dir: str, inputs=None) -> list[str]:
+    """The raw cohort folder(s) a dataset version was made from: ``inputs`` when given, else the
+    folder(s) its ``run.json`` records (the manifest holds no paths, so it is the same wherever the
+    cohort lies); FileNotFoundError says to pass ``--input`` when they are not reachable from here."""
+    if inputs:
+        folders, where = ([inputs] if isinstance(inputs, str) else list(inputs)), "--input"
+    else:
+        from beam_pipeline.launch import read_run
+
+        source = read_run(data_dir).get("source")
+        if not source:
+            raise FileNotFoundError(f"{data_dir} does not record where its raw scans lay (no run.json): pass "
+                                    "--input=<the cohort folder it was preprocessed from>")
+        folders, where = ([source] if isinstance(source, str) else list(source)), f"{data_dir}/run.json"
+    missing = [f for f in folders if not storage.is_dir(f)]
+    if missing:
+        raise FileNotFoundError(f"the raw cohort {', '.join(missing)} (from {where}) is not reachable from here: "
+                                "pass --input=<the cohort folder the dataset was preprocessed from> (repeat it, "
+                                "or separate with commas, for a multi-cohort dataset)")
+    return folders
+
+
+def _patients_in(folders: list[str], preferred: str) -> dict[str, tuple[layouts.Layout, list[str]]]:
+    """Patient id -> (layout, files) over the cohort folders; each folder's naming detected, the model's first."""
+    found: dict[str, tuple[layouts.Layout, list[str]]] = {}
+    for folder in folders:
+        try:
+            layout, patients = _truth_folders(folder, preferred)
+        except FileNotFoundError:
+            layout, patients = _truth_folders(folder, None)
+        for pid, paths in patients.items():
+            found.setdefault(pid, (layout, paths))
+    return found
+
+
+def split_patients(data_dir: str, split: str, patients=None) -> list[str]:
+    """The patients of a split (only those of ``patients`` when given: a fold), in manifest order."""
+    found = manifest_lib.read_manifest(data_dir)
+    if split not in found["splits"]:
+        raise ValueError(f"{data_dir} has no split {split!r}; it has {sorted(found['splits'])}")
+    wanted = None if patients is None else set(patients)
+    return [p for p in found["splits"][split]["patients"] if wanted is None or p in wanted]
+
+
+def score_model_in_source_space(predictor: prediction.Predictor, data_dir: str, split: str, inputs: list[str],
+                                tta: str = "none", overlap: float = 0.5, echo: Callable[[str], None] = print,
+                                scheme: str | None = None, patients=None) -> tuple[list[dict], list[dict]]:
+    """Per-patient scores of a model (or ensemble) on a split, each patient predicted from its raw scans.
+
+    Each patient goes the way ``serving.predict`` takes it (raw NIfTI,
+    the preprocessing core, sliding window, post-processing, back onto the
+    source grid and into the truth's numbering) and is scored against its
+    own ground-truth file the way ``evaluate --pred_dir`` scores, so this
+    equals predict followed by ``evaluate --pred_dir``.  Tumour outside the
+    crop box counts (as missed), which scoring the records' cropped grid
+    (:func:`score_model`) cannot see.
+    """
+    cohort = _patients_in(inputs, predictor.layout)
+    wanted = split_patients(data_dir, split, patients)
+    rows, failures = [], []
+    for n, pid in enumerate(wanted, 1):
+        if pid not in cohort:
+            failures.append(Failure(pid, "discover", "", f"no folder {pid} under {', '.join(inputs)}").to_json())
+            continue
+        layout, paths = cohort[pid]
+        truth_path, missing = _truth_path(layout, pid, paths)
+        if missing:
+            failures.append(missing)
+            continue
+        start = time.perf_counter()
+        try:
+            source, convention = prediction.source_from_folder(posixpath.dirname(truth_path), predictor)
+            _check_numbering(convention, layout)
+            pred = prediction.predict_patient(predictor, source, convention, tta, overlap)
+            # the labels as the written segmentation holds them, read back as --pred_dir reads them
+            classes = labels.to_classes(pred.stored_labels, layout.label_convention)
+            row = _score_against_truth(pid, classes, pred.affine, f"{pid}.nii.gz", truth_path, layout,
+                                       schemes.resolve(layout.challenge, scheme))
+        except Exception as exc:  # one bad patient never stops the evaluation
+            failures.append(failures_lib.from_exception(pid, exc, "predict"))
+            continue
+        rows.append(row)
+        echo(f"  [{n}/{len(wanted)}] {pid}: {_dice_line(row, layout.challenge)} "
+             f"({time.perf_counter() - start:.1f} s)")
+    return rows, failures
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:

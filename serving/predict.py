@@ -43,12 +43,14 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Folder for segmentations, vol
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Dataset version the model was trained on, when lineage.json's path is not reachable "
     "from here (its manifest holds the preprocessing to repeat).")
-_TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES,
-                         "Flip test-time augmentation: none, axes (4 passes) or all (8 passes).")
+_TTA = flags.DEFINE_enum("tta", None, inference.TTA_MODES,
+                         "Flip test-time augmentation: none, axes (4 passes) or all (8 passes). Default: the "
+                         "run's recorded best (inference.json, chosen on its validation split), else none.")
 _OVERLAP = flags.DEFINE_float("overlap", 0.5, "Overlap of sliding windows, in [0, 1).")
 _WINDOW = flags.DEFINE_string(
-    "window", "patch", "Sliding window: 'patch' (the training patch size, as nnU-Net), 'volume' (the whole "
-    "cropped volume in one pass, as the trainer's validation) or X,Y,Z voxels.")
+    "window", None, "Sliding window: 'patch' (the training patch size, as nnU-Net), 'volume' (the whole "
+    "cropped volume in one pass, as the trainer's validation) or X,Y,Z voxels. Default: the run's recorded "
+    "best (inference.json, chosen on its validation split), else 'patch'.")
 _PICTURES = flags.DEFINE_boolean("pictures", True, "Write the PNG summary and the GIF fly-through.")
 _BEAM = flags.DEFINE_boolean("beam", False, "Run on a Beam runner (pass --runner=... and its options).")
 _STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any patient fails.")
@@ -57,10 +59,12 @@ flags.mark_flags_as_required(["model", "input", "output_dir"])
 
 def main(argv):
     console.configure_logging()
+    model_path = _MODEL.value[0] if len(_MODEL.value) == 1 else tuple(_MODEL.value)
+    settings = prediction.inference_settings(model_path, _WINDOW.value, _TTA.value)
     options = batch_predict.Options(
-        model_path=_MODEL.value[0] if len(_MODEL.value) == 1 else tuple(_MODEL.value),
-        output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value, window=_WINDOW.value,
-        tta=_TTA.value, overlap=_OVERLAP.value, pictures=_PICTURES.value,
+        model_path=model_path,
+        output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value, window=settings.window,
+        tta=settings.tta, overlap=_OVERLAP.value, pictures=_PICTURES.value,
         save_probabilities=_SAVE_PROBABILITIES.value, postprocessing=_POSTPROCESSING.value)
     try:
         folders = prediction.resolve_inputs(_INPUT.value)
@@ -72,7 +76,8 @@ def main(argv):
               else f"an ensemble of {len(predictor.model_paths)} models ({', '.join(predictor.model_paths)})")
     rules = (f", post-processing {predictor.postprocessing_path}" if predictor.postprocessing else "")
     print(f"Predicting {len(folders)} patient(s) with {models} (dataset version "
-          f"{predictor.version_id}, window {'x'.join(map(str, predictor.window))}, TTA {options.tta}{rules})")
+          f"{predictor.version_id}, window {'x'.join(map(str, predictor.window))}, TTA {options.tta} "
+          f"({settings.source}){rules})")
     if _BEAM.value:
         summary = batch_predict.predict_beam(options, folders, argv[1:])
     else:

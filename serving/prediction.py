@@ -198,6 +198,55 @@ def window_size(window, run_dir: str | None, cfg: dict) -> tuple[int, int, int]:
     return size
 
 
+# What training found best on its validation split (serving/inference_choice.py), beside lineage.json.
+INFERENCE_CHOICE = "inference.json"
+DEFAULT_WINDOW, DEFAULT_TTA = "patch", "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """The sliding window and TTA a prediction runs with, and why (shown to the user)."""
+
+    window: str  # "patch", "volume" or "X,Y,Z"
+    tta: str
+    source: str  # "asked", "recorded <path>" or "default"
+
+
+def recorded_inference(model_path) -> dict | None:
+    """The run's recorded best window and TTA (``inference.json``), for a single model; None otherwise.
+
+    An ensemble has no one run to take it from; its members may disagree.
+    """
+    try:
+        paths = expand_models(model_path)
+    except ModelError:
+        return None
+    run_dir = find_run_dir(paths[0]) if len(paths) == 1 else None
+    path = storage.join(run_dir, INFERENCE_CHOICE) if run_dir else None
+    if not path or not storage.exists(path):
+        return None
+    return dict(_read_json(path), path=path)
+
+
+def inference_settings(model_path, window: str | None = None, tta: str | None = None) -> InferenceSettings:
+    """What ``predict``, ``evaluate --model`` and the app run with: what was asked, else the run's
+    recorded best (per setting), else the training patch without TTA.
+
+    Which window is better depends on the model (a small patch sees little
+    context, so the whole crop can score higher), so the run measures it on
+    its validation split rather than the code guessing.
+    """
+    recorded = recorded_inference(model_path) if window in (None, "") or tta in (None, "") else None
+    source = "asked"
+    if recorded is not None:
+        source = f"recorded in {recorded['path']}"
+    elif window in (None, "") or tta in (None, ""):
+        source = "default"
+    chosen = recorded or {}
+    return InferenceSettings(window=window or chosen.get("window") or DEFAULT_WINDOW,
+                             tta=tta or chosen.get("tta") or DEFAULT_TTA, source=source)
+
+
 SERVING_PRECISIONS = ("auto", "as_trained", "float32")
 
 
@@ -391,6 +440,15 @@ def load_predictor(model_path, data_dir: str | None = None, window=None, with_mo
         models.append(model)
     check_same_target(paths, models)
     return dataclasses.replace(predictor, model=models[0], models=tuple(models) if len(models) > 1 else ())
+
+
+def with_window(predictor: Predictor, window) -> Predictor:
+    """The same loaded model(s) with another sliding window (``patch``, ``volume`` or X,Y,Z): no reload.
+
+    The training patch is the first member's run's.
+    """
+    run_dir = find_run_dir(predictor.model_paths[0]) if predictor.model_paths else None
+    return dataclasses.replace(predictor, window=window_size(window, run_dir, predictor.preprocess_cfg))
 
 
 def check_same_target(paths: list[str], models: list) -> None:

@@ -298,6 +298,35 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
     return row
 
 
+def ranked_regions(challenge: Challenge) -> tuple[str, ...]:
+    """The regions a model is ranked by: WT, TC and ET where the challenge has them, else all its regions.
+
+    Training's ``dice_mean``, the best checkpoint and the choice of inference
+    window all average over these, so they rank models the same way.
+    """
+    regions = tuple(challenge.region_classes())
+    return tuple(r for r in regions if r in ("WT", "TC", "ET")) or regions
+
+
+def region_dice(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge: Challenge,
+                regions: Sequence[str] | None = None) -> dict[str, float]:
+    """Dice of each region (default: :func:`ranked_regions`), BraTS empty-region rule; no HD95 (cheap)."""
+    members = challenge.region_classes()
+    return {r: dice(np.isin(pred_classes, members[r]), np.isin(truth_classes, members[r]))
+            for r in (regions or ranked_regions(challenge))}
+
+
+def mean_patient_dice(per_patient: Sequence[dict[str, float]]) -> float:
+    """The mean over patients of each patient's mean Dice over its regions (BraTS ranks by per-patient means).
+
+    Not the Dice of all voxels pooled: a large tumour would outweigh a small
+    one, and a patient without enhancing tumour would barely count.
+    """
+    if not per_patient:
+        raise ValueError("no patient to average")
+    return float(np.mean([np.mean(list(row.values())) for row in per_patient]))
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 

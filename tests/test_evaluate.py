@@ -10,6 +10,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from shared import metrics
 from tests.conftest import ROOT
@@ -85,3 +86,62 @@ def test_evaluate_cli_prints_the_table(tiny_cohort, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1.000±0.000" in result.stdout and f"n = {len(pids)} patients" in result.stdout
     assert (tmp_path / "preds" / "evaluation" / "scores.csv").exists()
+
+
+# ------------------------------------------------------- evaluate --model in source space
+
+
+def _rows_by_patient(rows):
+    """Rows keyed by patient, as JSON text (NaN equals NaN, every float compared exactly)."""
+    return {r["patient"]: json.dumps(r, sort_keys=True, default=str) for r in rows}
+
+
+def _cohort_with_tumour_outside_the_crop(tiny_cohort, tiny_dataset, tmp_path):
+    """A copy of the cohort in which one val patient has oedema at a voxel outside its crop box."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    record = next(evaluation.records_of_split(tiny_dataset.dataset_dir, "val"))
+    pid = record.patient_id
+    seg_path = cohort / pid / f"{pid}_seg.nii.gz"
+    seg = nib.load(seg_path)
+    values = np.asarray(seg.dataobj).astype(np.uint8)
+    inside = np.zeros(values.shape, bool)
+    inside[tuple(slice(lo, hi) for lo, hi in record.crop_box)] = True
+    outside = np.argwhere(~inside & (values == 0))[0]
+    values[tuple(outside)] = 2
+    nib.save(nib.Nifti1Image(values, seg.affine, seg.header), seg_path)
+    return cohort, pid
+
+
+def test_evaluate_model_in_source_space_equals_predict_then_evaluate_pred_dir(stub_model, tiny_cohort, tiny_dataset,
+                                                                              tmp_path):
+    from serving import batch_predict
+
+    cohort, moved = _cohort_with_tumour_outside_the_crop(tiny_cohort, tiny_dataset, tmp_path)
+    predictor = prediction.load_predictor(str(stub_model))
+    data_dir = tiny_dataset.dataset_dir
+    rows, failures = evaluation.score_model_in_source_space(predictor, data_dir, "val", [str(cohort)],
+                                                            echo=lambda *_: None)
+    val = evaluation.split_patients(data_dir, "val")
+    assert not failures and sorted(r["patient"] for r in rows) == sorted(val)
+
+    options = batch_predict.Options(model_path=str(stub_model), output_dir=str(tmp_path / "preds"), pictures=False)
+    batch_predict.predict_local(options, [str(cohort / pid) for pid in val], echo=lambda *_: None)
+    by_folders, _, _ = evaluation.score_folders(str(tmp_path / "preds"), str(cohort), echo=lambda *_: None)
+    assert _rows_by_patient(rows) == {p: r for p, r in _rows_by_patient(by_folders).items() if p in val}
+
+    # the records' cropped grid never sees the voxel outside the box: there the truth is one voxel smaller
+    cropped, _ = evaluation.score_model(predictor, data_dir, "val", echo=lambda *_: None)
+    source_row = next(r for r in rows if r["patient"] == moved)
+    cropped_row = next(r for r in cropped if r["patient"] == moved)
+    assert source_row["volume_truth_WT_ml"] == pytest.approx(cropped_row["volume_truth_WT_ml"] + 0.001)
+    assert source_row["dice_WT"] < cropped_row["dice_WT"]
+
+
+def test_the_raw_cohort_comes_from_run_json_or_input(tiny_cohort, tiny_dataset, tmp_path):
+    assert evaluation.cohort_folders(tiny_dataset.dataset_dir) == [str(tiny_cohort)]
+    assert evaluation.cohort_folders(tiny_dataset.dataset_dir, [str(tmp_path)]) == [str(tmp_path)]
+    with pytest.raises(FileNotFoundError, match="pass --input="):
+        evaluation.cohort_folders(tiny_dataset.dataset_dir, [str(tmp_path / "moved")])
+    with pytest.raises(FileNotFoundError, match="no run.json"):
+        evaluation.cohort_folders(str(tmp_path))

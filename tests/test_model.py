@@ -210,13 +210,17 @@ def test_region_and_class_dice_match_hand_values():
 
 def test_metric_names_follow_the_challenge():
     names = [m.name for m in metrics.training_metrics(GLI)]
-    assert names == ["dice_wt", "dice_tc", "dice_et", "dice_mean", "dice_netc", "dice_snfh", "accuracy"]
+    assert names == ["dice_wt", "dice_tc", "dice_et", "dice_mean", "patient_dice_mean", "dice_netc", "dice_snfh",
+                     "accuracy"]
     names = [m.name for m in metrics.training_metrics(challenges.get("brats2020"))]
-    assert names == ["dice_wt", "dice_tc", "dice_et", "dice_mean", "dice_ncr", "dice_ed", "accuracy"]
+    assert names == ["dice_wt", "dice_tc", "dice_et", "dice_mean", "patient_dice_mean", "dice_ncr", "dice_ed",
+                     "accuracy"]
     names = [m.name for m in metrics.training_metrics(challenges.get("brats2024_gli"))]
-    assert names[:7] == ["dice_wt", "dice_tc", "dice_et", "dice_netc", "dice_snfh", "dice_rc", "dice_mean"]
+    assert names[:8] == ["dice_wt", "dice_tc", "dice_et", "dice_netc", "dice_snfh", "dice_rc", "dice_mean",
+                         "patient_dice_mean"]
     gtv = metrics.training_metrics(challenges.get("brats2024_men_rt"))
-    assert [m.name for m in gtv] == ["dice_gtv", "dice_mean", "accuracy"] and gtv[0].num_classes == 2
+    assert [m.name for m in gtv] == ["dice_gtv", "dice_mean", "patient_dice_mean", "accuracy"]
+    assert gtv[0].num_classes == 2
 
 
 def test_both_empty_gives_one():

@@ -244,13 +244,13 @@ def test_resumed_callbacks_keep_the_best_checkpoint_and_the_patience_used(tiny_d
                                              model=net)
     callbacks.on_train_begin()
     callbacks.on_epoch_begin(5)
-    callbacks.on_epoch_end(5, {"loss": 1.0, "val_loss": 1.0, "val_dice_mean": 0.5})
+    callbacks.on_epoch_end(5, {"loss": 1.0, "val_loss": 1.0, resume.MONITOR: 0.5})
     assert not (tmp_path / "checkpoints" / "best.keras").exists()
     assert net.stop_training  # the second epoch without improvement, patience 2
     saved = resume.read_state(str(tmp_path / "backup"))
     assert (saved.epoch, saved.best, saved.best_epoch, saved.stopping_wait) == (6, 0.9, 3, 2)
     callbacks.on_epoch_begin(6)
-    callbacks.on_epoch_end(6, {"loss": 1.0, "val_loss": 1.0, "val_dice_mean": 0.95})
+    callbacks.on_epoch_end(6, {"loss": 1.0, "val_loss": 1.0, resume.MONITOR: 0.95})
     assert (tmp_path / "checkpoints" / "best.keras").exists()
     assert resume.read_state(str(tmp_path / "backup")).best_epoch == 6
 

@@ -1,9 +1,13 @@
 """Epoch-level Dice metrics for BraTS regions and classes.
 
-Each metric sums intersections and volumes over every batch of the epoch and
-divides once at the end, so the reported Dice is that of the whole epoch's
-voxels, not a mean of noisy per-batch ratios (a batch with no enhancing tumour
-would otherwise count as 0 or 1 at random).  Predictions are hard labels
+Two kinds.  ``dice_<region>`` / ``dice_mean`` sum intersections and volumes
+over every batch of the epoch and divide once at the end: the Dice of the
+whole epoch's voxels pooled, not a mean of noisy per-batch ratios.
+``patient_dice_<region>`` / ``patient_dice_mean`` score each sample (on
+validation: each patient's whole cropped volume) on its own and average
+those, which is how BraTS ranks (the mean of per-patient Dice, with
+:mod:`shared.metrics`' rule for empty regions); the best checkpoint and early
+stopping follow ``val_patient_dice_mean``.  Predictions are hard labels
 (argmax), matching how BraTS scores submissions.  Regions and class names come
 from the dataset's challenge (:mod:`shared.challenges`).
 """
@@ -14,6 +18,7 @@ import keras
 from keras import ops
 
 from shared.challenges import Challenge
+from shared.metrics import ranked_regions
 
 # Registered so a saved .keras model reloads with its compiled metrics.
 _serializable = keras.saving.register_keras_serializable(package="trainer")
@@ -136,6 +141,88 @@ class MeanRegionDice(keras.metrics.Metric):
                 "num_classes": self.num_classes, "channels": self.channels}
 
 
+class _PatientDice(keras.metrics.Metric):
+    """Mean over samples of each sample's Dice of the voxels whose class is in ``members``.
+
+    A sample with the region empty in both prediction and truth scores 1, in
+    only one 0 (BraTS, as :func:`shared.metrics.dice`).  On validation a
+    sample is one patient, so this is the per-patient mean BraTS reports.
+    """
+
+    def __init__(self, members, name, num_classes: int, channel: int | None = None, **kwargs):
+        super().__init__(name=name, dtype="float32", **kwargs)
+        self.members = tuple(int(c) for c in members)
+        self.num_classes = num_classes
+        self.channel = None if channel is None else int(channel)  # a region model's sigmoid (> 0.5)
+        self.total = self.add_variable((), initializer="zeros", dtype="float32", name="total")
+        self.count = self.add_variable((), initializer="zeros", dtype="float32", name="count")
+
+    def _predicted(self, y_pred):
+        if self.channel is None:
+            return _member_mask(y_pred, self.members, self.num_classes)
+        return ops.cast(ops.cast(y_pred[..., self.channel], "float32") > 0.5, "float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        t = _member_mask(y_true, self.members, self.num_classes)
+        p = self._predicted(y_pred)
+        axes = tuple(range(1, len(t.shape)))
+        per_sample = _dice(ops.sum(t * p, axis=axes), ops.sum(p, axis=axes), ops.sum(t, axis=axes))
+        self.total.assign_add(ops.sum(per_sample))
+        self.count.assign_add(ops.cast(ops.shape(per_sample)[0], "float32"))
+
+    def result(self):
+        return self.total / ops.maximum(self.count, 1.0)  # 0 before any sample
+
+    def get_config(self):
+        return {"name": self.name, "members": list(self.members), "num_classes": self.num_classes,
+                "channel": self.channel}
+
+
+@_serializable
+class PatientRegionDice(_PatientDice):
+    """Per-patient mean Dice of one region, named ``patient_dice_<region>``."""
+
+
+@_serializable
+class PatientMeanDice(keras.metrics.Metric):
+    """Mean over the ranked regions of their per-patient mean Dice (``patient_dice_mean``).
+
+    Every region counts the same samples, so this is also the mean over
+    patients of each patient's mean region Dice
+    (:func:`shared.metrics.mean_patient_dice`).
+    """
+
+    def __init__(self, regions: dict, num_classes: int, name: str = "patient_dice_mean",
+                 channels: dict | None = None, **kwargs):
+        super().__init__(name=name, dtype="float32", **kwargs)
+        self.num_classes = num_classes
+        self.region_members = {str(k): tuple(int(c) for c in v) for k, v in regions.items()}
+        self.channels = {str(k): int(v) for k, v in channels.items()} if channels else None
+        self.regions = [PatientRegionDice(m, f"patient_dice_{r.lower()}", num_classes,
+                                          None if self.channels is None else self.channels[r])
+                        for r, m in self.region_members.items()]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        for metric in self.regions:
+            metric.update_state(y_true, y_pred)
+
+    def result(self):
+        return ops.mean(ops.stack([m.result() for m in self.regions]))
+
+    def reset_state(self):
+        for metric in self.regions:
+            metric.reset_state()
+
+    def get_config(self):
+        return {"name": self.name, "regions": {k: list(v) for k, v in self.region_members.items()},
+                "num_classes": self.num_classes, "channels": self.channels}
+
+
+def _ranked(challenge: Challenge) -> dict:
+    regions = challenge.region_classes()
+    return {r: regions[r] for r in ranked_regions(challenge)}
+
+
 def training_metrics(challenge: Challenge) -> list:
     """Metrics for ``model.compile``: the challenge's region Dice, their mean, each label's Dice, accuracy.
 
@@ -143,13 +230,14 @@ def training_metrics(challenge: Challenge) -> list:
     where it has them; otherwise all of its regions).
     """
     regions = challenge.region_classes()
-    ranked = {r: m for r, m in regions.items() if r in ("WT", "TC", "ET")} or regions
+    ranked = _ranked(challenge)
     k = challenge.num_classes
     labels_only = [(key, (cls,)) for cls, key in enumerate(challenge.class_keys[1:], start=1)
                    if key not in regions]
     return [
         *(RegionDice(m, name=f"dice_{r.lower()}", num_classes=k) for r, m in regions.items()),
         MeanRegionDice(ranked, num_classes=k),
+        PatientMeanDice(ranked, num_classes=k),
         *(RegionDice(m, name=f"dice_{key.lower()}", num_classes=k) for key, m in labels_only),
         keras.metrics.CategoricalAccuracy(name="accuracy"),
     ]
@@ -164,9 +252,10 @@ def region_training_metrics(challenge: Challenge) -> list:
     """
     regions = challenge.region_classes()
     channels = {r: i for i, r in enumerate(regions)}
-    ranked = {r: m for r, m in regions.items() if r in ("WT", "TC", "ET")} or regions
+    ranked = _ranked(challenge)
     k = challenge.num_classes
     return [
         *(SigmoidRegionDice(m, channels[r], name=f"dice_{r.lower()}", num_classes=k) for r, m in regions.items()),
         MeanRegionDice(ranked, num_classes=k, channels={r: channels[r] for r in ranked}),
+        PatientMeanDice(ranked, num_classes=k, channels={r: channels[r] for r in ranked}),
     ]

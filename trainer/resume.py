@@ -21,7 +21,10 @@ import os
 import keras
 import tensorflow as tf
 
-MONITOR = "val_dice_mean"
+# The best checkpoint and early stopping follow the mean over validation patients of each
+# patient's mean region Dice (trainer/metrics.py), as BraTS ranks; not the Dice of pooled voxels.
+MONITOR = "val_patient_dice_mean"
+LEGACY_MONITOR = "val_dice_mean"
 METADATA = "training_metadata.json"  # BackupAndRestore's own file name
 
 
@@ -37,6 +40,7 @@ class RunState:
     stopping_best_epoch: int = 0
     last_val: dict = dataclasses.field(default_factory=dict)  # last validation's metrics
     finished: bool = False
+    monitor: str = MONITOR  # what ``best`` and ``stopping_best`` measure (older backups: the pooled Dice)
 
     def to_json(self) -> dict:
         return dict(dataclasses.asdict(self), batch=0)  # batch: BackupAndRestore reads it too
@@ -44,7 +48,19 @@ class RunState:
     @classmethod
     def from_json(cls, value: dict) -> "RunState":
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in value.items() if k in fields})
+        # a backup written before the monitor was recorded measured the pooled Dice
+        return cls(**{"monitor": LEGACY_MONITOR, **{k: v for k, v in value.items() if k in fields}})
+
+    def on_monitor(self) -> "RunState":
+        """This state with bests that compare with :data:`MONITOR`: another metric's bests are forgotten.
+
+        A run backed up while it monitored the pooled Dice would otherwise
+        keep its best.keras until the per-patient mean beat a pooled value.
+        """
+        if self.monitor == MONITOR:
+            return self
+        return dataclasses.replace(self, monitor=MONITOR, best=None, best_epoch=None, stopping_best=None,
+                                   stopping_best_epoch=0, stopping_wait=0)
 
     def continued(self) -> "RunState":
         """The state to train on from after a finished run: patience starts again, the best stays."""

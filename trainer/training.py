@@ -36,6 +36,7 @@ class Outcome:
     history_csv: str
     model_path: str
     already_finished: bool = False  # a re-launch of a finished run: nothing was trained
+    inference_choice: dict | None = None  # inference.json: the best window and TTA on the validation split
 
 
 def _check_lineage(workdir: str, info: data.DatasetInfo, cfg: dict) -> dict:
@@ -128,7 +129,8 @@ class EpochSummary(keras.callbacks.Callback):
         line = f"epoch {epoch + 1}/{self._epochs}: loss {logs.get('loss', float('nan')):.4f}"
         if "val_loss" in logs:
             dice = " ".join(f"{r} {logs.get(f'val_dice_{r.lower()}', float('nan')):.3f}" for r in self._regions)
-            line += f", val loss {logs['val_loss']:.4f}, val Dice {dice} mean {logs.get('val_dice_mean', 0):.3f}"
+            line += (f", val loss {logs['val_loss']:.4f}, val Dice {dice} mean {logs.get('val_dice_mean', 0):.3f}"
+                     f", per-patient mean {logs.get('val_patient_dice_mean', 0):.3f}")
         self._echo(line + f" ({time.time() - self._start:.1f} s)")
 
 
@@ -165,7 +167,7 @@ def _resume_point(cfg, workdir: str, scratch: str, echo) -> resume.RunState | No
     state = resume.read_state(os.path.join(scratch, "backup"))
     finished = state.finished if state else tf.io.gfile.exists(os.path.join(workdir, "model.keras"))
     if not finished:
-        return state or resume.RunState()
+        return (state or resume.RunState()).on_monitor()
     done = state.epoch if state else "all its"
     if not cfg["continue_training"]:
         echo(f"{workdir} has finished training ({done} epoch(s)); its model is {os.path.join(workdir, 'model.keras')}. "
@@ -177,7 +179,7 @@ def _resume_point(cfg, workdir: str, scratch: str, echo) -> resume.RunState | No
         raise LaunchError(f"{workdir} has already trained {state.epoch} epoch(s): to continue, raise "
                           f"--config.epochs above {state.epoch}")
     echo(f"Continuing the finished run in {workdir} from epoch {state.epoch + 1}")
-    return state.continued()
+    return state.continued().on_monitor()
 
 
 def _train_input(cfg, info: data.DatasetInfo, aug: data.AugmentConfig, first_epoch: int, strategy):
@@ -281,10 +283,29 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
                       callbacks=_callbacks(cfg, scratch, state, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = _save_final(net, workdir, chief)
+    choice = _choose_inference(cfg, model_path, echo) if chief and info.num_val else None
     resume.mark_finished(os.path.join(scratch, "backup"))
     last = {k: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")}
     return Outcome(workdir=workdir, policy=policy, epochs_run=len(history.history.get("loss", [])),
-                   val_metrics=last, history_csv=os.path.join(workdir, "history.csv"), model_path=model_path)
+                   val_metrics=last, history_csv=os.path.join(workdir, "history.csv"), model_path=model_path,
+                   inference_choice=choice)
+
+
+def _choose_inference(cfg, model_path: str, echo) -> dict | None:
+    """The best sliding window and TTA of the final model on the validation patients, into inference.json.
+
+    Before the run is marked finished, so a run killed here measures again
+    when re-launched.  Off with ``inference_choice.enabled=false``.
+    """
+    options = cfg.get("inference_choice") or {}
+    if not options.get("enabled", False):
+        return None
+    from serving import inference_choice
+
+    _, choice = inference_choice.choose_and_write(
+        model_path, echo=echo, windows=[w for w in options.get("windows", "patch,volume").split(",") if w],
+        tta_modes=[t for t in options.get("tta", "none").split(",") if t])
+    return choice
 
 
 def _finished_outcome(workdir: str) -> Outcome:

@@ -37,8 +37,14 @@ def get_config():
     c.require_gpu = False  # exit before training if no GPU is visible
     c.seed = 0
     c.deterministic = False  # tf op determinism (slower)
-    c.early_stopping_patience = 0  # epochs without a better val dice_mean; 0 disables
+    c.early_stopping_patience = 0  # epochs without a better val patient_dice_mean (per-patient mean); 0 disables
     c.continue_training = False  # a re-launch of a finished run trains on (to a larger epochs) instead of exiting
+    # At the end, score the final model's sliding window (patch, volume) x TTA on the validation patients and
+    # record the best in <workdir>/inference.json, which prediction, evaluation and the app then default to.
+    c.inference_choice = ml_collections.ConfigDict()
+    c.inference_choice.enabled = True
+    c.inference_choice.windows = "patch,volume"
+    c.inference_choice.tta = "none,all"  # of none | axes | all
 
     c.augment = ml_collections.ConfigDict()
     c.augment.foreground_share = 0.33  # share of patches centred on tumour

@@ -1,0 +1,121 @@
+"""Validation by the per-patient mean Dice, and the inference window/TTA a run records and serving follows."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from shared import challenges, metrics
+from serving import prediction
+from trainer import metrics as train_metrics, resume
+
+BRATS2020 = challenges.get("brats2020")
+
+
+def _one_hot(classes: np.ndarray, k: int = 4) -> np.ndarray:
+    return np.eye(k, dtype=np.float32)[classes]
+
+
+def _patient(size: int, tumour: int) -> np.ndarray:
+    """A (size, size, size) volume of classes with a ``tumour``-voxel block of class 3 (ET, so in WT, TC, ET)."""
+    classes = np.zeros((size,) * 3, np.uint8)
+    classes.reshape(-1)[:tumour] = 3
+    return classes
+
+
+def _keras_metric(metric, truths, preds) -> float:
+    metric.reset_state()
+    for t, p in zip(truths, preds):  # one patient per batch, as the trainer's validation
+        metric.update_state(_one_hot(t)[None], _one_hot(p)[None])
+    return float(metric.result())
+
+
+def _epochs():
+    """Two 'epochs' over a big- and a small-tumour patient on which pooled and per-patient Dice disagree.
+
+    Epoch A segments the big tumour perfectly and misses the small one;
+    epoch B misses a fifth of the big one and gets the small one right.
+    """
+    truths = [_patient(12, 1000), _patient(12, 10)]
+    a = [truths[0].copy(), np.zeros_like(truths[1])]
+    b = [_patient(12, 800), truths[1].copy()]
+    return truths, a, b
+
+
+def test_patient_mean_dice_is_the_mean_of_shared_metrics_per_patient_dice():
+    truths, a, b = _epochs()
+    b[1].reshape(-1)[20:25] = 1  # a false-positive necrosis: TC and WT differ from ET
+    ranked = {r: BRATS2020.region_classes()[r] for r in metrics.ranked_regions(BRATS2020)}
+    patient_mean = train_metrics.PatientMeanDice(ranked, num_classes=4)
+    for preds in (a, b):
+        expected = metrics.mean_patient_dice([metrics.region_dice(p, t, BRATS2020) for p, t in zip(preds, truths)])
+        assert _keras_metric(patient_mean, truths, preds) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_region_empty_in_both_scores_one_and_in_one_only_zero():
+    ranked = {"ET": (3,)}
+    metric = train_metrics.PatientMeanDice(ranked, num_classes=4)
+    empty = np.zeros((4, 4, 4), np.uint8)
+    assert _keras_metric(metric, [empty], [empty]) == 1.0
+    assert _keras_metric(metric, [_patient(4, 3)], [empty]) == 0.0
+
+
+def test_pooled_and_per_patient_dice_pick_different_epochs_and_the_checkpoint_follows_per_patient(tmp_path):
+    truths, a, b = _epochs()
+    ranked = {r: BRATS2020.region_classes()[r] for r in metrics.ranked_regions(BRATS2020)}
+    pooled = train_metrics.MeanRegionDice(ranked, num_classes=4)
+    patient = train_metrics.PatientMeanDice(ranked, num_classes=4)
+    logs = [{"val_dice_mean": _keras_metric(pooled, truths, p), "val_patient_dice_mean": _keras_metric(patient, truths, p)}
+            for p in (a, b)]
+    assert logs[0]["val_dice_mean"] > logs[1]["val_dice_mean"]  # pooled prefers A (the big tumour dominates)
+    assert logs[1]["val_patient_dice_mean"] > logs[0]["val_patient_dice_mean"]  # BraTS' mean prefers B
+
+    net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    checkpoint = resume.BestCheckpoint(str(tmp_path / "best.keras"), None)
+    checkpoint.set_model(net)
+    for epoch, values in enumerate(logs):
+        checkpoint.on_epoch_end(epoch, values)
+    assert resume.MONITOR == "val_patient_dice_mean" and checkpoint.best_epoch == 1
+
+
+def test_a_backup_from_before_the_monitor_changed_forgets_its_pooled_best():
+    old = resume.RunState.from_json({"epoch": 3, "best": 0.9, "best_epoch": 2, "stopping_best": 0.9})
+    assert old.monitor == resume.LEGACY_MONITOR
+    fresh = old.on_monitor()
+    assert fresh.best is None and fresh.stopping_best is None and fresh.epoch == 3 and fresh.monitor == resume.MONITOR
+    current = resume.RunState(best=0.5)
+    assert resume.RunState.from_json(current.to_json()).on_monitor().best == 0.5
+
+
+def test_training_records_the_best_window_and_tta_which_serving_follows(tiny_model):
+    """The tiny_model fixture ran a default training: it measured the windows and TTA at its end."""
+    run = tiny_model.parent
+    with open(run / "history.csv") as f:
+        assert "val_patient_dice_mean" in next(csv.reader(f))
+    recorded = json.loads((run / prediction.INFERENCE_CHOICE).read_text())
+    pairs = [(c["window"], c["tta"]) for c in recorded["candidates"]]
+    assert pairs == [("patch", "none"), ("patch", "all"), ("volume", "none"), ("volume", "all")]
+    assert recorded["split"] == "val" and recorded["patients"] >= 1
+    best = max(c["patient_dice_mean"] for c in recorded["candidates"])
+    assert recorded["patient_dice_mean"] == best
+    assert (recorded["window"], recorded["tta"]) == next(
+        (c["window"], c["tta"]) for c in recorded["candidates"] if c["patient_dice_mean"] == best)
+    assert all({"patient_dice_WT", "patient_dice_TC", "patient_dice_ET", "window_size"} <= set(c)
+               for c in recorded["candidates"])
+
+    settings = prediction.inference_settings(str(tiny_model))  # predict / evaluate without --window / --tta
+    assert (settings.window, settings.tta) == (recorded["window"], recorded["tta"])
+    assert settings.source.startswith("recorded in")
+    asked = prediction.inference_settings(str(tiny_model), "patch", "axes")
+    assert (asked.window, asked.tta, asked.source) == ("patch", "axes", "asked")
+    half = prediction.inference_settings(str(run), tta="axes")  # the run folder; one setting asked, one recorded
+    assert (half.window, half.tta) == (recorded["window"], "axes")
+
+
+def test_a_model_without_a_recorded_choice_uses_the_patch_window_without_tta(stub_model):
+    settings = prediction.inference_settings(str(stub_model))
+    assert (settings.window, settings.tta, settings.source) == ("patch", "none", "default")
