@@ -103,6 +103,7 @@ def test_the_fused_image_kernel_sees_the_patch_not_the_volume():
     the volume itself compiled once per patch position (0.13 s each on a 64³
     volume, a 15x slower demo input pipeline).  The crop must happen before the
     kernel, so its only input of image size is the patch (one compilation)."""
+    data._XLA_KERNELS.pop((16, 16, 16), None)  # earlier tests may have traced it for other channel counts
     volume = tf.constant(np.random.default_rng(0).random((20, 20, 20, 3)), tf.float16)
     for start in ([0, 0, 0], [3, 1, 2], [4, 4, 4]):
         data._image_patch(volume, tf.constant(start), (16, 16, 16), tf.constant([True, False, True]),
