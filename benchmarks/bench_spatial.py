@@ -1,6 +1,6 @@
 """CPU cost of each augmentation transform on one patch (trainer.data.augment).
 
-    python benchmarks/bench_spatial.py [--channels=4] [--repeats=5] [--transforms=plain,rotate,...]
+    python benchmarks/bench_spatial.py [--channels=4] [--repeats=5] [--transforms=plain,rotate,...] [--projective_pass]
 
 One synthetic 144^3 x ``--channels`` float16 volume (smooth image, one-hot
 uint8 mask of 4 classes, as the records store them); for every transform, the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -81,17 +82,49 @@ def measure(name: str, fields: dict, example, repeats: int) -> dict:
             "rounds": [round(t, 3) for t in times], "other_processes_cpu_s": others.cpu_s()}
 
 
+def measure_projective_pass(example, repeats: int) -> dict:
+    """For comparison: one bilinear 2-D pass of ``ImageProjectiveTransformV3`` (TensorFlow's C++ kernel) over
+    the float32 volume as a stack of slices, the unit of a rotation done as three 2-D passes."""
+    import tensorflow as tf
+
+    image = tf.cast(example["image"], tf.float32)
+    size = tf.shape(image)[1:3]
+    angle = 0.3
+    transform = tf.constant([[math.cos(angle), -math.sin(angle), 10.0, math.sin(angle), math.cos(angle), -10.0,
+                              0.0, 0.0]], tf.float32)
+
+    def one_pass():
+        return tf.raw_ops.ImageProjectiveTransformV3(images=image, transforms=transform, output_shape=size,
+                                                      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+    one_pass().numpy()
+    others = common.OtherProcesses()
+    times = []
+    for _ in range(repeats):
+        cpu0 = common.own_cpu()
+        one_pass().numpy()
+        times.append(common.own_cpu() - cpu0)
+    return {"transform": "one ImageProjectiveTransformV3 pass over the volume (reference)",
+            "cpu_s_per_patch": round(statistics.median(times), 3), "rounds": [round(t, 3) for t in times],
+            "other_processes_cpu_s": others.cpu_s()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--transforms", default=",".join(TRANSFORMS))
+    parser.add_argument("--projective_pass", action="store_true",
+                        help="also time one 2-D ImageProjectiveTransformV3 pass over the volume")
     args = parser.parse_args(argv)
     log = common.make_log("bench_spatial")
     example = volume(channels=args.channels)
     results = []
     for name in args.transforms.split(","):
         results.append(measure(name, TRANSFORMS[name], example, args.repeats))
+        log(json.dumps(results[-1]))
+    if args.projective_pass:
+        results.append(measure_projective_pass(example, args.repeats))
         log(json.dumps(results[-1]))
     print(json.dumps({"volume": [144, 144, 144, args.channels], "patch": [128, 128, 128], "results": results,
                       "note": "CPU s of this process per patch, median over repeats; " + common.OtherProcesses.NOTE}))
