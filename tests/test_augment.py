@@ -229,3 +229,16 @@ def test_the_spatial_kernels_compile_once_whatever_the_draws():
     assert {k[0] for k in kernels} == {"affine", "elastic", "sample", "intensity"}
     for key, kernel in kernels.items():
         assert kernel.experimental_get_tracing_count() == 1, key
+
+
+def test_gamma_is_the_power_of_the_rescaled_channel():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(8, 8, 8, 2)).astype(np.float32)
+    image[0, 0, 0] = image.min(axis=(0, 1, 2)) - 1.0  # each channel's minimum: x = 0 after rescaling
+    for gamma in (0.7, 1.5):
+        low, high = image.min(axis=(0, 1, 2)), image.max(axis=(0, 1, 2))
+        want = ((image - low) / (high - low + 1e-7)) ** gamma * (high - low) + low
+        for xla in (True, False):
+            got = data._fused("gamma", data._gamma, tf.constant(image), tf.constant(gamma), xla).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            assert np.isfinite(got).all()
