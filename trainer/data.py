@@ -278,9 +278,9 @@ def _image_patch(image, start, patch, flip, scale, shift, xla: bool):
 # Intensity transforms work on the float32 patch.
 #
 # Why gathers and not separable passes: a 128^3 patch of 4 channels costs
-# about 0.15-0.25 CPU-s this way (benchmarks/bench_spatial.py), while one
+# about 0.15-0.3 CPU-s this way (benchmarks/bench_spatial.py), while one
 # 2-D pass of tf.raw_ops.ImageProjectiveTransformV3 over the 144^3 x 4 volume
-# alone costs 0.24 CPU-s, so a rotation as three 2-D passes (plus three for
+# alone costs 0.16-0.22 CPU-s, so a rotation as three 2-D passes (plus three for
 # the mask, whose three successive nearest-neighbour roundings would also
 # misplace labels) could not be cheaper.
 
