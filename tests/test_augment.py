@@ -103,6 +103,7 @@ def test_the_fused_image_kernel_sees_the_patch_not_the_volume():
     the volume itself compiled once per patch position (0.13 s each on a 64³
     volume, a 15x slower demo input pipeline).  The crop must happen before the
     kernel, so its only input of image size is the patch (one compilation)."""
+    data._XLA_KERNELS.pop((16, 16, 16), None)  # earlier tests may have traced it for other channel counts
     volume = tf.constant(np.random.default_rng(0).random((20, 20, 20, 3)), tf.float16)
     for start in ([0, 0, 0], [3, 1, 2], [4, 4, 4]):
         data._image_patch(volume, tf.constant(start), (16, 16, 16), tf.constant([True, False, True]),
@@ -113,3 +114,131 @@ def test_the_fused_image_kernel_sees_the_patch_not_the_volume():
         tf.TensorSpec([3], tf.float32), tf.TensorSpec([3], tf.float32)).structured_input_signature[0]]
     assert shapes[0] == (16, 16, 16, 3)
     assert kernel.experimental_get_tracing_count() == 1, "the kernel was traced for another input than the patch"
+
+
+# ----------------------------------------------------------------------------- the spatial resampling itself
+
+
+def _warp_case(seed=0, shape=(40, 36, 44), channels=3, patch=(24, 20, 28)):
+    """A random float16 volume, a one-hot mask of 4 random labels, and a random rotation + zoom."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=shape + (channels,)).astype(np.float16)
+    classes = rng.integers(0, 4, size=shape)
+    mask = (classes[..., None] == np.arange(4)).astype(np.uint8)
+    angles = rng.uniform(-0.5, 0.5, 3)
+    matrix = data._rotation_matrix(tf.constant(angles, tf.float32)).numpy() / rng.uniform(0.7, 1.4)
+    centre = np.array(shape, np.float32) / 2 + rng.uniform(-6, 6, 3).astype(np.float32)
+    return image, classes, mask, matrix.astype(np.float32), centre, patch
+
+
+def _reference_coordinates(patch, centre, matrix, flip, displacement=None):
+    """float64 numpy: centre + matrix @ (F(v - patch centre) + d(Fv)), the definition."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in patch), indexing="ij"), -1).astype(np.float64)
+    for axis in range(3):
+        if flip[axis]:
+            grid[..., axis] = patch[axis] - 1 - grid[..., axis]
+    offsets = grid - (np.array(patch) - 1) / 2.0
+    if displacement is not None:
+        offsets += displacement[tuple(grid[..., a].astype(int) for a in range(3))]
+    return centre + offsets @ np.asarray(matrix, np.float64).T
+
+
+def _run_warp(image, mask, centre, matrix, grid, patch, flip, xla=True):
+    got = data._warp(tf.constant(image), tf.constant(mask), tf.constant(centre), tf.constant(matrix), grid, patch,
+                     tf.constant(flip), tf.ones([image.shape[-1]]), tf.zeros([image.shape[-1]]), xla)
+    return got[0].numpy(), got[1].numpy()
+
+
+@pytest.mark.parametrize("flip", [(False, False, False), (True, False, True)])
+def test_warp_is_trilinear_and_nearest_at_the_defined_coordinates(flip):
+    """Against scipy: the image is the trilinear read with zeros outside (``grid-constant``), the mask
+    the nearest voxel's one-hot row, background outside, wherever the rounding is no tie."""
+    from scipy import ndimage
+
+    image, classes, mask, matrix, centre, patch = _warp_case()
+    got_image, got_mask = _run_warp(image, mask, centre, matrix, None, patch, flip)
+    coords = _reference_coordinates(patch, centre, matrix, flip)
+    want = np.stack([ndimage.map_coordinates(image[..., c].astype(np.float64), np.moveaxis(coords, -1, 0), order=1,
+                                             mode="grid-constant", cval=0.0) for c in range(image.shape[-1])], -1)
+    np.testing.assert_allclose(got_image, want, atol=2e-4)
+    index = np.round(coords).astype(int)
+    inside = np.all((index >= 0) & (index < classes.shape), axis=-1)
+    labels = np.where(inside, classes[tuple(np.clip(index, 0, np.array(classes.shape) - 1).T)].T, 0)
+    clear = np.all(np.abs(coords - np.floor(coords) - 0.5) > 1e-3, axis=-1)
+    assert inside.mean() > 0.5 and (~inside).any() and clear.mean() > 0.99
+    np.testing.assert_array_equal(got_mask.argmax(-1)[clear], labels[clear])
+    assert np.all(got_mask.sum(-1) == 1)
+
+
+def test_flips_folded_into_the_coordinates_mirror_the_patch_exactly():
+    image, _, mask, matrix, centre, patch = _warp_case(seed=1)
+    grid = data._elastic_grid(3.0, tf.constant([5, 6]))
+    for field in (None, grid):
+        plain = _run_warp(image, mask, centre, matrix, field, patch, (False, False, False))
+        flipped = _run_warp(image, mask, centre, matrix, field, patch, (True, True, False))
+        for got, want in zip(flipped, plain):
+            np.testing.assert_array_equal(got, want[::-1, ::-1])
+
+
+def test_the_elastic_field_is_the_bilinear_resize_of_the_grid_and_moves_voxels_by_it():
+    grid = data._elastic_grid(4.0, tf.constant([3, 9]))
+    patch = (24, 20, 28)
+    field = data._elastic_field(grid, patch).numpy()
+    np.testing.assert_allclose(field, data._resize3d(grid, tf.constant(patch), "bilinear").numpy(), atol=1e-5)
+    # the warp reads at centre + matrix @ (offset + field): the coordinate volume's image says where
+    example, _ = _coordinate_volume()
+    image, mask = example["image"].numpy(), example["mask"].numpy()
+    centre, matrix = np.array([20.0, 18.0, 22.0], np.float32), np.eye(3, dtype=np.float32) * 0.9
+    got, _ = _run_warp(image, mask, centre, matrix, grid, patch, (False, True, False))
+    want = _reference_coordinates(patch, centre, matrix, (False, True, False), field)
+    inside = np.abs(got[..., 3] - 1.0) < 1e-4
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(got[..., :3][inside], want[inside], atol=1e-3)
+
+
+def test_xla_and_plain_tensorflow_warps_agree():
+    image, _, mask, matrix, centre, patch = _warp_case(seed=2)
+    grid = data._elastic_grid(3.0, tf.constant([1, 2]))
+    fused = _run_warp(image, mask, centre, matrix, grid, patch, (True, False, False), xla=True)
+    plain = _run_warp(image, mask, centre, matrix, grid, patch, (True, False, False), xla=False)
+    np.testing.assert_allclose(fused[0], plain[0], atol=1e-4)
+    assert (fused[1] == plain[1]).all(-1).mean() > 0.999  # only rounding ties may differ
+
+
+def test_spatial_augmentation_is_deterministic_per_seed():
+    example = _blocky_volume()
+    aug = data.AugmentConfig(patch_size=(16, 16, 16), **SPATIAL)
+    first = [t.numpy() for t in data.augment(example, tf.constant([7, 1], tf.int32), aug)]
+    again = [t.numpy() for t in data.augment(example, tf.constant([7, 1], tf.int32), aug)]
+    other = [t.numpy() for t in data.augment(example, tf.constant([8, 1], tf.int32), aug)]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_the_spatial_kernels_compile_once_whatever_the_draws():
+    """Angles, zoom, centre, flips and the elastic grid are kernel inputs, never compile-time constants."""
+    for key in [k for k in data._SPATIAL_KERNELS if k[1] == (16, 16, 16)]:
+        del data._SPATIAL_KERNELS[key]
+    example = _blocky_volume()
+    aug = data.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, rotate_p=0.7, scale_p=0.7, elastic_p=0.5)
+    fn = tf.function(lambda s: data.augment(example, s, aug), autograph=False)
+    for s in range(8):
+        fn(tf.constant([s, 5], tf.int32))
+    kernels = {k: v for k, v in data._SPATIAL_KERNELS.items() if k[1] == (16, 16, 16)}
+    assert {k[0] for k in kernels} == {"affine", "elastic", "sample", "intensity"}
+    for key, kernel in kernels.items():
+        assert kernel.experimental_get_tracing_count() == 1, key
+
+
+def test_gamma_is_the_power_of_the_rescaled_channel():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(8, 8, 8, 2)).astype(np.float32)
+    image[0, 0, 0] = image.min(axis=(0, 1, 2)) - 1.0  # each channel's minimum: x = 0 after rescaling
+    for gamma in (0.7, 1.5):
+        low, high = image.min(axis=(0, 1, 2)), image.max(axis=(0, 1, 2))
+        want = ((image - low) / (high - low + 1e-7)) ** gamma * (high - low) + low
+        for xla in (True, False):
+            got = data._fused("gamma", data._gamma, tf.constant(image), tf.constant(gamma), xla).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            assert np.isfinite(got).all()

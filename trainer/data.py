@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from shared import manifest as manifest_lib
@@ -273,7 +274,15 @@ def _image_patch(image, start, patch, flip, scale, shift, xla: bool):
 # computed and the image is read there by trilinear interpolation, the mask by
 # nearest neighbour (one-hot rows are copied, never blended), so image and mask
 # move together; outside the volume the image is 0 (the normalised background)
-# and the mask background.  Intensity transforms work on the float32 patch.
+# and the mask background; the flips are folded into the coordinates.
+# Intensity transforms work on the float32 patch.
+#
+# Why gathers and not separable passes: a 128^3 patch of 4 channels costs
+# about 0.15-0.3 CPU-s this way (benchmarks/bench_spatial.py), while one
+# 2-D pass of tf.raw_ops.ImageProjectiveTransformV3 over the 144^3 x 4 volume
+# alone costs 0.16-0.22 CPU-s, so a rotation as three 2-D passes (plus three for
+# the mask, whose three successive nearest-neighbour roundings would also
+# misplace labels) could not be cheaper.
 
 _SPATIAL_KERNELS: dict = {}
 
@@ -297,24 +306,67 @@ def _resize3d(volume, size, method):
     return tf.reshape(second, tf.concat([size, [c]], 0))
 
 
-def _elastic_field(patch, magnitude, seed, points=5):
-    """Smooth random displacement (voxels) per patch voxel: normal draws on a coarse grid, linearly upsampled."""
-    coarse = tf.random.stateless_normal([points, points, points, 3], seed=seed) * magnitude
-    return _resize3d(coarse, tf.constant(patch, tf.int32), "bilinear")
+ELASTIC_POINTS = 5  # control points per axis of the elastic displacement
 
 
-def _source_coordinates(patch, centre, matrix, displacement):
-    """Volume coordinates of each patch voxel: centre + matrix @ (voxel - patch centre + displacement).
+def _elastic_grid(magnitude, seed, points=ELASTIC_POINTS):
+    """The random part of an elastic deformation: normal displacements (voxels) on a coarse points^3 grid."""
+    return tf.random.stateless_normal([points, points, points, 3], seed=seed) * magnitude
 
-    Built as a sum of three broadcast axis terms, not from a meshgrid, so XLA
-    has no patch-sized constant to fold.
+
+def _linear_upsampling(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of linear upsampling as ``tf.image.resize(..., "bilinear")`` does it:
+    half-pixel centres, clamped at the ends."""
+    source = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, size_in - 1)
+    weights = np.zeros((size_out, size_in), np.float32)
+    np.add.at(weights, (np.arange(size_out), low), 1 - (source - low))
+    np.add.at(weights, (np.arange(size_out), high), source - low)
+    return weights
+
+
+def _elastic_field(grid, patch):
+    """Displacement (voxels) of every patch voxel, ``patch + (3,)``: the coarse grid linearly upsampled.
+
+    Three small matrix products, one per axis, so it runs inside the spatial
+    XLA kernel and only the points^3 x 3 grid enters it (``tf.image.resize``
+    has no fused CPU path, and a patch-sized field is 24 MB to pass around).
     """
-    coords = tf.cast(centre, tf.float32) + sum(displacement[..., k:k + 1] * matrix[:, k] for k in range(3))
+    points = grid.shape[0]
+    w0, w1, w2 = (tf.constant(_linear_upsampling(points, size)) for size in patch)
+    field = tf.einsum("kc,abcd->abkd", w2, grid)
+    field = tf.einsum("jb,abkd->ajkd", w1, field)
+    return tf.einsum("ia,ajkd->ijkd", w0, field)
+
+
+def _mirrored(field, flip):
+    """``field`` reversed along each axis ``flip`` flags (a select per axis: XLA needs static axes)."""
+    for axis in range(3):
+        field = tf.where(flip[axis], tf.reverse(field, [axis]), field)
+    return field
+
+
+def _source_coordinates(patch, centre, matrix, flip, displacement=None):
+    """(N, 3) volume coordinates of the patch voxels, in row-major order over ``patch``.
+
+    Voxel v reads ``centre + matrix @ (F(v - patch centre) + d(Fv))``, where F
+    mirrors the axes ``flip`` flags: the patch comes out flipped because its
+    offsets are, so no flip pass over the patches is needed afterwards.  Built
+    as a sum of three broadcast axis terms, not from a meshgrid, so XLA has no
+    patch-sized constant to fold.
+    """
+    coords = tf.reshape(tf.cast(centre, tf.float32), [1, 1, 1, 3])
+    if displacement is not None:
+        displacement = _mirrored(displacement, flip)
+        coords += sum(displacement[..., k:k + 1] * matrix[:, k] for k in range(3))
+    signs = tf.where(flip, -1.0, 1.0)
     for axis, size in enumerate(patch):
-        offsets = tf.range(size, dtype=tf.float32) - (size - 1) / 2.0
+        offsets = (tf.range(size, dtype=tf.float32) - (size - 1) / 2.0) * signs[axis]
         shape = [1, 1, 1, 3]
         shape[axis] = size
         coords += tf.reshape(offsets[:, None] * matrix[:, axis][None, :], shape)
+    coords = tf.broadcast_to(coords, [*patch, 3])
     return tf.reshape(coords, [-1, 3])
 
 
@@ -322,112 +374,103 @@ def _flat_index(index, shape):
     return (index[:, 0] * shape[1] + index[:, 1]) * shape[2] + index[:, 2]
 
 
+def _sample_linear(volume, coords):
+    """Trilinear read of a (D, H, W, C) volume at (N, 3) coordinates; 0 outside -> (N, C) float32.
+
+    The volume gets a border of zeros (one voxel before, two after) and the
+    coordinates are clamped into it, so a corner outside the volume reads 0
+    with no per-corner test.  Eight gathers of one voxel's channel row each,
+    in the stored dtype, cast after: XLA's CPU gather copies a row per index
+    quickly.  Packing a voxel's channels into one 64-bit word and pairing
+    neighbours in two-word rows (4 gathers), the previous version, was 4x
+    slower with 4 channels and 10x with 3 (benchmarks/bench_spatial.py).
+    """
+    padded = tf.pad(volume, [[1, 2], [1, 2], [1, 2], [0, 0]])
+    shape = tf.shape(padded)[:3]
+    flat = tf.reshape(padded, [-1, tf.shape(volume)[-1]])
+    coords = tf.clip_by_value(coords + 1.0, 0.0, tf.cast(shape - 2, tf.float32))  # +1: the border
+    low = tf.floor(coords)
+    frac = coords - low
+    base = _flat_index(tf.cast(low, tf.int32), shape)
+    total = 0.0
+    for corner in range(8):
+        step = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+        weight = 1.0
+        for axis in range(3):
+            weight *= frac[:, axis:axis + 1] if step[axis] else 1.0 - frac[:, axis:axis + 1]
+        values = tf.gather(flat, base + (step[0] * shape[1] + step[1]) * shape[2] + step[2])
+        total += weight * tf.cast(values, tf.float32)
+    return total
+
+
 def _inside(index, shape):
     return tf.reduce_all((index >= 0) & (index < shape), axis=-1)
 
 
-def _packed_rows(volume):
-    """(D*H*W,) one 32/64-bit word per voxel when the channels fit one (a gather moves words, not elements)."""
-    channels, size = volume.shape[-1], volume.dtype.size
-    words = {4: tf.uint32, 8: tf.uint64}
-    if channels is not None and channels * size in words and volume.dtype != tf.float32:
-        return tf.reshape(tf.bitcast(volume, words[channels * size]), [-1]), volume.dtype
-    if channels == 3 and volume.dtype == tf.float16:  # 3 x 16 bits: pad to 4 to pack in 64
-        padded = tf.pad(volume, [[0, 0], [0, 0], [0, 0], [0, 1]])
-        return tf.reshape(tf.bitcast(padded, tf.uint64), [-1]), volume.dtype
-    return None, None
-
-
-def _gather_rows(flat, packed, dtype, channels, index):
-    if packed is None:
-        return tf.gather(flat, index)
-    return tf.bitcast(tf.gather(packed, index), dtype)[:, :channels]
-
-
-def _sample_linear(volume, coords):
-    """Trilinear read of a (D, H, W, C) volume at (N, 3) coordinates; 0 outside -> (N, C) float32."""
-    packed, dtype = _packed_rows(volume)
-    if packed is not None and volume.shape[:3].is_fully_defined():
-        return _sample_linear_paired(tf.reshape(packed, volume.shape[:3]), dtype, volume.shape[-1], coords)
-    shape = tf.shape(volume)[:3]
-    channels = volume.shape[-1] if volume.shape[-1] is not None else tf.shape(volume)[-1]
-    flat = tf.reshape(volume, [-1, tf.shape(volume)[-1]])
-    low = tf.floor(coords)
-    frac = coords - low
-    low = tf.cast(low, tf.int32)
-    total = 0.0
-    for corner in range(8):
-        step = tf.constant([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1], tf.int32)
-        index = low + step
-        weight = tf.reduce_prod(tf.where(step == 1, frac, 1.0 - frac), axis=-1, keepdims=True)
-        inside = _inside(index, shape)
-        values = tf.gather(flat, _flat_index(tf.clip_by_value(index, 0, shape - 1), shape))
-        total += tf.cast(values, tf.float32) * weight * tf.cast(inside, tf.float32)[:, None]
-    return total
-
-
-def _sample_linear_paired(words, dtype, channels, coords):
-    """Trilinear read from one 64-bit word per voxel, four gathers instead of eight.
-
-    Each voxel's word is paired with its neighbour's along the last axis in
-    one two-word row, so one gather reads both corners of an edge (XLA's CPU
-    gathers cost per index, not per byte).  The volume gets a border of zeros and the
-    coordinates are clamped into it, so corners outside read 0 with no
-    per-corner test.
-    """
-    words = tf.pad(words, [[1, 2], [1, 2], [1, 2]])  # zeros around; the extra one holds the last pair's partner
-    shape = words.shape
-    pairs = tf.stack([words, tf.concat([words[:, :, 1:], words[:, :, :1]], 2)], -1)
-    flat = tf.reshape(pairs, [-1, 2])
-    high = tf.constant([shape[0] - 2, shape[1] - 2, shape[2] - 2], tf.float32)
-    coords = tf.clip_by_value(coords + 1.0, 0.0, high)  # +1: the border; outside points land on zeros
-    low = tf.floor(coords)
-    frac = coords - low
-    low = tf.cast(low, tf.int32)
-    total = 0.0
-    for corner in range(4):
-        step = tf.constant([(corner >> 1) & 1, corner & 1, 0], tf.int32)
-        weight = tf.reduce_prod(tf.where(step[:2] == 1, frac[:, :2], 1.0 - frac[:, :2]), axis=-1, keepdims=True)
-        values = tf.bitcast(tf.gather(flat, _flat_index(low + step, shape)), dtype)
-        values = tf.cast(values[..., :channels], tf.float32)  # (N, 2 neighbours, C)
-        total += weight * (values[:, 0] * (1.0 - frac[:, 2:]) + values[:, 1] * frac[:, 2:])
-    return total
-
-
 def _sample_nearest(mask, coords):
-    """Nearest-neighbour read of a one-hot (D, H, W, K) mask; background outside -> (N, K)."""
+    """Nearest-neighbour read of a one-hot (D, H, W, K) mask; background outside -> (N, K).
+
+    A uint8 mask of 4 classes moves as one uint32 word per voxel (a gather
+    costs per index, not per byte).
+    """
     shape = tf.shape(mask)[:3]
     index = tf.cast(tf.round(coords), tf.int32)
-    packed, dtype = _packed_rows(mask)
-    channels = mask.shape[-1] if mask.shape[-1] is not None else tf.shape(mask)[-1]
-    values = _gather_rows(tf.reshape(mask, [-1, tf.shape(mask)[-1]]), packed, dtype, channels,
-                          _flat_index(tf.clip_by_value(index, 0, shape - 1), shape))
+    flat_index = _flat_index(tf.clip_by_value(index, 0, shape - 1), shape)
+    if mask.dtype == tf.uint8 and mask.shape[-1] == 4:
+        values = tf.bitcast(tf.gather(tf.reshape(tf.bitcast(mask, tf.uint32), [-1]), flat_index), tf.uint8)
+    else:
+        values = tf.gather(tf.reshape(mask, [-1, tf.shape(mask)[-1]]), flat_index)
     background = tf.one_hot(0, tf.shape(mask)[-1], dtype=mask.dtype)
     return tf.where(_inside(index, shape)[:, None], values, background[None])
 
 
-def _warp_ops(image, mask, centre, matrix, displacement, patch, flip, scale, shift):
-    coords = _source_coordinates(patch, centre, matrix, displacement)
-    image = tf.reshape(_sample_linear(image, coords), [*patch, image.shape[-1]])
-    mask = tf.reshape(_sample_nearest(mask, coords), [*patch, mask.shape[-1]])
-    for axis in range(3):  # a select, not a data-dependent axis list: XLA needs static axes
-        image = tf.where(flip[axis], tf.reverse(image, [axis]), image)
-        mask = tf.where(flip[axis], tf.reverse(mask, [axis]), mask)
-    return _scale_shift_in_brain(image, scale, shift), mask
+def _sample_patch(image, mask, coords, patch):
+    """The patch's image (trilinear, float32) and mask (nearest) read at ``coords``."""
+    channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[-1]
+    image = tf.reshape(_sample_linear(image, coords), [*patch, channels])
+    mask = tf.reshape(_sample_nearest(mask, coords), [*patch, tf.shape(mask)[-1]])
+    return image, mask
 
 
-def _warp(image, mask, centre, matrix, displacement, patch, flip, scale, shift, xla: bool):
-    """Patch of ``image`` (trilinear) and ``mask`` (nearest) around ``centre`` under ``matrix`` (+ displacement),
-    then mirrored where ``flip`` says, and the image scaled and shifted in the brain."""
-    args = (image, mask, centre, matrix, displacement)
-    if not xla or image.shape[-1] is None or mask.shape[-1] is None:
-        return _warp_ops(*args, patch, flip, scale, shift)
-    kernel = _SPATIAL_KERNELS.get(tuple(patch))
+def _warp_coordinates(centre, matrix, flip, grid, patch):
+    """:func:`_source_coordinates` with the elastic displacement of the coarse ``grid`` (None: none)."""
+    displacement = None if grid is None else _elastic_field(grid, patch)
+    return _source_coordinates(patch, centre, matrix, flip, displacement)
+
+
+def _spatial_kernel(key, ops):
+    kernel = _SPATIAL_KERNELS.get(key)
     if kernel is None:
-        kernel = _SPATIAL_KERNELS[tuple(patch)] = tf.function(
-            lambda i, m, c, r, d, f, a, b: _warp_ops(i, m, c, r, d, tuple(patch), f, a, b),
-            jit_compile=True, autograph=False)
-    return kernel(*args, flip, scale, shift)
+        kernel = _SPATIAL_KERNELS[key] = tf.function(ops, jit_compile=True, autograph=False)
+    return kernel
+
+
+def _warp(image, mask, centre, matrix, grid, patch, flip, scale, shift, xla: bool):
+    """Patch of ``image`` (trilinear) and ``mask`` (nearest) around ``centre`` under ``matrix``, plus the
+    elastic displacement of the coarse ``grid`` (None: none), mirrored where ``flip`` says, and the image
+    scaled and shifted in the brain.
+
+    Three XLA kernels, each of whose results is written out once: the
+    coordinates, the two reads, the intensity.  Fused into one, XLA computes
+    a producer again inside every consumer that reads it: the elastic field
+    in every gather's index and the 8-corner interpolation in the brain test
+    of every channel, which made the single kernel 3x slower.  None of the
+    inputs is a value XLA treats as a compile-time constant.
+    """
+    patch = tuple(patch)
+    if not xla or image.shape[-1] is None or mask.shape[-1] is None:
+        coords = _warp_coordinates(centre, matrix, flip, grid, patch)
+        image, mask = _sample_patch(image, mask, coords, patch)
+        return _scale_shift_in_brain(image, scale, shift), mask
+    if grid is None:
+        coords = _spatial_kernel(("affine", patch), lambda c, r, f: _warp_coordinates(c, r, f, None, patch))(
+            centre, matrix, flip)
+    else:
+        coords = _spatial_kernel(("elastic", patch), lambda c, r, f, g: _warp_coordinates(c, r, f, g, patch))(
+            centre, matrix, flip, grid)
+    image, mask = _spatial_kernel(("sample", patch), lambda i, m, c: _sample_patch(i, m, c, patch))(
+        image, mask, coords)
+    return _spatial_kernel(("intensity", patch), _scale_shift_in_brain)(image, scale, shift), mask
 
 
 def _coin(p, seed):
@@ -439,19 +482,14 @@ def _uniform(low, high, seed, shape=()):
 
 
 def _spatial_draws(aug: "AugmentConfig", seed):
-    """(apply?, matrix, displacement) of one sample: rotation, scaling and elastic, each by its own coin."""
-    patch = tuple(int(p) for p in aug.patch_size)
+    """(apply?, elastic?, matrix, coarse elastic grid) of one sample: rotation, scaling, elastic, each by its coin."""
     rotate, scale, elastic = _coin(aug.rotate_p, seed + 7), _coin(aug.scale_p, seed + 8), _coin(aug.elastic_p, seed + 9)
     limit = aug.rotate_max_deg * 3.141592653589793 / 180.0
     angles = tf.where(rotate, _uniform(-limit, limit, seed + 10, [3]), tf.zeros([3]))
     zoom = tf.where(scale, _uniform(aug.scale_range[0], aug.scale_range[1], seed + 11), 1.0)
     matrix = _rotation_matrix(angles) / zoom  # zoom > 1 magnifies: the patch reads a smaller box
-    if aug.elastic_p > 0:
-        displacement = tf.cond(elastic, lambda: _elastic_field(patch, aug.elastic_magnitude, seed + 12),
-                               lambda: tf.zeros([*patch, 3]))
-    else:
-        displacement = tf.zeros([*patch, 3])
-    return rotate | scale | elastic, matrix, displacement
+    grid = _elastic_grid(aug.elastic_magnitude, seed + 12)
+    return rotate | scale | elastic, elastic, matrix, grid
 
 
 def _gaussian_blur(image, sigma, radius: int = 3):
@@ -473,10 +511,14 @@ def _gaussian_blur(image, sigma, radius: int = 3):
 
 
 def _gamma(image, gamma):
-    """x -> x**gamma on each channel rescaled to [0, 1], then back to its range (nnU-Net's gamma)."""
+    """x -> x**gamma on each channel rescaled to [0, 1], then back to its range (nnU-Net's gamma).
+
+    As exp(gamma * log x) (x = 0 gives exp(-inf) = 0, as x**gamma): XLA's CPU
+    pow is 1.7x slower than its exp and log together.
+    """
     low = tf.reduce_min(image, axis=[0, 1, 2], keepdims=True)
     span = tf.reduce_max(image, axis=[0, 1, 2], keepdims=True) - low
-    return tf.pow((image - low) / (span + 1e-7), gamma) * span + low
+    return tf.exp(gamma * tf.math.log((image - low) / (span + 1e-7))) * span + low
 
 
 def _contrast(image, factor):
@@ -627,11 +669,16 @@ def augment(example, seed, aug: AugmentConfig, mask_dtype=tf.float32):
                 _crop_flip(mask, start, patch, flip if aug.flips else None))
 
     if aug.spatial:
-        apply, matrix, displacement = _spatial_draws(aug, seed)
+        apply, elastic, matrix, grid = _spatial_draws(aug, seed)
         centre = tf.cast(start, tf.float32) + (tf.constant(patch, tf.float32) - 1.0) / 2.0
 
-        def warped():
-            return _warp(image, mask, centre, matrix, displacement, patch, flip, scale, shift, aug.xla)
+        def warp_with(field_grid):
+            return lambda: _warp(image, mask, centre, matrix, field_grid, patch, flip, scale, shift, aug.xla)
+
+        def warped():  # the affine kernel (no displacement) unless the elastic coin says yes
+            if aug.elastic_p > 0:
+                return tf.cond(elastic, warp_with(grid), warp_with(None))
+            return warp_with(None)()
 
         image, mask = tf.cond(apply, warped, cropped)
     else:
