@@ -48,7 +48,9 @@ def _run_under_jax(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("target, deep", [("regions", "1"), ("classes", "0")])
+# make test runs the class model's step; the region model with deep supervision
+# (about as long again) runs in make test-all
+@pytest.mark.parametrize("target, deep", [pytest.param("regions", "1", marks=pytest.mark.slow), ("classes", "0")])
 def test_one_training_step_under_jax_without_tensorflow(target, deep):
     found = _run_under_jax(target, deep)
     assert found["backend"] == "jax" and found["tensorflow"] is False

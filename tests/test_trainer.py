@@ -185,6 +185,7 @@ def _assert_same_run(a, b, tol=1e-5):
     np.testing.assert_allclose(sa.best, sb.best, rtol=tol)
 
 
+@pytest.mark.slow  # three short training runs (about 1-1.5 min on 2 cores): make test-all
 def test_a_killed_and_resumed_run_ends_as_an_uninterrupted_one(tiny_dataset, tmp_path, monkeypatch):
     # ordered input, without switching the whole test process to deterministic ops for good
     monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: None)
