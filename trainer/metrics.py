@@ -184,7 +184,7 @@ class PatientRegionDice(_PatientDice):
 
 
 @_serializable
-class PatientMeanDice(keras.metrics.Metric):
+class PatientMeanDice(MeanRegionDice):
     """Mean over the ranked regions of their per-patient mean Dice (``patient_dice_mean``).
 
     Every region counts the same samples, so this is also the mean over
@@ -194,28 +194,11 @@ class PatientMeanDice(keras.metrics.Metric):
 
     def __init__(self, regions: dict, num_classes: int, name: str = "patient_dice_mean",
                  channels: dict | None = None, **kwargs):
-        super().__init__(name=name, dtype="float32", **kwargs)
-        self.num_classes = num_classes
-        self.region_members = {str(k): tuple(int(c) for c in v) for k, v in regions.items()}
-        self.channels = {str(k): int(v) for k, v in channels.items()} if channels else None
-        self.regions = [PatientRegionDice(m, f"patient_dice_{r.lower()}", num_classes,
-                                          None if self.channels is None else self.channels[r])
-                        for r, m in self.region_members.items()]
+        super().__init__(regions, num_classes, name=name, channels=channels, **kwargs)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        for metric in self.regions:
-            metric.update_state(y_true, y_pred)
-
-    def result(self):
-        return ops.mean(ops.stack([m.result() for m in self.regions]))
-
-    def reset_state(self):
-        for metric in self.regions:
-            metric.reset_state()
-
-    def get_config(self):
-        return {"name": self.name, "regions": {k: list(v) for k, v in self.region_members.items()},
-                "num_classes": self.num_classes, "channels": self.channels}
+    def _region_metric(self, region, members):
+        return PatientRegionDice(members, f"patient_dice_{region.lower()}", self.num_classes,
+                                 None if self.channels is None else self.channels[region])
 
 
 def _ranked(challenge: Challenge) -> dict:
