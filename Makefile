@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions clean
+.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions bench-spatial bench-cv clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -64,6 +64,12 @@ bench-lesions: venv  ## seconds per 240x240x155 patient for lesion-wise scores, 
 
 bench-train: venv  ## step time of the seed and default U-Nets, float32 vs mixed precision (prints JSON)
 	$(PY) benchmarks/bench_train.py
+
+bench-spatial: venv  ## CPU-s per 128^3 patch of each augmentation transform (prints JSON)
+	$(PY) benchmarks/bench_spatial.py
+
+bench-cv: venv  ## five-fold table on a synthetic cohort: baseline, + regions, + full augmentation, + ensemble, + post-processing (long; prints JSON)
+	$(PY) benchmarks/bench_cv.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench_data .pytest_cache test-artifacts
