@@ -19,7 +19,6 @@ import posixpath
 import time
 from typing import Callable, Iterable
 
-from preprocessing.patient import PatientError
 from shared import failures as failures_lib
 from shared.storage import write_bytes
 from serving import prediction
@@ -79,7 +78,7 @@ def predict_local(options: Options, folders: list[str], echo: Callable[[str], No
             pred = prediction.predict_patient(predictor, source, convention, options.tta, options.overlap,
                                               probabilities=options.save_probabilities)
             paths = prediction.write_outputs(pred, options.output_dir, predictor, options.pictures)
-        except Exception as exc:  # one bad patient never stops the cohort
+        except prediction.PATIENT_INPUT_ERRORS as exc:  # a bad patient is reported; a bug stops the run
             failure = _failure(folder, exc)
             failures.append(failure)
             echo(f"  [{n}/{len(folders)}] {failure['patient']} FAILED at {failure['stage']}"
@@ -109,19 +108,41 @@ def format_summary(summary: Summary, output_dir: str) -> str:
 
 
 # ---------------------------------------------------------------- Beam --------
+#
+# As in the data engine's graph (beam_pipeline/pipeline.py), only single-output
+# steps, Flatten and GroupByKey are used: a patient that fails travels on as a
+# value (``_Failed``) through every step instead of on a tagged output, and the
+# summary is written by one step after a GroupByKey, so runners that merge
+# tagged outputs or lack side inputs run the same graph.  A bug (any exception
+# outside ``prediction.PATIENT_INPUT_ERRORS``) fails the job.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    """A patient that could not be predicted, carried to the summary as a value."""
+
+    failure: dict
+
 
 def _beam_handler(options: Options):
     from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
     class SegmentationHandler(ModelHandler):
-        """RunInference's view of our model: one preprocessed patient per batch."""
+        """RunInference's view of our model: one preprocessed patient (or a failure passed on) per batch."""
 
         def load_model(self):
             return options.load()
 
         def run_inference(self, batch, model, inference_args=None):
             for item in batch:
-                probs = prediction.infer_probabilities(model, item, options.tta, options.overlap)
+                if isinstance(item, _Failed):
+                    yield PredictionResult(item, None)
+                    continue
+                try:
+                    probs = prediction.infer_probabilities(model, item, options.tta, options.overlap)
+                except prediction.PATIENT_INPUT_ERRORS as exc:
+                    yield PredictionResult(_Failed(_failure(item.source.patient_id, exc)), None)
+                    continue
                 classes = prediction.classes_of(model, probs)
                 kept = probs if options.save_probabilities else None
                 yield PredictionResult(item, (classes, kept, model.decoding is None))
@@ -136,77 +157,68 @@ def _beam_handler(options: Options):
 
 
 def _prepare_fn(options: Options):
-    """folder -> Prepared, or a failure on the "failed" output."""
-    import apache_beam as beam
-
+    """folder -> Prepared, or ``_Failed``; a model that cannot be loaded stops the job."""
     state = {}
 
     def prepare(folder: str):
+        if "predictor" not in state:  # its preprocessing only; the network runs in RunInference
+            state["predictor"] = options.load(with_model=False)
         try:
-            if "predictor" not in state:  # its preprocessing only; the network runs in RunInference
-                state["predictor"] = options.load(with_model=False)
             source, convention = prediction.source_from_folder(folder, state["predictor"])
-            yield prediction.prepare(state["predictor"], source, convention, threads=1)  # Beam: a patient per core
-        except Exception as exc:
-            yield beam.pvalue.TaggedOutput("failed", _failure(folder, exc))
+            return prediction.prepare(state["predictor"], source, convention, threads=1)  # Beam: a patient per core
+        except prediction.PATIENT_INPUT_ERRORS as exc:
+            return _Failed(_failure(folder, exc))
 
     return prepare
 
 
 def _finish_fn(options: Options):
-    """PredictionResult -> files written, or a failure on the "failed" output.
+    """PredictionResult -> ("ok", files written) or ("failed", failure).
 
     The JSON beside each segmentation names the model and dataset version, as
     the local path's does; the worker reads them from the run's lineage (not
     the model, which only RunInference loads).
     """
-    import apache_beam as beam
-
     state = {}
 
     def finish(result):
         item = result.example
+        if isinstance(item, _Failed):
+            return "failed", item.failure
+        if "provenance" not in state:
+            state["provenance"] = options.load(with_model=False)
         try:
-            if "provenance" not in state:
-                state["provenance"] = options.load(with_model=False)
             classes, probs, softmax = result.inference
             pred = prediction.finish(item, classes, display=options.pictures, probabilities=probs, softmax=softmax)
             paths = prediction.write_outputs(pred, options.output_dir, state["provenance"], options.pictures)
-            yield _outcome(pred, paths)
-        except Exception as exc:
-            yield beam.pvalue.TaggedOutput("failed", _failure(item.source.patient_id, exc))
+        except prediction.PATIENT_INPUT_ERRORS as exc:
+            return "failed", _failure(item.source.patient_id, exc)
+        return "ok", _outcome(pred, paths)
 
     return finish
 
 
-def _inference_failure(dead_letter) -> list[dict]:
-    batch, error = dead_letter
-    reason = error[1] if isinstance(error, tuple) and len(error) > 1 else error
-    return [_failure(item.source.patient_id, PatientError("inference", str(reason))) for item in batch]
-
-
 def predict_beam(options: Options, folders: list[str], beam_args: list[str]) -> Summary:
-    """The same predictions on a Beam runner (FnApiRunner locally, or Dataflow)."""
+    """The same predictions on a Beam runner (FnApiRunner locally, Dask, or Dataflow)."""
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
     start = time.time()
     with beam.Pipeline(options=PipelineOptions(beam_args)) as root:
-        prepared = (root | "Folders" >> beam.Create(folders) | "Reshuffle" >> beam.Reshuffle()
-                    | "Preprocess" >> beam.FlatMap(_prepare_fn(options)).with_outputs("failed", main="ok"))
-        main, dlq = prepared.ok | "Segment" >> RunInference(_beam_handler(options)).with_exception_handling()
-        written = main | "Write" >> beam.FlatMap(_finish_fn(options)).with_outputs("failed", main="ok")
-        crashed = dlq.failed_inferences | "InferenceFailures" >> beam.FlatMap(_inference_failure)
-        failures = (prepared.failed, written.failed, crashed) | "AllFailures" >> beam.Flatten()
-        results = ((written.ok | "Ok" >> beam.Map(lambda d: ("ok", d)),
-                    failures | "Bad" >> beam.Map(lambda d: ("failed", d)))
-                   | "Outcomes" >> beam.Flatten() | "One" >> beam.combiners.ToList())
-        results | "Summary" >> beam.Map(_write_beam_summary, options.output_dir, start)
+        _ = (root
+             | "Folders" >> beam.Create(folders) | "Reshuffle" >> beam.Reshuffle()
+             | "Preprocess" >> beam.Map(_prepare_fn(options))
+             | "Segment" >> RunInference(_beam_handler(options))
+             | "Write" >> beam.Map(_finish_fn(options))
+             | "KeyForSummary" >> beam.Map(lambda outcome: (None, outcome))
+             | "GroupForSummary" >> beam.GroupByKey()
+             | "Summary" >> beam.Map(lambda grouped: _write_beam_summary(grouped[1], options.output_dir, start)))
     return _read_summary(options.output_dir)
 
 
 def _write_beam_summary(outcomes: Iterable, output_dir: str, start: float) -> None:
+    outcomes = list(outcomes)
     done = [d for tag, d in outcomes if tag == "ok"]
     failures = [d for tag, d in outcomes if tag == "failed"]
     _finish(output_dir, done, failures, time.time() - start)

@@ -325,7 +325,7 @@ def score_model_in_source_space(predictor: prediction.Predictor, data_dir: str, 
             classes = labels.to_classes(pred.stored_labels, layout.label_convention)
             row = _score_against_truth(pid, classes, pred.affine, f"{pid}.nii.gz", truth_path, layout,
                                        schemes.resolve(layout.challenge, scheme))
-        except Exception as exc:  # one bad patient never stops the evaluation
+        except prediction.PATIENT_INPUT_ERRORS as exc:  # a bad patient is reported; a bug stops the run
             failures.append(failures_lib.from_exception(pid, exc, "predict"))
             continue
         rows.append(row)

@@ -40,6 +40,16 @@ class ModelError(Exception):
     """A model that cannot be used for prediction; the message says why."""
 
 
+#: What one patient's own files can raise on their way through prediction and
+#: scoring, so that patient is reported and the cohort goes on: the core's
+#: PatientError (stage and file named), ValueError (an unreadable NIfTI, a
+#: geometry or label numbering the model cannot take; GeometryError is one) and
+#: OSError (a file that cannot be read or written).  Anything else (TypeError,
+#: KeyError, preprocessing's StageBug, ...) is a bug in this code and stops the
+#: run instead of turning every patient into a "failure".
+PATIENT_INPUT_ERRORS = (PatientError, ValueError, OSError)
+
+
 @dataclasses.dataclass
 class Predictor:
     """A trained model (or an ensemble of models) with everything needed to repeat its data's preprocessing."""

@@ -138,6 +138,19 @@ def test_evaluate_model_in_source_space_equals_predict_then_evaluate_pred_dir(st
     assert source_row["dice_WT"] < cropped_row["dice_WT"]
 
 
+def test_a_bug_while_scoring_in_source_space_stops_the_evaluation(stub_model, tiny_cohort, tiny_dataset,
+                                                                  monkeypatch):
+    """A TypeError is this code's bug: it propagates instead of listing every patient as failed."""
+    def a_bug(*args, **kwargs):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    predictor = prediction.load_predictor(str(stub_model))
+    monkeypatch.setattr(prediction, "predict_patient", a_bug)
+    with pytest.raises(TypeError, match="NoneType"):
+        evaluation.score_model_in_source_space(predictor, tiny_dataset.dataset_dir, "val", [str(tiny_cohort)],
+                                               echo=lambda *_: None)
+
+
 def test_the_raw_cohort_comes_from_run_json_or_input(tiny_cohort, tiny_dataset, tmp_path):
     assert evaluation.cohort_folders(tiny_dataset.dataset_dir) == [str(tiny_cohort)]
     assert evaluation.cohort_folders(tiny_dataset.dataset_dir, [str(tmp_path)]) == [str(tmp_path)]

@@ -209,6 +209,30 @@ def test_beam_runinference_gives_the_same_segmentations(tiny_model, tiny_cohort,
         assert reports[1] == reports[0] and reports[1]["dataset_version_id"] and reports[1]["model"]
 
 
+def _a_bug(*args, **kwargs):
+    raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+
+
+def test_a_bug_in_prediction_stops_the_cohort_instead_of_failing_every_patient(tiny_model, tiny_cohort, tmp_path,
+                                                                              monkeypatch):
+    """A TypeError is this code's bug, not a patient's bad input: it must not become one failure line per patient."""
+    folders = _bad_cohort(tiny_cohort, tmp_path / "in")
+    monkeypatch.setattr(prediction, "predict_patient", _a_bug)
+    options = batch_predict.Options(str(tiny_model), str(tmp_path / "out"), pictures=False)
+    with pytest.raises(TypeError, match="NoneType"):
+        batch_predict.predict_local(options, folders, echo=lambda *_: None)
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_bug_in_the_beam_write_step_fails_the_job(tiny_model, tiny_cohort, tmp_path, monkeypatch):
+    folders = _bad_cohort(tiny_cohort, tmp_path / "in")
+    monkeypatch.setattr(prediction, "finish", _a_bug)
+    options = batch_predict.Options(str(tiny_model), str(tmp_path / "out"), pictures=False)
+    with pytest.raises(Exception, match="NoneType"):
+        batch_predict.predict_beam(options, folders, IN_PROCESS)
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
 def test_a_brats2023_folder_is_read_by_a_brats2020_model(stub_model, tiny_cohort, tmp_path):
     layout = layouts.get_layout("brats2023_gli")
     folder = tmp_path / "BraTS-GLI-00001-000"

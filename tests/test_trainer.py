@@ -130,6 +130,16 @@ def test_foreground_oversampling_centres_patches_on_tumour():
     assert hits == 20
 
 
+def _scalars(folder) -> dict[str, list[int]]:
+    """tag -> the steps it was logged at, from a TensorBoard events folder."""
+    steps: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
 def test_short_training_lowers_the_loss_and_writes_the_run(tiny_dataset, tmp_path):
     cfg = _cfg(tiny_dataset.dataset_dir, epochs=4, steps_per_epoch=5)
     outcome = training.train_and_evaluate(cfg, str(tmp_path), echo=lambda *_: None)
@@ -139,6 +149,8 @@ def test_short_training_lowers_the_loss_and_writes_the_run(tiny_dataset, tmp_pat
     for name in ("config.json", "lineage.json", "model.keras", "saved_model", "tensorboard", "checkpoints"):
         assert os.path.exists(tmp_path / name), name
     assert "val_dice_wt" in outcome.val_metrics
+    assert _scalars(tmp_path / "tensorboard" / "train")["epoch_loss"] == [1, 2, 3, 4]
+    assert _scalars(tmp_path / "tensorboard" / "validation")["epoch_dice_wt"] == [1, 2, 3, 4]
     lineage = (tmp_path / "lineage.json").read_text()
     assert tiny_dataset.version_id in lineage
     reloaded = keras.models.load_model(outcome.model_path)

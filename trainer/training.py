@@ -134,6 +134,34 @@ class EpochSummary(keras.callbacks.Callback):
         self._echo(line + f" ({time.time() - self._start:.1f} s)")
 
 
+class EpochScalars(keras.callbacks.Callback):
+    """The epoch's logs as TensorBoard scalars (``train/`` and ``validation/``, as Keras names them).
+
+    Instead of ``keras.callbacks.TensorBoard``: with it, ``fit`` sat idle for
+    30-48 s after its last epoch on 2 CPU cores (the callback's teardown; the
+    same scalars written here cost nothing), a sixth of the demo's training.
+    Steps are epoch numbers, so a resumed run continues the same curves.
+    """
+
+    def __init__(self, logdir: str):
+        super().__init__()
+        self._logdir, self._writers = logdir, {}
+
+    def on_train_begin(self, logs=None):
+        self._writers = {part: tf.summary.create_file_writer(os.path.join(self._logdir, part))
+                         for part in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            part = "validation" if name.startswith("val_") else "train"
+            with self._writers[part].as_default():
+                tf.summary.scalar("epoch_" + name.removeprefix("val_"), value, step=epoch + 1)
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+
+
 def _scratch(workdir: str, chief: bool) -> str:
     """Where this task writes: the workdir for the chief, a folder of its own for other workers."""
     return workdir if chief else os.path.join(workdir, f"worker_{runtime.task_index()}")
@@ -151,7 +179,7 @@ def _callbacks(cfg, scratch: str, state: resume.RunState, echo, extra=()):
             cbs.append(stopping)
     cbs += [
         keras.callbacks.CSVLogger(os.path.join(scratch, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(scratch, "tensorboard")),
+        EpochScalars(os.path.join(scratch, "tensorboard")),
         EpochSummary(cfg["epochs"], challenges.get(cfg["challenge"]).regions, echo),
         *extra,
     ]
