@@ -24,6 +24,7 @@ from shared import layouts, storage
 from shared.manifest import is_complete, read_manifest, version_id
 from shared.spec import PreprocessingSpec
 from shared.storage import join
+from shared.beam_runners import runner_aliases
 
 # Config sections that change how the job runs, never the bytes it writes.
 RUNTIME_SECTION = "runtime"
@@ -69,19 +70,6 @@ def check_config(cfg: dict) -> PreprocessingSpec:
                          f" (--config.modalities={','.join(ships)}, or configs/preprocess/challenge.py:"
                          f"{spec.challenge.name} sets it)")
     return spec
-
-
-# Runners Beam knows only by their full class name, under the short name users type.
-RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
-
-
-def runner_aliases(beam_args: list[str]) -> list[str]:
-    """``--runner=DaskRunner`` as Beam needs it (``--runner=apache_beam.runners.dask...DaskRunner``)."""
-    out = []
-    for arg in beam_args:
-        name = arg.split("=", 1)[1] if arg.startswith("--runner=") else None
-        out.append(f"--runner={RUNNER_ALIASES[name]}" if name in RUNNER_ALIASES else arg)
-    return out
 
 
 def check_runner(cfg: dict, options: PipelineOptions) -> None:

@@ -1,14 +1,13 @@
-"""Predict a cohort: in this process, or fanned out on a Beam runner with RunInference.
+"""Predict a cohort: in this process, or fanned out on a Beam runner (FnApiRunner, Dask, Dataflow).
 
 Either way a patient that cannot be predicted (a missing modality, a corrupt
 file, shapes that disagree) becomes one line of ``errors.jsonl`` in the output
 folder, naming patient, stage, file and reason, and the others go on.  The
 summary (``summary.json`` and the printed lines) counts both.
 
-On Beam the work is split where it is cheapest to move: preprocessing (N4,
-seconds per patient) and writing run in ordinary ``Map`` steps on any worker,
-and the network runs inside ``RunInference``, which loads the model once per
-worker process and shares it between threads.
+On Beam each patient goes through three ``Map`` steps: preprocessing (N4,
+seconds per patient), the network (the model loaded once per worker process
+and shared by its threads), and writing.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import time
 from typing import Callable, Iterable
 
 from shared import failures as failures_lib
+from shared.beam_runners import runner_aliases
 from shared.storage import write_bytes
 from serving import prediction
 
@@ -124,36 +124,38 @@ class _Failed:
     failure: dict
 
 
-def _beam_handler(options: Options):
-    from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+_PREDICTORS: dict[str, prediction.Predictor] = {}  # per worker process: options -> loaded model
 
-    class SegmentationHandler(ModelHandler):
-        """RunInference's view of our model: one preprocessed patient (or a failure passed on) per batch."""
 
-        def load_model(self):
-            return options.load()
+def _predictor(options: Options) -> prediction.Predictor:
+    """The model, loaded once per worker process (a Dask worker sets a DoFn up for every partition)."""
+    key = repr(options)
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = options.load()
+    return _PREDICTORS[key]
 
-        def run_inference(self, batch, model, inference_args=None):
-            for item in batch:
-                if isinstance(item, _Failed):
-                    yield PredictionResult(item, None)
-                    continue
-                try:
-                    probs = prediction.infer_probabilities(model, item, options.tta, options.overlap)
-                except prediction.PATIENT_INPUT_ERRORS as exc:
-                    yield PredictionResult(_Failed(_failure(item.source.patient_id, exc)), None)
-                    continue
-                classes = prediction.classes_of(model, probs)
-                kept = probs if options.save_probabilities else None
-                yield PredictionResult(item, (classes, kept, model.decoding is None))
 
-        def batch_elements_kwargs(self):
-            return {"min_batch_size": 1, "max_batch_size": 1}
+def _segment_fn(options: Options):
+    """Prepared -> (Prepared, (classes, kept probabilities, softmax)), or ``_Failed`` passed on.
 
-        def share_model_across_processes(self):
-            return False
+    A plain function rather than Beam's RunInference: RunInference batches
+    with BatchElements, which emits a partition's last batch in
+    ``finish_bundle``, and the DaskRunner drops what ``finish_bundle`` emits,
+    so on Dask every patient vanished.  With one patient per call there is
+    nothing to batch, and the model is still loaded once per worker process.
+    """
+    def segment(item):
+        if isinstance(item, _Failed):
+            return item
+        predictor = _predictor(options)
+        try:
+            probs = prediction.infer_probabilities(predictor, item, options.tta, options.overlap)
+        except prediction.PATIENT_INPUT_ERRORS as exc:
+            return _Failed(_failure(item.source.patient_id, exc))
+        kept = probs if options.save_probabilities else None
+        return item, (prediction.classes_of(predictor, probs), kept, predictor.decoding is None)
 
-    return SegmentationHandler()
+    return segment
 
 
 def _prepare_fn(options: Options):
@@ -161,7 +163,7 @@ def _prepare_fn(options: Options):
     state = {}
 
     def prepare(folder: str):
-        if "predictor" not in state:  # its preprocessing only; the network runs in RunInference
+        if "predictor" not in state:  # its preprocessing only; the network runs in Segment
             state["predictor"] = options.load(with_model=False)
         try:
             source, convention = prediction.source_from_folder(folder, state["predictor"])
@@ -173,22 +175,20 @@ def _prepare_fn(options: Options):
 
 
 def _finish_fn(options: Options):
-    """PredictionResult -> ("ok", files written) or ("failed", failure).
+    """(Prepared, inference) -> ("ok", files written) or ("failed", failure).
 
     The JSON beside each segmentation names the model and dataset version, as
-    the local path's does; the worker reads them from the run's lineage (not
-    the model, which only RunInference loads).
+    the local path's does; the worker reads them from the run's lineage.
     """
     state = {}
 
-    def finish(result):
-        item = result.example
-        if isinstance(item, _Failed):
-            return "failed", item.failure
+    def finish(segmented):
+        if isinstance(segmented, _Failed):
+            return "failed", segmented.failure
+        item, (classes, probs, softmax) = segmented
         if "provenance" not in state:
             state["provenance"] = options.load(with_model=False)
         try:
-            classes, probs, softmax = result.inference
             pred = prediction.finish(item, classes, display=options.pictures, probabilities=probs, softmax=softmax)
             paths = prediction.write_outputs(pred, options.output_dir, state["provenance"], options.pictures)
         except prediction.PATIENT_INPUT_ERRORS as exc:
@@ -201,15 +201,14 @@ def _finish_fn(options: Options):
 def predict_beam(options: Options, folders: list[str], beam_args: list[str]) -> Summary:
     """The same predictions on a Beam runner (FnApiRunner locally, Dask, or Dataflow)."""
     import apache_beam as beam
-    from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
     start = time.time()
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as root:
+    with beam.Pipeline(options=PipelineOptions(runner_aliases(beam_args))) as root:
         _ = (root
-             | "Folders" >> beam.Create(folders) | "Reshuffle" >> beam.Reshuffle()
+             | "Folders" >> beam.Create(folders, reshuffle=False) | "Reshuffle" >> beam.Reshuffle()
              | "Preprocess" >> beam.Map(_prepare_fn(options))
-             | "Segment" >> RunInference(_beam_handler(options))
+             | "Segment" >> beam.Map(_segment_fn(options))
              | "Write" >> beam.Map(_finish_fn(options))
              | "KeyForSummary" >> beam.Map(lambda outcome: (None, outcome))
              | "GroupForSummary" >> beam.GroupByKey()

@@ -5,7 +5,7 @@ r"""Segment patients from their raw NIfTI scans with a trained model.
     python -m serving.predict --model=runs/exp1/model.keras \
         --input='/data/MICCAI_BraTS2020_ValidationData/BraTS20_*' --output_dir=preds/ --tta=all
 
-A whole cohort on Beam (RunInference; add Dataflow options as for preprocessing):
+A whole cohort on Beam (add Dask or Dataflow options as for preprocessing):
     python -m serving.predict --model=... --input='/data/Validation/*' --output_dir=preds/ \
         --beam --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 

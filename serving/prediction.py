@@ -494,7 +494,7 @@ def source_image(path: str) -> tuple[object, np.ndarray]:
 
 @dataclasses.dataclass
 class Prepared:
-    """A patient preprocessed for the network (what travels into RunInference on Beam)."""
+    """A patient preprocessed for the network (what travels from Preprocess to Segment on Beam)."""
 
     source: PatientSource
     label_convention: str

@@ -117,3 +117,28 @@ def test_gs_to_gs_gives_a_verified_version_with_the_local_shard_bytes(gcs, tiny_
     remote = {name: storage.read_bytes(storage.join(summary.dataset_dir, name)) for name in local}
     assert remote == local
     assert not storage.match(storage.join(summary.dataset_dir, "_staging", "*"))
+
+
+def test_batch_prediction_on_dask_writes_what_fnapi_writes(tiny_model, tiny_cohort, dask_address, tmp_path):
+    """Batch prediction's graph (failures as values, summary after GroupByKey) runs on Dask too."""
+    import json
+
+    from serving import batch_predict
+    from tests.test_predict import _bad_cohort, _check_bad_cohort_summary
+
+    folders = _bad_cohort(tiny_cohort, tmp_path / "in")
+    outputs = {}
+    for where, args in (("fnapi", IN_PROCESS),
+                        ("dask", ["--runner=DaskRunner", f"--dask_client_address={dask_address}",
+                                  "--dask_partition_size=1"])):
+        options = batch_predict.Options(str(tiny_model), str(tmp_path / where), pictures=False)
+        summary = batch_predict.predict_beam(options, folders, args)
+        _check_bad_cohort_summary(summary, tmp_path / where)
+        outputs[where] = {p.name: p.read_bytes() for p in (tmp_path / where).glob("*.nii.gz")}
+        outputs[where]["errors.jsonl"] = (tmp_path / where / "errors.jsonl").read_bytes()
+        reports = {p.name: json.loads(p.read_text()) for p in (tmp_path / where).glob("BraTS*.json")}
+        for report in reports.values():
+            report.pop("seconds")
+        outputs[where]["reports"] = reports
+    assert len([n for n in outputs["fnapi"] if n.endswith(".nii.gz")]) == 2
+    assert outputs["dask"] == outputs["fnapi"]
