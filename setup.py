@@ -24,6 +24,7 @@ setuptools.setup(
         "numpy>=2.0,<2.4",
         "scipy>=1.13,<1.16",
         "scikit-learn>=1.9,<2",
+        "threadpoolctl>=3,<4",  # preprocessing.n4 (also a scikit-learn dependency)
         "absl-py>=2,<3",
         "ml-collections>=1.1,<2",
         "protobuf>=6.31.1,<7",
