@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions bench-spatial bench-cv clean
+.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions bench-spatial bench-cv bench-side-by-side clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -70,6 +70,9 @@ bench-spatial: venv  ## CPU-s per 128^3 patch of each augmentation transform (pr
 
 bench-cv: venv  ## five-fold table on a synthetic cohort: baseline, + regions, + full augmentation, + ensemble, + post-processing (long; prints JSON)
 	$(PY) benchmarks/bench_cv.py
+
+bench-side-by-side: venv  ## one 240x240x155 patient preprocessed alone and two at once, no Beam: wall and CPU s (prints JSON)
+	$(PY) benchmarks/bench_side_by_side.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench_data .pytest_cache test-artifacts

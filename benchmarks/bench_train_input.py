@@ -22,17 +22,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import common  # noqa: E402
+
 
 def load_config(path: str):
     spec = importlib.util.spec_from_file_location("bench_config", os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv=None) -> int:
@@ -53,15 +50,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     next(batches)
     first = time.perf_counter() - start
-    cpu, start = cpu_seconds(), time.perf_counter()
+    cpu, start = common.rusage_cpu(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(args.batches):
         next(batches)
     wall = time.perf_counter() - start
+    cpu = common.rusage_cpu(resource.RUSAGE_SELF) - cpu
     print(json.dumps({"benchmark": "bench_train_input", "config": args.config, "data_dir": args.data_dir,
                       "batch_size": int(cfg.batch_size), "patch_size": list(aug.patch_size), "xla": aug.xla,
                       "first_batch_s": round(first, 2), "timed_batches": args.batches,
                       "seconds_per_batch": round(wall / args.batches, 4),
-                      "cpu_seconds_per_batch": round((cpu_seconds() - cpu) / args.batches, 4)}, indent=2))
+                      "cpu_seconds_per_batch": round(cpu / args.batches, 4)}, indent=2))
     return 0
 
 

@@ -124,15 +124,17 @@ class _Failed:
     failure: dict
 
 
-_PREDICTORS: dict[str, prediction.Predictor] = {}  # per worker process: options -> loaded model
+_LOADED: dict[tuple[str, bool], prediction.Predictor] = {}  # per worker process
 
 
-def _predictor(options: Options) -> prediction.Predictor:
-    """The model, loaded once per worker process (a Dask worker sets a DoFn up for every partition)."""
-    key = repr(options)
-    if key not in _PREDICTORS:
-        _PREDICTORS[key] = options.load()
-    return _PREDICTORS[key]
+def _loaded(options: Options, with_model: bool) -> prediction.Predictor:
+    """``options.load(with_model)``, once per worker process: the model for Segment, the run's
+    preprocessing and provenance (no model) for Preprocess and Write.  A process-wide cache, since a
+    Dask worker sets a step up again for every partition (every patient with ``--dask_partition_size=1``)."""
+    key = (repr(options), with_model)
+    if key not in _LOADED:
+        _LOADED[key] = options.load(with_model=with_model)
+    return _LOADED[key]
 
 
 def _segment_fn(options: Options):
@@ -147,7 +149,7 @@ def _segment_fn(options: Options):
     def segment(item):
         if isinstance(item, _Failed):
             return item
-        predictor = _predictor(options)
+        predictor = _loaded(options, with_model=True)
         try:
             probs = prediction.infer_probabilities(predictor, item, options.tta, options.overlap)
         except prediction.PATIENT_INPUT_ERRORS as exc:
@@ -160,14 +162,11 @@ def _segment_fn(options: Options):
 
 def _prepare_fn(options: Options):
     """folder -> Prepared, or ``_Failed``; a model that cannot be loaded stops the job."""
-    state = {}
-
     def prepare(folder: str):
-        if "predictor" not in state:  # its preprocessing only; the network runs in Segment
-            state["predictor"] = options.load(with_model=False)
+        predictor = _loaded(options, with_model=False)  # its preprocessing only; the network runs in Segment
         try:
-            source, convention = prediction.source_from_folder(folder, state["predictor"])
-            return prediction.prepare(state["predictor"], source, convention, threads=1)  # Beam: a patient per core
+            source, convention = prediction.source_from_folder(folder, predictor)
+            return prediction.prepare(predictor, source, convention, threads=1)  # Beam: a patient per core
         except prediction.PATIENT_INPUT_ERRORS as exc:
             return _Failed(_failure(folder, exc))
 
@@ -180,17 +179,14 @@ def _finish_fn(options: Options):
     The JSON beside each segmentation names the model and dataset version, as
     the local path's does; the worker reads them from the run's lineage.
     """
-    state = {}
-
     def finish(segmented):
         if isinstance(segmented, _Failed):
             return "failed", segmented.failure
         item, (classes, probs, softmax) = segmented
-        if "provenance" not in state:
-            state["provenance"] = options.load(with_model=False)
+        provenance = _loaded(options, with_model=False)
         try:
             pred = prediction.finish(item, classes, display=options.pictures, probabilities=probs, softmax=softmax)
-            paths = prediction.write_outputs(pred, options.output_dir, state["provenance"], options.pictures)
+            paths = prediction.write_outputs(pred, options.output_dir, provenance, options.pictures)
         except prediction.PATIENT_INPUT_ERRORS as exc:
             return "failed", _failure(item.source.patient_id, exc)
         return "ok", _outcome(pred, paths)

@@ -194,7 +194,7 @@ def test_bad_patients_are_reported_and_the_rest_predicted(tiny_model, tiny_cohor
     _check_bad_cohort_summary(summary, tmp_path / "out")
 
 
-def test_beam_runinference_gives_the_same_segmentations(tiny_model, tiny_cohort, tmp_path):
+def test_beam_gives_the_same_segmentations(tiny_model, tiny_cohort, tmp_path):
     folders = _bad_cohort(tiny_cohort, tmp_path / "in")
     local = batch_predict.Options(str(tiny_model), str(tmp_path / "local"), pictures=False)
     batch_predict.predict_local(local, folders[:2], echo=lambda *_: None)
