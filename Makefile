@@ -12,7 +12,7 @@ BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --dire
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -r requirements.txt pytest gcp-storage-emulator
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -r requirements.txt pytest gcp-storage-emulator import-linter
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
@@ -43,7 +43,7 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
 	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
 	    --config.data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
-	$(PY) -m serving.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val
+	$(PY) -m evaluation.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val
 	$(PY) -m serving.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions \
 	    --input=$(DEMO)/cohort/$$($(PY) -c "import json,glob; print(json.load(open(glob.glob('$(DEMO)/datasets/synthetic/*/manifest.json')[0]))['splits']['val']['patients'][0])")
 

@@ -14,7 +14,7 @@ setuptools.setup(
     version="0.1.0",
     description="BraTS preprocessing-to-TFRecord data engine (Apache Beam) and 3D U-Net trainer",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["preprocessing*", "beam_pipeline*", "trainer*", "serving*", "synthetic*", "shared*", "configs*"]),
+    packages=setuptools.find_packages(include=["preprocessing*", "beam_pipeline*", "trainer*", "serving*", "evaluation*", "synthetic*", "shared*", "configs*"]),
     install_requires=[
         "apache-beam>=2.77,<2.78",
         "tensorflow>=2.21,<2.22",

@@ -97,7 +97,7 @@ class Result:
     prediction: object  # serving.prediction.Prediction
     images: dict[str, np.ndarray]  # modality -> the scan as uploaded (source grid)
     scores: dict[str, float] | None  # shared.metrics.score_patient against the truth
-    lesions: dict | None  # shared.lesions.lesion_table against the truth (the challenge's own scheme)
+    lesions: dict | None  # evaluation.lesions.lesion_table against the truth (the challenge's own scheme)
     segmentation: bytes  # .nii.gz in the source geometry and label numbering
     summary_png: bytes
     notes: list[str]
@@ -524,7 +524,7 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
                       for ch, path in source.files.items()}
             scores = lesion_scores = None
             if truth_path is not None:
-                from shared import lesions
+                from evaluation import lesions
 
                 truth = truth_classes(truth_path, pred.label_convention, (pred.affine, pred.classes.shape))
                 scores = metrics.score_patient(pred.classes, truth, pred.challenge, pred.spacing)
@@ -693,7 +693,7 @@ def inference_defaults(model_path: str) -> tuple[str, str, str]:
     if recorded is None:
         return settings.window, settings.tta, (
             "No window/TTA choice recorded for this model: training patch, no TTA. Record one with "
-            f"`python -m serving.choose_inference --model={model_path}`.")
+            f"`python -m evaluation.choose_inference --model={model_path}`.")
     scores = ", ".join(f"{c['window']}/{c['tta']} {c['patient_dice_mean']:.3f}" for c in recorded["candidates"])
     return settings.window, settings.tta, (
         f"Preselected: the best window/TTA on the run's {recorded['patients']} validation patient(s), by mean "

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import posixpath
 
-from beam_pipeline.launch import read_run
 from shared import storage
-from shared.manifest import MANIFEST_NAME, read_manifest
+from shared.manifest import MANIFEST_NAME, read_manifest, read_run
 from shared.storage import join
 
 

@@ -16,12 +16,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beam_pipeline import fingerprint, sharding, splits
-from beam_pipeline.pipeline import RUN_NAME, STAGED_RECORD, STAGING, Plan, build
+from beam_pipeline.pipeline import STAGED_RECORD, STAGING, Plan, build
 from preprocessing import discovery
 from preprocessing.patient import LOST_TUMOUR
 from shared import failures as failures_lib
 from shared import layouts, storage
-from shared.manifest import is_complete, read_manifest, version_id
+from shared.manifest import is_complete, read_manifest, read_run, version_id
 from shared.spec import PreprocessingSpec
 from shared.storage import join
 from shared.beam_runners import runner_aliases
@@ -130,11 +130,6 @@ def _release(result) -> None:
     client = getattr(result, "client", None)
     if client is not None:
         client.close()
-
-
-def read_run(dataset_dir: str) -> dict:
-    path = join(dataset_dir, RUN_NAME)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
 
 
 def summary_from_manifest(dataset_dir: str, wall: float, already: bool) -> Summary:

@@ -42,13 +42,12 @@ from preprocessing.discovery import PatientSource
 from shared import failures as failures_lib
 from shared import geometry as geometry_lib
 from shared import schema, storage, tfrecord
-from shared.manifest import FORMAT, SPLITS, canonical_json, write_manifest
+from shared.manifest import FORMAT, RUN_NAME, SPLITS, canonical_json, write_manifest
 from shared.spec import PreprocessingSpec
 from shared.storage import join, write_bytes
 
 NAMESPACE = "brats"
 STAGING = "_staging"
-RUN_NAME = "run.json"  # facts of one run that are not part of the version (timings, where the input lay)
 log = logging.getLogger(__name__)
 
 

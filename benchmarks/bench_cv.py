@@ -84,10 +84,11 @@ def cv_means(workdir: str) -> dict:
 
 def held_out(model, data_dir: str, postprocessing: str = "none") -> dict:
     """Mean Dice per region on the dataset's ``val`` split (patients no fold trained on)."""
-    from serving import evaluation, prediction
+    from evaluation import scoring
+    from serving import prediction
 
     predictor = prediction.load_predictor(model, data_dir, window="volume", postprocessing=postprocessing)
-    rows, failures = evaluation.score_model(predictor, data_dir, "val", echo=lambda *_: None)
+    rows, failures = scoring.score_model(predictor, data_dir, "val", echo=lambda *_: None)
     assert not failures, failures
     return {r: round(float(np.mean([row[f"dice_{r}"] for row in rows])), 4) for r in REGIONS}
 
@@ -130,13 +131,13 @@ def main(argv=None) -> int:
         log(json.dumps(rows[-1]))
         last = workdir
     rows.append({"row": "+ ensemble", "held_out": held_out(last, data_dir),
-                 "command": f"python -m serving.evaluate --model={last} --split=val --window=volume "
+                 "command": f"python -m evaluation.evaluate --model={last} --split=val --window=volume "
                             "--postprocessing=none"})
     choice = json.load(open(os.path.join(last, "postprocessing.json")))
     rows.append({"row": "+ post-processing", "held_out": held_out(last, data_dir, "auto"), "rules": choice["rules"],
                  "cv_mean_dice_before_after": [round(choice["mean_dice_before"], 4),
                                                round(choice["mean_dice_after"], 4)],
-                 "command": f"python -m serving.evaluate --model={last} --split=val --window=volume"})
+                 "command": f"python -m evaluation.evaluate --model={last} --split=val --window=volume"})
     print(json.dumps({"benchmark": "bench_cv", "args": vars(args), "data_dir": data_dir, "rows": rows,
                       "wall_minutes": round((time.time() - start) / 60, 1)}, indent=2))
     return 0

@@ -13,7 +13,7 @@ voxels) and a satellite split in two.  Labels are written in each challenge's
 own classes (the same tissue map; regions the challenge lacks are simply not
 scored), so every challenge scores all of its regions.
 
-Measured: ``shared.lesions.score_lesions`` (the challenge's default scheme,
+Measured: ``evaluation.lesions.score_lesions`` (the challenge's default scheme,
 and the 2026 matched scheme), median of ``--repeats`` runs after one warm-up.
 ``--reference`` also times a literal transcription of the BraTS 2023 loop (one
 full-volume dilation per lesion, scipy in place of cc3d) once, for the ratio.
@@ -36,7 +36,8 @@ if ROOT not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402
-from shared import challenges, lesions, metrics  # noqa: E402
+from evaluation import lesions  # noqa: E402
+from shared import challenges, metrics  # noqa: E402
 
 log = common.make_log("bench_lesions")
 SHAPE = (240, 240, 155)

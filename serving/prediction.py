@@ -208,7 +208,7 @@ def window_size(window, run_dir: str | None, cfg: dict) -> tuple[int, int, int]:
     return size
 
 
-# What training found best on its validation split (serving/inference_choice.py), beside lineage.json.
+# What training found best on its validation split (evaluation/inference_choice.py), beside lineage.json.
 INFERENCE_CHOICE = "inference.json"
 DEFAULT_WINDOW, DEFAULT_TTA = "patch", "none"
 

@@ -22,6 +22,7 @@ from shared.storage import join, read_bytes, sha256_of, write_bytes
 from shared.schema import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
+RUN_NAME = "run.json"  # facts of one run that are not part of the version (timings, where the input lay)
 ERRORS_NAME = "errors.jsonl"
 FORMAT = "brats-tfrecord-dataset/1"
 SPLITS = ("train", "val")
@@ -87,6 +88,12 @@ def is_complete(dataset_dir: str) -> bool:
 
 def write_manifest(dataset_dir: str, manifest: dict) -> None:
     write_bytes(manifest_path(dataset_dir), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_run(dataset_dir: str) -> dict:
+    """The dataset's ``run.json`` (where its raw scans lay, timings); empty when it has none."""
+    path = join(dataset_dir, RUN_NAME)
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
 
 
 def read_manifest(dataset_dir: str) -> dict:

@@ -1,46 +1,16 @@
-"""Shared fixtures: tiny synthetic cohorts and a way to run the real pipeline on them."""
+"""Shared fixtures: tiny synthetic cohorts, the real pipeline run on them, a trained tiny model and a stub model.
+
+Helpers that tests import by name live in ``tests/helpers.py``.
+"""
 
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from beam_pipeline import launch
-from synthetic import cohort as synthetic_data  # noqa: E402
-from configs.preprocess import synthetic_small  # noqa: E402
-
-TINY_SHAPE = (48, 48, 40)
-IN_PROCESS = ["--runner=FnApiRunner"]
-MULTI_PROCESS = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-
-
-def override(cfg, overrides: dict):
-    """Set dotted config fields (``{"crop.size": (32, 32, 32)}``) as --config.x=... would."""
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
-
-
-def tiny_config(**overrides) -> dict:
-    """The synthetic config shrunk for 48x48x40 volumes, as a plain dict."""
-    cfg = synthetic_small.get_config()
-    cfg.crop.size = (32, 32, 32)
-    cfg.min_brain_voxels = 200
-    return override(cfg, overrides).to_dict()
-
-
-def run_pipeline(input_dir, output_dir, beam_args=IN_PROCESS, **overrides) -> launch.Summary:
-    return launch.run(tiny_config(**overrides), str(input_dir), str(output_dir), list(beam_args), echo=lambda *_: None)
+from synthetic import cohort as synthetic_data
+from tests.helpers import TINY_SHAPE, build_stub_model, run_pipeline  # noqa: F401  (ROOT on sys.path first)
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +36,7 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
     geometry, labels and reports, not Dice.
     """
     from configs.train import tiny_cpu
+    from evaluation import inference_choice
     from trainer import training
 
     cfg = tiny_cpu.get_config()
@@ -73,56 +44,9 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
     cfg.patch_size = (16, 16, 16)
     cfg.epochs, cfg.steps_per_epoch = 1, 2
     workdir = tmp_path_factory.mktemp("run")
-    outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None)
+    outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None,
+                                          after_training=inference_choice.after_training)
     return pathlib.Path(outcome.model_path)
-
-
-# ----------------------------------------------------------------------------- a stub model
-#
-# A trained model may leave a class empty, and "labels are a subset of
-# {0, 1, 2, 4}" is then true of a pipeline that drops or mislabels it.  The
-# stub answers every class, at voxels the test can compute from the
-# preprocessed image: by the value of the first channel (flair), the same in
-# every window, so sliding windows and flips do not change it.
-
-STUB_SCALE = 40.0
-
-
-def stub_classes(image):
-    """The classes the stub model predicts for a preprocessed ``(X, Y, Z, C)`` image.
-
-    |flair| < 0.05 (outside the brain is 0): background; flair < -0.5: class 1
-    (necrotic core); > 0.5: class 3 (enhancing); otherwise class 2 (edema).
-    """
-    import numpy as np
-
-    return np.argmax(_stub_logits(np.asarray(image, np.float32)[..., 0]), axis=-1).astype(np.uint8)
-
-
-def _stub_logits(flair):
-    import numpy as np
-
-    pos, neg = np.maximum(flair, 0), np.maximum(-flair, 0)
-    return np.stack([2 - STUB_SCALE * (pos + neg), STUB_SCALE * neg - 20, np.zeros_like(flair),
-                     STUB_SCALE * pos - 20], axis=-1)
-
-
-def build_stub_model(channels: int = 4):
-    """A Keras model (built-in layers only, so it loads as any .keras file) computing :func:`stub_classes`."""
-    import keras
-    import numpy as np
-
-    image = keras.Input((None, None, None, channels), name="image")
-    split = keras.layers.Conv3D(2, 1, activation="relu", name="pos_neg")(image)
-    logits = keras.layers.Conv3D(4, 1, name="logits")(split)
-    probs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    model = keras.Model(image, probs, name="stub")
-    first = np.zeros((1, 1, 1, channels, 2), np.float32)
-    first[..., 0, :] = [1.0, -1.0]  # relu(flair), relu(-flair)
-    second = np.array([[-STUB_SCALE, 0.0, 0.0, STUB_SCALE], [-STUB_SCALE, STUB_SCALE, 0.0, 0.0]], np.float32)
-    model.get_layer("pos_neg").set_weights([first, np.zeros(2, np.float32)])
-    model.get_layer("logits").set_weights([second.reshape(1, 1, 1, 2, 4), np.array([2.0, -20.0, 0.0, -20.0], np.float32)])
-    return model
 
 
 @pytest.fixture(scope="session")

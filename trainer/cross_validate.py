@@ -18,6 +18,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from evaluation import cross_validation as scoring_folds  # wired here: scoring the folds (import contract)
+from evaluation import inference_choice
 from serving import inference
 from trainer import cross_validation, training
 
@@ -39,19 +41,20 @@ def main(argv):
     try:
         if _TRAIN.value:
             folds = [int(k) for k in _FOLDS.value] if _FOLDS.value else None
-            cross_validation.train_folds(_CONFIG.value, _WORKDIR.value, folds)
+            cross_validation.train_folds(_CONFIG.value, _WORKDIR.value, folds,
+                                         after_training=inference_choice.after_training)
         if not _SUMMARIZE.value:
             return
-        missing = cross_validation.missing_folds(_WORKDIR.value)
+        missing = scoring_folds.missing_folds(_WORKDIR.value)
         if missing:
             print(f"Fold(s) {missing} not trained yet: summarise after they are "
                   f"(python -m trainer.cross_validate --workdir={_WORKDIR.value} --train=false)")
             return
-        summary = cross_validation.summarize(_WORKDIR.value, tta=_TTA.value)
+        summary = scoring_folds.summarize(_WORKDIR.value, tta=_TTA.value)
     except (training.LaunchError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(cross_validation.format_summary(summary))
+    print(scoring_folds.format_summary(summary))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from evaluation import inference_choice  # wired here: the end-of-training window/TTA choice (import contract)
 from trainer import training
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,7 +28,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        outcome = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        outcome = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                               after_training=inference_choice.after_training)
     except training.LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -258,8 +259,16 @@ def _verbosity(chief: bool) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Outcome:
+def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
+                       after_training: Callable[[dict, str, Callable], dict | None] | None = None) -> Outcome:
     """Train on the dataset ``cfg['data_dir']`` names; resumable in ``workdir``.
+
+    ``after_training(cfg, model_path, echo)`` runs on the chief once the final
+    model is saved and before the run is marked finished (so a run killed there
+    does it again when re-launched); what it returns is the outcome's
+    ``inference_choice``.  The entry point wires the end-of-training
+    window/TTA choice here (:func:`evaluation.inference_choice.after_training`):
+    the training library does not know about evaluation.
 
     A re-launch resumes after the last finished epoch with the best
     checkpoint, early stopping and the data stream where they were; a
@@ -311,29 +320,12 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=()) -> Out
                       callbacks=_callbacks(cfg, scratch, state, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = _save_final(net, workdir, chief)
-    choice = _choose_inference(cfg, model_path, echo) if chief and info.num_val else None
+    choice = after_training(cfg, model_path, echo) if after_training and chief and info.num_val else None
     resume.mark_finished(os.path.join(scratch, "backup"))
     last = {k: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")}
     return Outcome(workdir=workdir, policy=policy, epochs_run=len(history.history.get("loss", [])),
                    val_metrics=last, history_csv=os.path.join(workdir, "history.csv"), model_path=model_path,
                    inference_choice=choice)
-
-
-def _choose_inference(cfg, model_path: str, echo) -> dict | None:
-    """The best sliding window and TTA of the final model on the validation patients, into inference.json.
-
-    Before the run is marked finished, so a run killed here measures again
-    when re-launched.  Off with ``inference_choice.enabled=false``.
-    """
-    options = cfg.get("inference_choice") or {}
-    if not options.get("enabled", False):
-        return None
-    from serving import inference_choice
-
-    _, choice = inference_choice.choose_and_write(
-        model_path, echo=echo, windows=[w for w in options.get("windows", "patch,volume").split(",") if w],
-        tta_modes=[t for t in options.get("tta", "none").split(",") if t])
-    return choice
 
 
 def _finished_outcome(workdir: str) -> Outcome:
