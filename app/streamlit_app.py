@@ -3,12 +3,14 @@
     streamlit run app/streamlit_app.py -- --model=demo_data/runs/tiny/model.keras
     streamlit run app/streamlit_app.py --server.maxUploadSize=600 -- --models_dir=runs --max_upload_mb=600
 
-Arguments after ``--`` (see :func:`app.logic.parse_args`): ``--model`` (one
+Arguments after ``--`` (see :func:`app.session.parse_args`): ``--model`` (one
 model; repeatable), ``--models_dir`` (every ``*.keras`` below it; default
 ``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 600, capped
 by Streamlit's own ``--server.maxUploadSize``, default 200) and
-``--data_dir``.  The page only lays widgets out; what it does is in
-``app/logic.py``.
+``--data_dir``.  The page only lays widgets out and wires the modules that
+do the work, each testable without a browser: :mod:`app.uploads` (checking
+the uploaded files), :mod:`app.session` (the cached model, the example, the
+segmentation) and :mod:`app.views` (the pictures, tables and text it shows).
 """
 
 from __future__ import annotations
@@ -24,25 +26,18 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts app/ on the path, not the 
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app import logic  # noqa: E402
+from app import session, uploads, views  # noqa: E402
 
 UPLOAD, EXAMPLE = "Upload scans", "Example case (synthetic)"
 TTA = {"none": "none (fastest)", "axes": "mirror each axis (4 passes)", "all": "all mirrors (8 passes)"}
 
 
-@st.cache_resource(show_spinner="Loading the model...")
-def load_predictor(path: str, data_dir: str | None):
-    from serving import prediction
-
-    return prediction.load_predictor(path, data_dir=data_dir)
-
-
 def choose_inference(path: str) -> tuple[str, str]:
     """Sidebar: sliding window and TTA, preselected to what the model's run measured best."""
-    window, tta, why = logic.inference_defaults(path)
+    window, tta, why = views.inference_defaults(path)
     # keyed by model, so picking another model preselects that model's own best
-    window = st.sidebar.selectbox("Sliding window", list(logic.WINDOWS), index=list(logic.WINDOWS).index(window)
-                                  if window in logic.WINDOWS else 0, format_func=logic.WINDOWS.get,
+    window = st.sidebar.selectbox("Sliding window", list(views.WINDOWS), index=list(views.WINDOWS).index(window)
+                                  if window in views.WINDOWS else 0, format_func=views.WINDOWS.get,
                                   key=f"window-{path}")
     tta = st.sidebar.selectbox("Test-time augmentation", list(TTA), index=list(TTA).index(tta) if tta in TTA else 0,
                                format_func=TTA.get, key=f"tta-{path}")
@@ -50,10 +45,10 @@ def choose_inference(path: str) -> tuple[str, str]:
     return window, tta
 
 
-def choose_model(settings: logic.Settings):
+def choose_model(settings: session.Settings):
     """Sidebar: the model, window and TTA; returns (predictor or None, tta)."""
     st.sidebar.header("Model")
-    models = logic.find_models(settings)
+    models = session.find_models(settings)
     if not models:
         where = ", ".join(settings.models_dirs) or "(no folder)"
         st.sidebar.error(f"No trained model found in {where}. Train one (`make demo`) or start the app with "
@@ -64,11 +59,11 @@ def choose_model(settings: logic.Settings):
     from serving import prediction
 
     try:
-        predictor = prediction.with_window(load_predictor(path, settings.data_dir), window)
+        predictor = prediction.with_window(session.load_predictor(path, settings.data_dir), window)
     except Exception as exc:  # ModelError says why; anything else must not take the page down
         st.sidebar.error(f"Cannot use this model: {exc}")
         return None, tta
-    st.sidebar.caption(logic.model_summary(predictor))
+    st.sidebar.caption(views.model_summary(predictor))
     return predictor, tta
 
 
@@ -87,13 +82,13 @@ def choose_challenge(predictor) -> str | None:
     return None if pick == "detect" else pick
 
 
-def collect_inputs(settings: logic.Settings, predictor):
+def collect_inputs(settings: session.Settings, predictor):
     """Upload widgets or the example; returns a function giving the uploads and optional truth."""
     mode = st.radio("Patient", [UPLOAD, EXAMPLE], horizontal=True, key="mode")
     if mode == EXAMPLE:
         compare = st.checkbox("Compare with the example's true segmentation (Dice, HD95)", value=True, key="compare")
         name = predictor.challenge.name if predictor is not None else "brats2020"
-        st.caption(f"A synthetic patient ({logic.EXAMPLE_ID}) in the naming and labels of the model's challenge, "
+        st.caption(f"A synthetic patient ({session.EXAMPLE_ID}) in the naming and labels of the model's challenge, "
                    "made on the fly with the project's synthetic-data generator, with its true segmentation. "
                    "Its Dice depends on the sliding window: the demo's tiny model (trained for minutes on 32³ "
                    "patches) scores far better with the whole crop, which its run records as best and the "
@@ -101,9 +96,9 @@ def collect_inputs(settings: logic.Settings, predictor):
 
         def example():
             expected = predictor.expected if predictor else None  # the training scans' grid, where recorded
-            shape = logic.example_shape(predictor.preprocess_cfg if predictor else {}, expected)
-            uploads = logic.example_uploads(shape, name, logic.example_spacing(expected))
-            return [u for u in uploads if compare or not logic.is_segmentation_name(u.name, name)], None
+            shape = session.example_shape(predictor.preprocess_cfg if predictor else {}, expected)
+            made = session.example_uploads(shape, name, session.example_spacing(expected))
+            return [u for u in made if compare or not uploads.is_segmentation_name(u.name, name)], None
 
         return example
     scans = st.file_uploader(
@@ -119,28 +114,28 @@ def collect_inputs(settings: logic.Settings, predictor):
                "they are segmented.")
 
     def uploaded():
-        files = [logic.Upload(f.name, f.getvalue()) for f in scans or []]
-        return files, (logic.Upload(truth.name, truth.getvalue()) if truth is not None else None)
+        files = [uploads.Upload(f.name, f.getvalue()) for f in scans or []]
+        return files, (uploads.Upload(truth.name, truth.getvalue()) if truth is not None else None)
 
     return uploaded
 
 
-def run_segmentation(settings: logic.Settings, predictor, tta: str, get_inputs, pick: str | None = None) -> None:
+def run_segmentation(settings: session.Settings, predictor, tta: str, get_inputs, pick: str | None = None) -> None:
     """Check the inputs, segment with a progress bar, keep the result (or the error) in session_state."""
     st.session_state.pop("result", None)
     st.session_state.pop("error", None)
     bar = st.progress(0.0, text="Checking the files...")
     try:
-        uploads, truth = get_inputs()
-        patient = logic.prepare(uploads, predictor.channels, settings.max_upload_mb, truth,
+        files, truth = get_inputs()
+        patient = uploads.prepare(files, predictor.channels, settings.max_upload_mb, truth,
                                 model=predictor.challenge, pick=pick)
 
         def report(stage: str, fraction: float) -> None:
-            value, text = logic.progress_step(stage, fraction)
+            value, text = session.progress_step(stage, fraction)
             bar.progress(value, text=text)
 
-        st.session_state["result"] = logic.segment(predictor, patient, tta, progress=report)
-    except logic.InputError as exc:
+        st.session_state["result"] = session.segment(predictor, patient, tta, progress=report)
+    except uploads.InputError as exc:
         st.session_state["error"] = str(exc)
     except Exception as exc:  # never show a traceback page; the server log keeps it
         traceback.print_exc()
@@ -148,7 +143,7 @@ def run_segmentation(settings: logic.Settings, predictor, tta: str, get_inputs, 
     bar.empty()
 
 
-def show_viewer(result: logic.Result) -> None:
+def show_viewer(result: session.Result) -> None:
     """Slices with overlay, legend, volumes table and downloads of one result."""
     pred = result.prediction
     st.subheader(f"Segmentation of {result.patient_id}")
@@ -162,10 +157,10 @@ def show_viewer(result: logic.Result) -> None:
     key = result.token
     controls = st.columns([2, 4, 2])
     modality = controls[0].selectbox("Scan underneath", list(result.images),
-                                     format_func=lambda m: logic.MODALITY_TITLES.get(m, m), key=f"modality-{key}")
+                                     format_func=lambda m: views.MODALITY_TITLES.get(m, m), key=f"modality-{key}")
     with controls[1]:
         st.markdown("Regions shown")
-        titles = logic.class_titles(pred.challenge)
+        titles = views.class_titles(pred.challenge)
         toggles = st.columns(len(titles))
         show = [cls for col, (cls, title) in zip(toggles, titles.items())
                 if col.checkbox(title, value=True, key=f"show-{cls}-{key}")]
@@ -173,25 +168,25 @@ def show_viewer(result: logic.Result) -> None:
 
     from serving.pictures import VIEWS
 
-    centre = list(logic.default_centre(result))
+    centre = list(views.default_centre(result))
     columns = dict(zip(VIEWS, st.columns(3)))
     for view, (fixed, _, _) in VIEWS.items():
         centre[fixed] = columns[view].slider(f"{view.capitalize()} slice", 0, result.shape[fixed] - 1,
                                              centre[fixed], key=f"{view}-{key}")
-    images = logic.view_images(result, modality, centre, show, alpha)
+    images = views.view_images(result, modality, centre, show, alpha)
     for view, image in images.items():
         columns[view].image(image, caption=f"{view} {centre[VIEWS[view][0]]}", width="stretch")
-    st.markdown(logic.legend_html(pred.challenge, show), unsafe_allow_html=True)
+    st.markdown(views.legend_html(pred.challenge, show), unsafe_allow_html=True)
     st.caption("Radiological convention: the patient's right is on the image's left.")
 
     st.markdown("**Tumour volumes**" + (" and scores against the uploaded segmentation" if result.scores else ""))
-    table = pd.DataFrame(logic.volumes_table(result)).set_index("Region")
+    table = pd.DataFrame(views.volumes_table(result)).set_index("Region")
     st.table(table.style.format({c: "{:.3f}" if c == "Dice" else "{:.2f}" for c in table.columns}))
     if result.scores is not None:
         from shared.metrics import CONVENTION
 
         st.caption(CONVENTION)
-    lesion_rows = logic.lesion_rows(result)
+    lesion_rows = views.lesion_rows(result)
     if lesion_rows:  # challenges ranked lesion-wise (2023 on); BraTS 2020/2021 have whole-region scores only
         st.markdown("**Lesion-wise scores** (as the BraTS leaderboards rank)")
         st.table(pd.DataFrame(lesion_rows).set_index("Region"))
@@ -207,7 +202,7 @@ def show_viewer(result: logic.Result) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="BraTS tumour segmentation", layout="wide")
-    settings = logic.parse_args(sys.argv[1:])
+    settings = session.parse_args(sys.argv[1:])
     # The server refuses any file over server.maxUploadSize (default 200 MB): never promise more.
     settings.max_upload_mb = min(settings.max_upload_mb, int(st.get_option("server.maxUploadSize")))
     st.title("Brain tumour segmentation")

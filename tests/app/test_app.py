@@ -21,7 +21,8 @@ import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
 
-from app import logic
+from app import session, views
+from app.uploads import MB, InputError, Upload, _write_inside, detect_modalities, prepare
 from shared.nifti_io import nifti_bytes
 from tests.helpers import ROOT, TINY_SHAPE
 
@@ -36,8 +37,8 @@ def _nifti(shape=(10, 12, 8), value=1, compress=True) -> bytes:
     return nifti_bytes(np.full(shape, value, dtype=np.int16), np.eye(4), compress=compress)
 
 
-def _uploads(names: dict[str, str], shape=(10, 12, 8), **shapes) -> list[logic.Upload]:
-    return [logic.Upload(name, _nifti(shapes.get(c, shape))) for c, name in names.items()]
+def _uploads(names: dict[str, str], shape=(10, 12, 8), **shapes) -> list[Upload]:
+    return [Upload(name, _nifti(shapes.get(c, shape))) for c, name in names.items()]
 
 
 def _zip(members: dict[str, bytes], links=()) -> bytes:
@@ -56,7 +57,7 @@ def _zip(members: dict[str, bytes], links=()) -> bytes:
 
 @pytest.mark.parametrize("names, layout", [(NAMES_2020, "brats2020"), (NAMES_2023, "brats2023_gli")])
 def test_modalities_and_segmentation_are_found_by_any_brats_naming(names, layout):
-    patient = logic.prepare(_uploads(names), CHANNELS)
+    patient = prepare(_uploads(names), CHANNELS)
     assert patient.layout == layout
     assert {c: u.name for c, u in patient.files.items()} == {c: names[c] for c in CHANNELS}
     assert patient.truth.name == names["seg"]
@@ -66,30 +67,30 @@ def test_modalities_and_segmentation_are_found_by_any_brats_naming(names, layout
 
 def test_kaggle_nii_and_hand_renamed_files_are_recognised():
     names = [f"my scan_{c}.nii" for c in CHANNELS]
-    layout, found, seg = logic.detect_modalities(names, CHANNELS)
+    layout, found, seg = detect_modalities(names, CHANNELS)
     assert layout == "brats2020" and found["t1"] == "my scan_t1.nii" and found["t1ce"] == "my scan_t1ce.nii"
     assert seg is None
-    patient = logic.prepare([logic.Upload(n, _nifti(compress=False)) for n in names], CHANNELS)
+    patient = prepare([Upload(n, _nifti(compress=False)) for n in names], CHANNELS)
     assert patient.patient_id == "my_scan"
 
 
 def test_missing_modality_names_what_to_upload():
     names = dict(NAMES_2020)
     del names["t1ce"]
-    with pytest.raises(logic.InputError, match=r"missing modality t1ce: no file name ends in _t1ce\.nii\.gz") as err:
-        logic.prepare(_uploads(names), CHANNELS)
+    with pytest.raises(InputError, match=r"missing modality t1ce: no file name ends in _t1ce\.nii\.gz") as err:
+        prepare(_uploads(names), CHANNELS)
     assert "-t1c.nii.gz (brats2023_gli, " in str(err.value) and "_t1c.nii.gz (brats2024_men_rt)" in str(err.value) and "BraTS20_Training_007_flair.nii.gz" in str(err.value)
 
 
 def test_two_patients_at_once_are_refused():
-    uploads = _uploads(NAMES_2020) + [logic.Upload("BraTS20_Training_008_flair.nii.gz", _nifti())]
-    with pytest.raises(logic.InputError, match="2 files for modality flair"):
-        logic.prepare(uploads, CHANNELS)
+    uploads = _uploads(NAMES_2020) + [Upload("BraTS20_Training_008_flair.nii.gz", _nifti())]
+    with pytest.raises(InputError, match="2 files for modality flair"):
+        prepare(uploads, CHANNELS)
 
 
 def test_a_model_with_three_channels_needs_only_those():
     names = {c: NAMES_2020[c] for c in ("flair", "t1ce", "t2")}
-    patient = logic.prepare(_uploads(names), ("flair", "t1ce", "t2"))
+    patient = prepare(_uploads(names), ("flair", "t1ce", "t2"))
     assert sorted(patient.files) == ["flair", "t1ce", "t2"]
 
 
@@ -97,31 +98,31 @@ def test_a_model_with_three_channels_needs_only_those():
 
 
 def test_a_file_that_is_not_nifti_is_named():
-    uploads = _uploads(NAMES_2020) + [logic.Upload("notes.txt", b"hello")]
-    with pytest.raises(logic.InputError, match="notes.txt is not a NIfTI file"):
-        logic.prepare(uploads, CHANNELS)
+    uploads = _uploads(NAMES_2020) + [Upload("notes.txt", b"hello")]
+    with pytest.raises(InputError, match="notes.txt is not a NIfTI file"):
+        prepare(uploads, CHANNELS)
     uploads = _uploads(NAMES_2020)
-    uploads[1] = logic.Upload(uploads[1].name, b"\x1f\x8b" + os.urandom(500))
-    with pytest.raises(logic.InputError, match="BraTS20_Training_007_t1.nii.gz is not a readable gzip file"):
-        logic.prepare(uploads, CHANNELS)
-    uploads[1] = logic.Upload("BraTS20_Training_007_t1.nii", b"<html>" + b"x" * 600)
-    with pytest.raises(logic.InputError, match="BraTS20_Training_007_t1.nii is not a NIfTI file"):
-        logic.prepare(uploads, CHANNELS)
+    uploads[1] = Upload(uploads[1].name, b"\x1f\x8b" + os.urandom(500))
+    with pytest.raises(InputError, match="BraTS20_Training_007_t1.nii.gz is not a readable gzip file"):
+        prepare(uploads, CHANNELS)
+    uploads[1] = Upload("BraTS20_Training_007_t1.nii", b"<html>" + b"x" * 600)
+    with pytest.raises(InputError, match="BraTS20_Training_007_t1.nii is not a NIfTI file"):
+        prepare(uploads, CHANNELS)
 
 
 def test_shapes_that_disagree_are_listed():
-    with pytest.raises(logic.InputError, match=r"shapes disagree \(flair 10x12x8, t1 10x12x8, t1ce 10x12x9"):
-        logic.prepare(_uploads(NAMES_2020, t1ce=(10, 12, 9)), CHANNELS)
-    with pytest.raises(logic.InputError, match=r"segmentation BraTS20_Training_007_seg.nii.gz is 9x12x8"):
-        logic.prepare(_uploads(NAMES_2020, seg=(9, 12, 8)), CHANNELS)
+    with pytest.raises(InputError, match=r"shapes disagree \(flair 10x12x8, t1 10x12x8, t1ce 10x12x9"):
+        prepare(_uploads(NAMES_2020, t1ce=(10, 12, 9)), CHANNELS)
+    with pytest.raises(InputError, match=r"segmentation BraTS20_Training_007_seg.nii.gz is 9x12x8"):
+        prepare(_uploads(NAMES_2020, seg=(9, 12, 8)), CHANNELS)
 
 
 def test_uploads_over_the_size_limit_are_refused():
-    big = [logic.Upload(NAMES_2020["flair"], b"\0" * (logic.MB + 1))]
-    with pytest.raises(logic.InputError, match=r"over this app's limit of 1 MB"):
-        logic.prepare(big, CHANNELS, limit_mb=1)
-    with pytest.raises(logic.InputError, match="Upload the patient's scans first"):
-        logic.prepare([], CHANNELS)
+    big = [Upload(NAMES_2020["flair"], b"\0" * (MB + 1))]
+    with pytest.raises(InputError, match=r"over this app's limit of 1 MB"):
+        prepare(big, CHANNELS, limit_mb=1)
+    with pytest.raises(InputError, match="Upload the patient's scans first"):
+        prepare([], CHANNELS)
 
 
 # ----------------------------------------------------------------- zips
@@ -130,7 +131,7 @@ def test_uploads_over_the_size_limit_are_refused():
 def test_a_zip_of_the_patient_folder_is_unpacked_in_memory():
     members = {f"BraTS20_Training_007/{n}": _nifti() for n in NAMES_2020.values()}
     members.update({"BraTS20_Training_007/README.txt": b"x", "__MACOSX/._BraTS20_Training_007_t1.nii.gz": b"x"})
-    patient = logic.prepare([logic.Upload("case.zip", _zip(members))], CHANNELS)
+    patient = prepare([Upload("case.zip", _zip(members))], CHANNELS)
     assert patient.patient_id == "BraTS20_Training_007" and patient.truth is not None
 
 
@@ -138,32 +139,32 @@ def test_a_zip_of_the_patient_folder_is_unpacked_in_memory():
                                     "C:/evil.nii.gz", "..\\evil.nii.gz"])
 def test_zip_slip_refuses_the_whole_zip(member):
     members = {n: _nifti() for n in NAMES_2020.values()} | {member: _nifti()}
-    with pytest.raises(logic.InputError, match="refused: its member .* points outside the patient folder"):
-        logic.prepare([logic.Upload("case.zip", _zip(members))], CHANNELS)
+    with pytest.raises(InputError, match="refused: its member .* points outside the patient folder"):
+        prepare([Upload("case.zip", _zip(members))], CHANNELS)
 
 
 def test_links_in_a_zip_are_refused():
     members = {n: _nifti() for n in NAMES_2020.values()} | {"link_t2.nii.gz": b"/etc/passwd"}
-    with pytest.raises(logic.InputError, match="is a link"):
-        logic.prepare([logic.Upload("case.zip", _zip(members, links={"link_t2.nii.gz"}))], CHANNELS)
+    with pytest.raises(InputError, match="is a link"):
+        prepare([Upload("case.zip", _zip(members, links={"link_t2.nii.gz"}))], CHANNELS)
 
 
 def test_zip_bombs_and_broken_zips_are_refused():
-    bomb = _zip({NAMES_2020["flair"]: b"\0" * (3 * logic.MB)})
-    assert len(bomb) < logic.MB
-    with pytest.raises(logic.InputError, match="expands to more than this app's limit of 1 MB"):
-        logic.prepare([logic.Upload("bomb.zip", bomb)], CHANNELS, limit_mb=1)
-    with pytest.raises(logic.InputError, match="broken.zip is not a readable zip file"):
-        logic.prepare([logic.Upload("broken.zip", b"PK\x03\x04 not really")], CHANNELS)
-    with pytest.raises(logic.InputError, match="empty.zip holds no .nii or .nii.gz file"):
-        logic.prepare([logic.Upload("empty.zip", _zip({"a.txt": b"x"}))], CHANNELS)
+    bomb = _zip({NAMES_2020["flair"]: b"\0" * (3 * MB)})
+    assert len(bomb) < MB
+    with pytest.raises(InputError, match="expands to more than this app's limit of 1 MB"):
+        prepare([Upload("bomb.zip", bomb)], CHANNELS, limit_mb=1)
+    with pytest.raises(InputError, match="broken.zip is not a readable zip file"):
+        prepare([Upload("broken.zip", b"PK\x03\x04 not really")], CHANNELS)
+    with pytest.raises(InputError, match="empty.zip holds no .nii or .nii.gz file"):
+        prepare([Upload("empty.zip", _zip({"a.txt": b"x"}))], CHANNELS)
 
 
 def test_files_are_written_only_inside_the_folder(tmp_path):
-    path = logic._write_inside(str(tmp_path), "../../up/evil.nii.gz", b"x")
+    path = _write_inside(str(tmp_path), "../../up/evil.nii.gz", b"x")
     assert os.path.dirname(path) == os.path.realpath(tmp_path) and os.path.basename(path) == "evil.nii.gz"
-    with pytest.raises(logic.InputError, match="refused"):
-        logic._write_inside(str(tmp_path), "..", b"x")
+    with pytest.raises(InputError, match="refused"):
+        _write_inside(str(tmp_path), "..", b"x")
 
 
 # ----------------------------------------------------------------- settings, example, progress
@@ -173,12 +174,12 @@ def test_models_are_found_model_keras_first(tmp_path):
     for rel in ["b/model.keras", "b/checkpoints/best.keras", "a/model.keras", "a/other.keras"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
-    settings = logic.parse_args(["--models_dir", str(tmp_path), "--max_upload_mb=50", "-q", "--unknown=1"])
+    settings = session.parse_args(["--models_dir", str(tmp_path), "--max_upload_mb=50", "-q", "--unknown=1"])
     assert settings.max_upload_mb == 50
-    found = [os.path.relpath(p, tmp_path) for p in logic.find_models(settings)]
+    found = [os.path.relpath(p, tmp_path) for p in session.find_models(settings)]
     assert found == ["a/model.keras", "b/model.keras", "a/other.keras", "b/checkpoints/best.keras"]
-    settings = logic.parse_args(["--model=x.keras"])
-    assert logic.find_models(settings) == ["x.keras"] and settings.models_dirs == []
+    settings = session.parse_args(["--model=x.keras"])
+    assert session.find_models(settings) == ["x.keras"] and settings.models_dirs == []
 
 
 def test_example_fits_the_model_crop():
@@ -187,14 +188,14 @@ def test_example_fits_the_model_crop():
     def cfg(**crop):
         return dict(default.get_config().to_dict(), crop=crop)
 
-    assert logic.example_shape(cfg(mode="centered", size=[32, 32, 32])) == logic.EXAMPLE_SHAPE
-    assert logic.example_shape(cfg(mode="centered", size=[128, 128, 128])) == (128, 128, 128)
-    assert logic.example_shape(cfg(mode="fixed", box=[[48, 192], [48, 192], [5, 149]])) == (240, 240, 155)
+    assert session.example_shape(cfg(mode="centered", size=[32, 32, 32])) == session.EXAMPLE_SHAPE
+    assert session.example_shape(cfg(mode="centered", size=[128, 128, 128])) == (128, 128, 128)
+    assert session.example_shape(cfg(mode="fixed", box=[[48, 192], [48, 192], [5, 149]])) == (240, 240, 155)
 
 
 def test_progress_bar_moves_forward():
     steps = [("preprocess", 0.0), ("inference", 0.0), ("inference", 0.5), ("inference", 1.0), ("done", 1.0)]
-    values = [logic.progress_step(*s)[0] for s in steps]
+    values = [session.progress_step(*s)[0] for s in steps]
     assert values == sorted(values) and values[-1] == 1.0 and all(0 <= v <= 1 for v in values)
 
 
@@ -208,9 +209,9 @@ def predictor(tiny_model):
     return prediction.load_predictor(str(tiny_model))
 
 
-def _cohort_uploads(tiny_cohort, pid="BraTS20_Training_002") -> list[logic.Upload]:
+def _cohort_uploads(tiny_cohort, pid="BraTS20_Training_002") -> list[Upload]:
     folder = tiny_cohort / pid
-    return [logic.Upload(p.name, p.read_bytes()) for p in sorted(folder.iterdir())]
+    return [Upload(p.name, p.read_bytes()) for p in sorted(folder.iterdir())]
 
 
 def _app_temp_dirs(root) -> list[str]:
@@ -219,16 +220,16 @@ def _app_temp_dirs(root) -> list[str]:
 
 def test_segment_scores_against_the_truth_and_cleans_up(predictor, tiny_cohort, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    patient = logic.prepare(_cohort_uploads(tiny_cohort), predictor.channels)
+    patient = prepare(_cohort_uploads(tiny_cohort), predictor.channels)
     seen = []
-    result = logic.segment(predictor, patient, progress=lambda stage, f: seen.append(
+    result = session.segment(predictor, patient, progress=lambda stage, f: seen.append(
         (stage, f, _app_temp_dirs(tmp_path))))
     assert seen[0][0] == "preprocess" and seen[-1][:2] == ("done", 1.0)
     assert all(len(dirs) == 1 for *_, dirs in seen)  # it existed while predicting ...
     assert _app_temp_dirs(tmp_path) == []  # ... and is gone now
     assert result.shape == TINY_SHAPE and sorted(result.images) == sorted(CHANNELS)
     assert result.scores is not None and 0 <= result.scores["dice_WT"] <= 1
-    rows = logic.volumes_table(result)
+    rows = views.volumes_table(result)
     assert [r["Region"] for r in rows][-2:] == ["WT = NCR + ED + ET", "TC = NCR + ET"] and set(rows[0]) == {
         "Region", "Volume (mL)", "True volume (mL)", "Dice", "HD95 (mm)"}
     assert result.summary_png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -236,29 +237,29 @@ def test_segment_scores_against_the_truth_and_cleans_up(predictor, tiny_cohort, 
     source = nib.Nifti1Image.from_bytes(gzip.decompress(patient.files["flair"].data))
     assert written.shape == TINY_SHAPE and np.allclose(written.affine, source.affine)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 4}  # BraTS 2020 numbering, as uploaded
-    views = logic.view_images(result, "t1ce", logic.default_centre(result), show=(2,), size=120)
-    assert set(views) == {"axial", "coronal", "sagittal"}
-    assert all(v.dtype == np.uint8 and v.ndim == 3 and max(v.shape[:2]) == 120 for v in views.values())
+    slices = views.view_images(result, "t1ce", views.default_centre(result), show=(2,), size=120)
+    assert set(slices) == {"axial", "coronal", "sagittal"}
+    assert all(v.dtype == np.uint8 and v.ndim == 3 and max(v.shape[:2]) == 120 for v in slices.values())
 
 
 def test_a_corrupt_scan_fails_cleanly_and_leaves_nothing(predictor, tiny_cohort, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     uploads = [u for u in _cohort_uploads(tiny_cohort) if not u.name.endswith("_seg.nii.gz")]
     t2 = next(i for i, u in enumerate(uploads) if u.name.endswith("_t2.nii.gz"))
-    uploads[t2] = logic.Upload(uploads[t2].name, uploads[t2].data[: len(uploads[t2].data) // 2])  # header intact
-    patient = logic.prepare(uploads, predictor.channels)
-    with pytest.raises(logic.InputError, match=r"Cannot segment BraTS20_Training_002: load: .*_t2.nii.gz") as err:
-        logic.segment(predictor, patient)
+    uploads[t2] = Upload(uploads[t2].name, uploads[t2].data[: len(uploads[t2].data) // 2])  # header intact
+    patient = prepare(uploads, predictor.channels)
+    with pytest.raises(InputError, match=r"Cannot segment BraTS20_Training_002: load: .*_t2.nii.gz") as err:
+        session.segment(predictor, patient)
     assert str(tmp_path) not in str(err.value) and "brats-app-" not in str(err.value)
     assert _app_temp_dirs(tmp_path) == []
 
 
 def test_a_truth_with_foreign_labels_is_refused(predictor, tiny_cohort, monkeypatch):
     uploads = [u for u in _cohort_uploads(tiny_cohort) if not u.name.endswith("_seg.nii.gz")]
-    truth = logic.Upload("truth.nii.gz", nifti_bytes(np.full(TINY_SHAPE, 7, np.uint8), np.eye(4)))
-    patient = logic.prepare(uploads, predictor.channels, truth=truth)
-    with pytest.raises(logic.InputError, match=r"truth.nii.gz has label values \[7\] that BraTS 2020"):
-        logic.segment(predictor, patient)
+    truth = Upload("truth.nii.gz", nifti_bytes(np.full(TINY_SHAPE, 7, np.uint8), np.eye(4)))
+    patient = prepare(uploads, predictor.channels, truth=truth)
+    with pytest.raises(InputError, match=r"truth.nii.gz has label values \[7\] that BraTS 2020"):
+        session.segment(predictor, patient)
 
 
 # ----------------------------------------------------------------- GLI 2024: five classes, RC is label 4
@@ -292,16 +293,16 @@ def gli2024_predictor(tmp_path):
     cfg = challenge_config.get_config("brats2024_gli").to_dict()
     cfg.update(n4=dict(cfg["n4"], enabled=False), min_brain_voxels=200,
                crop={"mode": "centered", "size": (64, 64, 64), "box": cfg["crop"]["box"]})
-    shape = logic.example_shape(cfg)
+    shape = session.example_shape(cfg)
     folder = tmp_path / "case"
     folder.mkdir()
     files = {}
-    for upload in logic.example_uploads(shape, "brats2024_gli"):
+    for upload in session.example_uploads(shape, "brats2024_gli"):
         (folder / upload.name).write_bytes(upload.data)
         channel = next(c for c in ("flair", "t1", "t1ce", "t2", "seg")
                        if upload.name.endswith(f"-{dict(flair='t2f', t1='t1n', t1ce='t1c', t2='t2w', seg='seg')[c]}.nii.gz"))
         files[channel] = str(folder / upload.name)
-    record = preprocess(PatientSource(logic.EXAMPLE_ID, "HGG", files, {}), cfg).record
+    record = preprocess(PatientSource(session.EXAMPLE_ID, "HGG", files, {}), cfg).record
     stub = _Truthful(np.argmax(record.mask, axis=-1), 5, 4)
 
     class StubPredictor(prediction.Predictor):
@@ -313,31 +314,31 @@ def gli2024_predictor(tmp_path):
 
 def test_gli_2024_example_shows_and_scores_rc_as_rc(gli2024_predictor):
     predictor = gli2024_predictor
-    uploads = logic.example_uploads(logic.example_shape(predictor.preprocess_cfg), "brats2024_gli")
-    patient = logic.prepare(list(uploads), predictor.channels, model=predictor.challenge)
+    uploads = session.example_uploads(session.example_shape(predictor.preprocess_cfg), "brats2024_gli")
+    patient = prepare(list(uploads), predictor.channels, model=predictor.challenge)
     assert patient.layout == "brats2024_gli"  # GLI 2023 names files alike: the model's challenge decides
-    result = logic.segment(predictor, patient)
+    result = session.segment(predictor, patient)
     written = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(result.segmentation)).dataobj)
     truth = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(patient.truth.data)).dataobj)
     assert sorted(np.unique(written).tolist()) == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(written, truth)  # every label written back with its own value
     assert result.scores["dice_RC"] == 1.0 and result.scores["volume_truth_RC_ml"] > 0
     assert result.scores["dice_ET"] == 1.0
-    rows = {r["Region"]: r for r in logic.volumes_table(result)}
+    rows = {r["Region"]: r for r in views.volumes_table(result)}
     assert rows["Resection cavity (RC)"]["Dice"] == 1.0 and "WT = NETC + SNFH + ET" in rows
-    assert "Resection cavity (RC)" in logic.legend_html(predictor.challenge)
-    lesion_rows = {r["Region"]: r for r in logic.lesion_rows(result)}
+    assert "Resection cavity (RC)" in views.legend_html(predictor.challenge)
+    lesion_rows = {r["Region"]: r for r in views.lesion_rows(result)}
     assert set(lesion_rows) == {"WT", "TC", "ET", "NETC", "SNFH", "RC"}
     assert lesion_rows["RC"]["Lesion Dice"] == 1.0 and lesion_rows["RC"]["FP"] == 0
-    assert logic.class_titles(predictor.challenge)[4] == "Resection cavity (RC)"
+    assert views.class_titles(predictor.challenge)[4] == "Resection cavity (RC)"
 
 
 def test_files_of_another_numbering_are_refused(gli2024_predictor):
     """A 2020-named case cannot go to a GLI 2024 model: its label 4 means enhancing tumour there."""
-    with pytest.raises(logic.InputError, match="BraTS 2020 .* trained on BraTS 2024/2025 GLI"):
-        logic.prepare(_uploads(NAMES_2020), CHANNELS, model=gli2024_predictor.challenge)
-    with pytest.raises(logic.InputError, match="not named as BraTS 2024/2025 GLI"):
-        logic.prepare(_uploads(NAMES_2020), CHANNELS, model=gli2024_predictor.challenge, pick="brats2024_gli")
+    with pytest.raises(InputError, match="BraTS 2020 .* trained on BraTS 2024/2025 GLI"):
+        prepare(_uploads(NAMES_2020), CHANNELS, model=gli2024_predictor.challenge)
+    with pytest.raises(InputError, match="not named as BraTS 2024/2025 GLI"):
+        prepare(_uploads(NAMES_2020), CHANNELS, model=gli2024_predictor.challenge, pick="brats2024_gli")
 
 
 def test_a_gli_2024_truth_is_never_read_as_2020_numbering(predictor, tiny_cohort):
@@ -345,10 +346,10 @@ def test_a_gli_2024_truth_is_never_read_as_2020_numbering(predictor, tiny_cohort
     uploads = [u for u in _cohort_uploads(tiny_cohort) if not u.name.endswith("_seg.nii.gz")]
     seg = np.zeros(TINY_SHAPE, np.uint8)
     seg[10:14, 10:14, 10:14] = 3  # ET in 2023 numbering, undefined in 2020's
-    patient = logic.prepare(uploads, predictor.channels, truth=logic.Upload("t.nii.gz", nifti_bytes(seg, np.eye(4))),
+    patient = prepare(uploads, predictor.channels, truth=Upload("t.nii.gz", nifti_bytes(seg, np.eye(4))),
                             model=predictor.challenge)
-    with pytest.raises(logic.InputError, match=r"label values \[3\]"):
-        logic.segment(predictor, patient)
+    with pytest.raises(InputError, match=r"label values \[3\]"):
+        session.segment(predictor, patient)
 
 
 # ----------------------------------------------------------------- the page (AppTest)
@@ -369,7 +370,7 @@ class _File:
         return self._data
 
 
-def _fake_uploader(monkeypatch, scans: list[logic.Upload]):
+def _fake_uploader(monkeypatch, scans: list[Upload]):
     def uploader(label, type=None, accept_multiple_files=False, key=None, **kwargs):
         return [_File(u.name, u.data) for u in scans] if key == "scans" else None
 
@@ -382,13 +383,13 @@ def test_page_segments_the_example_and_keeps_the_result_on_slider_moves(tiny_mod
     assert not at.exception and not at.error
     at.radio(key="mode").set_value("Example case (synthetic)").run()
     calls = []
-    real_segment = logic.segment
-    monkeypatch.setattr(logic, "segment", lambda *a, **k: calls.append(1) or real_segment(*a, **k))
+    real_segment = session.segment
+    monkeypatch.setattr(session, "segment", lambda *a, **k: calls.append(1) or real_segment(*a, **k))
     at.button(key="segment").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     result = at.session_state["result"]
     # the example comes on the grid the model's training scans were on (another grid would be refused)
-    assert result.patient_id == logic.EXAMPLE_ID and result.shape == TINY_SHAPE
+    assert result.patient_id == session.EXAMPLE_ID and result.shape == TINY_SHAPE
     table = at.table[0].value
     assert list(table.columns) == ["Volume (mL)", "True volume (mL)", "Dice", "HD95 (mm)"] and len(table) == 5
     assert len([e for e in at.main if type(e).__name__ == "Image"]) == 3  # axial, coronal, sagittal
@@ -408,7 +409,7 @@ def test_page_reports_bad_uploads_with_an_error(tiny_model, monkeypatch):
     at.button(key="segment").click().run()
     assert "Upload the patient's scans first" in at.error[0].value
 
-    _fake_uploader(monkeypatch, _uploads(NAMES_2020)[:3] + [logic.Upload("scan.dcm", b"DICM")])
+    _fake_uploader(monkeypatch, _uploads(NAMES_2020)[:3] + [Upload("scan.dcm", b"DICM")])
     at.button(key="segment").click().run()
     assert not at.exception and "scan.dcm is not a NIfTI file" in at.error[0].value
 
@@ -416,7 +417,7 @@ def test_page_reports_bad_uploads_with_an_error(tiny_model, monkeypatch):
     at.button(key="segment").click().run()
     assert "shapes disagree" in at.error[0].value and "result" not in at.session_state
 
-    _fake_uploader(monkeypatch, [logic.Upload("case.zip", b"\0" * (logic.MB + 1))])
+    _fake_uploader(monkeypatch, [Upload("case.zip", b"\0" * (MB + 1))])
     at = _page(monkeypatch, f"--model={tiny_model}", "--max_upload_mb=1")
     at.run()
     at.button(key="segment").click().run()

@@ -87,12 +87,12 @@ def _wait_uploaded(sync_api, page, paths) -> None:
 
 def test_upload_the_example_and_see_the_segmentation(app_url, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    from app import logic
+    from app import session
 
     case = tmp_path / "case"
     case.mkdir()
     paths = []
-    for upload in logic.example_uploads():
+    for upload in session.example_uploads():
         (case / upload.name).write_bytes(upload.data)
         paths.append(str(case / upload.name))
     (tmp_path / "notes.txt").write_text("not a scan")

@@ -1,0 +1,311 @@
+"""Checking uploaded files before anything reaches the disk: sizes, zips, NIfTI headers, names.
+
+Why a module of its own: everything here is about untrusted bytes from the
+browser, and none of it needs a model, Streamlit or TensorFlow, so each
+refusal can be tested with a few bytes.  The page (``app/streamlit_app.py``)
+hands the uploaded files over as :class:`Upload` (name and bytes) and gets
+back a :class:`PatientInput`, or an :class:`InputError` whose message is
+shown on the page as it is.
+
+Uploads are checked before anything is written: total size against the limit,
+zips opened in memory (members with absolute or ``..`` paths, or links, refuse
+the whole zip; the expanded size counts against the limit too), each file's
+NIfTI header read, the challenge and its modalities recognised from the
+file names (:mod:`shared.challenges`; the model's own challenge first, or the
+one the user picks), and their shapes compared.  Only then are the files
+written (:func:`write_patient`), under their base names, into the temporary
+folder that :func:`app.session.segment` makes and removes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import os
+import posixpath
+import re
+import stat
+import zipfile
+from typing import Iterable, Sequence
+
+from shared import challenges, layouts
+
+MB = 1 << 20
+DEFAULT_MAX_UPLOAD_MB = 600
+
+
+class InputError(Exception):
+    """Input the app cannot use; the message is written for the user and shown as it is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """One uploaded file (or zip member): its base name and bytes."""
+
+    name: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclasses.dataclass
+class PatientInput:
+    """One patient's checked files, ready to be written and segmented."""
+
+    patient_id: str
+    layout: str  # the challenge whose naming (and so label numbering) the files follow
+    files: dict[str, Upload]  # modality -> file
+    shape: tuple[int, ...]
+    truth: Upload | None = None  # a segmentation to compare with
+    ignored: list[str] = dataclasses.field(default_factory=list)  # files that were not used
+
+
+# --------------------------------------------------------------------------
+# Uploads: size, zips, NIfTI headers, modalities, shapes
+# --------------------------------------------------------------------------
+
+
+def is_nifti_name(name: str) -> bool:
+    return name.lower().endswith(layouts.NIFTI_EXTENSIONS)
+
+
+def check_size(uploads: Iterable[Upload], limit_mb: int) -> None:
+    """Refuse an upload whose files add up to more than ``limit_mb`` MB."""
+    total = sum(u.size for u in uploads)
+    if total > limit_mb * MB:
+        raise InputError(f"The upload is {total / MB:.1f} MB, over this app's limit of {limit_mb} MB. "
+                         "Upload only the four modalities (and a segmentation), compressed as .nii.gz.")
+
+
+def _unsafe_member(name: str) -> bool:
+    """Would extracting this member by its path write outside the target folder?"""
+    path = name.replace("\\", "/")
+    parts = path.split("/")
+    return path.startswith("/") or re.match(r"^[A-Za-z]:", path) is not None or ".." in parts
+
+
+def _is_link(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def unzip(upload: Upload, limit_mb: int) -> list[Upload]:
+    """The NIfTI files inside a zip (any folder depth), read in memory.
+
+    Refuses the whole zip if a member's path is absolute or climbs out with
+    ``..`` (zip slip), if a member is a link, or if the expanded files exceed
+    ``limit_mb`` (zip bomb).  Other files (README, JSON, macOS metadata) are skipped.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(upload.data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise InputError(f"{upload.name} is not a readable zip file ({exc}).") from None
+    for info in members:
+        if _unsafe_member(info.filename):
+            raise InputError(f"{upload.name} was refused: its member {info.filename!r} points outside the "
+                             "patient folder (absolute path or '..').")
+        if _is_link(info):
+            raise InputError(f"{upload.name} was refused: its member {info.filename!r} is a link.")
+    files, budget = [], limit_mb * MB
+    for info in members:
+        parts = info.filename.replace("\\", "/").split("/")
+        name = parts[-1]
+        if info.is_dir() or not is_nifti_name(name) or name.startswith(".") or "__MACOSX" in parts:
+            continue
+        try:
+            with archive.open(info) as handle:
+                data = handle.read(budget + 1)  # never trust the size the zip declares
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
+            raise InputError(f"{upload.name}: cannot extract {info.filename} ({exc}).") from None
+        budget -= len(data)
+        if budget < 0:
+            raise InputError(f"{upload.name} expands to more than this app's limit of {limit_mb} MB.")
+        files.append(Upload(name, data))
+    if not files:
+        raise InputError(f"{upload.name} holds no .nii or .nii.gz file.")
+    return files
+
+
+def expand(uploads: Sequence[Upload], limit_mb: int) -> list[Upload]:
+    """Uploads with every zip replaced by its NIfTI members; duplicate names are refused."""
+    check_size(uploads, limit_mb)
+    files: list[Upload] = []
+    for upload in uploads:
+        files += unzip(upload, limit_mb) if upload.name.lower().endswith(".zip") else [upload]
+    names = [f.name for f in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"More than one file is named {', '.join(twice)}; upload one patient at a time.")
+    return files
+
+
+def nifti_shape(upload: Upload) -> tuple[int, ...]:
+    """The image shape from a NIfTI-1/2 header (gzipped or not); InputError if it is not NIfTI."""
+    import nibabel as nib
+
+    not_nifti = InputError(f"{upload.name} is not a NIfTI file: upload .nii or .nii.gz scans "
+                           "(DICOM series must be converted first, e.g. with dcm2niix).")
+    if not is_nifti_name(upload.name):
+        raise not_nifti
+    try:
+        head = gzip.GzipFile(fileobj=io.BytesIO(upload.data)).read(544) if upload.data[:2] == b"\x1f\x8b" \
+            else upload.data[:544]
+    except (OSError, EOFError, gzip.BadGzipFile):
+        raise InputError(f"{upload.name} is not a readable gzip file (truncated or not .nii.gz).") from None
+    for header_class in (nib.Nifti1Header, nib.Nifti2Header):
+        size = header_class.sizeof_hdr
+        if len(head) < size or size not in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")):
+            continue
+        try:
+            header = header_class.from_fileobj(io.BytesIO(head[:size]), check=True)
+            shape = tuple(int(s) for s in header.get_data_shape())
+        except Exception:  # nibabel raises several types for a bad header
+            continue
+        if len(shape) >= 3:
+            return shape[:3] if all(s == 1 for s in shape[3:]) else shape
+        raise InputError(f"{upload.name} is a {len(shape)}-D image; a 3-D scan is needed.")
+    raise not_nifti
+
+
+def _expected_names(channel: str) -> str:
+    """'_flair.nii.gz (BraTS 2020/2021) or -t2f.nii.gz (BraTS 2023...)' for a message."""
+    seen: dict[str, list[str]] = {}
+    for layout in layouts.LAYOUTS.values():
+        if layout.suffixes(channel):
+            seen.setdefault(layout.suffixes(channel)[0], []).append(layout.name)
+    return " or ".join(f"{s} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" for s, names in seen.items())
+
+
+def _layout_order(preferred: str | None) -> list[layouts.Layout]:
+    """Every challenge's naming, the preferred one (the model's, or the user's pick) first."""
+    names = list(layouts.LAYOUTS)
+    if preferred in names:
+        names.remove(preferred)
+        names.insert(0, preferred)
+    return [layouts.LAYOUTS[n] for n in names]
+
+
+def detect_modalities(names: Sequence[str], channels: Sequence[str],
+                      preferred: str | None = None) -> tuple[str, dict[str, str], str | None]:
+    """(challenge, modality -> file name, segmentation name or None) by the files' name endings.
+
+    Every challenge's naming is tried, ``preferred`` first (2020/2021
+    ``_flair``, 2023+ ``-t2f``, MEN-RT ``_t1c``...); the first one that finds
+    exactly one file per modality wins.  GLI 2023 and GLI 2024 name files
+    alike, so the model's challenge (or the user's pick) decides between them.
+    """
+    best: tuple[int, str, dict[str, list[str]]] | None = None
+    for layout in _layout_order(preferred):
+        hits = {ch: [n for n in names if n.lower().endswith(layout.suffixes(ch))] for ch in channels}
+        if all(len(h) == 1 for h in hits.values()):
+            segs = [n for n in names if n.lower().endswith(layout.suffixes(layouts.SEGMENTATION))]
+            return layout.name, {ch: h[0] for ch, h in hits.items()}, (segs[0] if len(segs) == 1 else None)
+        score = sum(len(h) == 1 for h in hits.values())
+        if best is None or score > best[0]:
+            best = (score, layout.name, hits)
+    assert best is not None
+    problems = []
+    for channel, hit in best[2].items():
+        if not hit:
+            problems.append(f"missing modality {channel}: no file name ends in {_expected_names(channel)}")
+        elif len(hit) > 1:
+            problems.append(f"{len(hit)} files for modality {channel} ({', '.join(sorted(hit))}); upload one patient")
+    got = ", ".join(sorted(names)) or "no files"
+    raise InputError("Cannot use these files: " + "; ".join(problems) + f". Received: {got}.")
+
+
+def check_numbering(found: str, model: challenges.Challenge | None) -> None:
+    """Refuse files of a challenge whose labels mean other tissues than the model's classes."""
+    if model is None:
+        return
+    entry = challenges.get(found)
+    if not challenges.same_classes(entry.label_convention, model.label_convention):
+        raise InputError(
+            f"These files belong to {entry.title} (labels {', '.join(entry.class_keys[1:])}), but the model was "
+            f"trained on {model.title} (labels {', '.join(model.class_keys[1:])}): its label numbering differs, "
+            "so its segmentation would be read wrongly. Choose a model trained on this challenge, or pick the "
+            "right challenge in the sidebar if the names are misleading.")
+
+
+def _patient_id(name: str, layout: str, channel: str) -> str:
+    """The id in front of the modality token, made safe as a folder name."""
+    suffix = next(s for s in layouts.LAYOUTS[layout].suffixes(channel) if name.lower().endswith(s))
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name[: -len(suffix)]).strip("._-")
+    return stem or "patient"
+
+
+def prepare(uploads: Sequence[Upload], channels: Sequence[str], limit_mb: int = DEFAULT_MAX_UPLOAD_MB,
+            truth: Upload | None = None, model: challenges.Challenge | None = None,
+            pick: str | None = None) -> PatientInput:
+    """Check one patient's uploads (files and/or a zip) and sort them by modality.
+
+    A segmentation among the files (``_seg.nii.gz``, ``-seg.nii.gz``,
+    ``_gtv.nii.gz``) becomes the truth to compare with, unless ``truth`` is
+    given separately.  The challenge comes from the file names (``pick``, the
+    user's choice, or else the ``model``'s own challenge tried first), and
+    files whose labels mean other tissues than the model's are refused.
+    """
+    if not uploads:
+        raise InputError("Upload the patient's scans first: the four modalities as .nii/.nii.gz files, "
+                         "or one zip of the patient folder.")
+    check_size(list(uploads) + ([truth] if truth else []), limit_mb)
+    files = expand(uploads, limit_mb)
+    for f in files:
+        if not is_nifti_name(f.name):
+            raise InputError(f"{f.name} is not a NIfTI file: upload .nii or .nii.gz scans, or one zip of them.")
+    preferred = pick or (model.name if model is not None else None)
+    layout, by_channel, seg_name = detect_modalities([f.name for f in files], channels, preferred)
+    if pick and layout != pick:
+        raise InputError(f"These files are not named as {challenges.get(pick).title} names them "
+                         f"(expected e.g. {layouts.get_layout(pick).expected_name('<case>', channels[0])}).")
+    check_numbering(layout, model)
+    by_name = {f.name: f for f in files}
+    chosen = {ch: by_name[n] for ch, n in by_channel.items()}
+    if truth is None and seg_name is not None:
+        truth = by_name[seg_name]
+    shapes = {ch: nifti_shape(f) for ch, f in chosen.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{ch} {'x'.join(map(str, s))}" for ch, s in shapes.items())
+        raise InputError(f"The scans' shapes disagree ({listed}); all modalities of a patient must share one grid.")
+    shape = next(iter(shapes.values()))
+    if truth is not None:
+        truth_shape = nifti_shape(truth)
+        if truth_shape != shape:
+            raise InputError(f"The segmentation {truth.name} is {'x'.join(map(str, truth_shape))}, but the scans "
+                             f"are {'x'.join(map(str, shape))}.")
+    used = {f.name for f in chosen.values()} | ({truth.name} if truth is not None else set())
+    pid = _patient_id(by_channel[channels[0]], layout, channels[0])
+    return PatientInput(pid, layout, chosen, shape, truth, sorted(n for n in by_name if n not in used))
+
+
+def _write_inside(folder: str, name: str, data: bytes) -> str:
+    """Write ``folder/<base name>``, refusing any path that would leave ``folder``."""
+    base = re.sub(r"[^A-Za-z0-9_.+-]+", "_", posixpath.basename(name.replace("\\", "/")))
+    target = os.path.realpath(os.path.join(folder, base))
+    if base in ("", ".", "..") or os.path.dirname(target) != os.path.realpath(folder):
+        raise InputError(f"refused to write {name!r} outside the temporary folder")
+    with open(target, "wb") as handle:
+        handle.write(data)
+    return target
+
+
+def write_patient(patient: PatientInput, workdir: str) -> tuple[str, str | None]:
+    """Write the scans into ``workdir/<patient id>/`` and the truth into ``workdir/truth/``."""
+    folder = os.path.join(workdir, patient.patient_id)
+    os.makedirs(folder)
+    for upload in patient.files.values():
+        _write_inside(folder, upload.name, upload.data)
+    truth_path = None
+    if patient.truth is not None:
+        os.makedirs(os.path.join(workdir, "truth"))
+        truth_path = _write_inside(os.path.join(workdir, "truth"), patient.truth.name, patient.truth.data)
+    return folder, truth_path
+
+
+def is_segmentation_name(name: str, challenge: str) -> bool:
+    """Whether an example upload is the challenge's segmentation file (``_seg``, ``-seg``, ``_gtv``)."""
+    return name.lower().endswith(layouts.get_layout(challenge).suffixes(layouts.SEGMENTATION))
+
