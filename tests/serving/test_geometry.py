@@ -17,7 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from app import logic
+from app import session, views
+from app.uploads import InputError
 from preprocessing.patient import PatientError
 from evaluation import scoring
 from serving import batch_predict, prediction
@@ -231,9 +232,9 @@ def test_the_app_warns_when_the_background_is_not_zero(scan):
     volumes, _ = scan
     images = {k: v for k, v in volumes.items() if k != "seg"}
     names = {k: f"{PID}_{k}.nii.gz" for k in images}
-    assert logic.background_warning(images, names) is None  # skull-stripped: 0 outside the brain
+    assert session.background_warning(images, names) is None  # skull-stripped: 0 outside the brain
     noisy = dict(images, t1=images["t1"] + np.random.default_rng(0).integers(1, 20, images["t1"].shape))
-    warning = logic.background_warning(noisy, names)
+    warning = session.background_warning(noisy, names)
     assert warning is not None and f"{PID}_t1.nii.gz (100% of its border voxels)" in warning
     assert "skull-stripped" in warning and "flair" not in warning
 
@@ -243,19 +244,19 @@ def test_the_app_scores_a_truth_stored_in_another_orientation(scan, tmp_path):
     ras, ras_affine = _turned({"seg": volumes["seg"]}, affine, "RAS")
     path = tmp_path / "truth.nii.gz"
     path.write_bytes(synthetic_data.nifti_bytes(ras["seg"], ras_affine))
-    classes = logic.truth_classes(str(path), "brats2020", (affine, volumes["seg"].shape))
+    classes = session.truth_classes(str(path), "brats2020", (affine, volumes["seg"].shape))
     np.testing.assert_array_equal(classes, np.vectorize({0: 0, 1: 1, 2: 2, 4: 3}.get)(volumes["seg"]))
     coarse, coarse_affine = _at_2mm({"seg": volumes["seg"]}, affine)
     path.write_bytes(synthetic_data.nifti_bytes(coarse["seg"], coarse_affine))
-    with pytest.raises(logic.InputError, match="truth.nii.gz is 24x24x20 voxels of 2x2x2 mm"):
-        logic.truth_classes(str(path), "brats2020", (affine, volumes["seg"].shape))
+    with pytest.raises(InputError, match="truth.nii.gz is 24x24x20 voxels of 2x2x2 mm"):
+        session.truth_classes(str(path), "brats2020", (affine, volumes["seg"].shape))
 
 
 def test_the_app_says_scans_must_be_skull_stripped_and_co_registered(scan, stub_file, tmp_path):
     predictor = _predictor(tmp_path, stub_file, False, _trained_on(scan, False))
-    text = logic.model_summary(predictor)
+    text = views.model_summary(predictor)
     assert "skull-stripped and co-registered to the SRI24 grid" in text
     assert "orientation LPS, 48x48x40 voxels of 1x1x1 mm" in text and "another grid refused" in text
     # the example case comes on that grid, so the page's example is never refused
-    assert logic.example_shape(predictor.preprocess_cfg, predictor.expected) == TINY_SHAPE
-    assert logic.example_spacing(predictor.expected) == (1.0, 1.0, 1.0)
+    assert session.example_shape(predictor.preprocess_cfg, predictor.expected) == TINY_SHAPE
+    assert session.example_spacing(predictor.expected) == (1.0, 1.0, 1.0)
