@@ -105,12 +105,11 @@ def DEFINE_deprecated_string(old: str, new: str, help: str,  # noqa: N802 (absl'
     return flags.DEFINE_flag(flag, flag_values)
 
 
-def set_config_field(config: Any, field: str, value: Any, flag: str) -> Any:
-    """``--flag`` as a shortcut for ``--config.<field>``; both given with different values is an error."""
+def set_config_field(config: Any, field: str, value: Any) -> None:
+    """``--<field>`` as the command's spelling of ``--config.<field>``: sets it; both, disagreeing, is an error."""
     if value is None:
-        return config
+        return
     current = getattr(config, field)
     if current and current != value:
-        fail(f"--{flag}={value} and --config.{field}={current} disagree: pass only --{flag}")
+        fail(f"--{field}={value} and --config.{field}={current} disagree: pass only --{field}")
     setattr(config, field, value)
-    return config
