@@ -39,10 +39,10 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 	$(PY) -m synthetic.generate --output_dir=$(DEMO)/cohort --num_patients=8 --shape=96,96,80
 	$(PY) -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \
 	    --config.crop.size=64,64,64 --config.n4.shrink_factor=4 --input=$(DEMO)/cohort --output_dir=$(DEMO)/datasets $(BEAM_LOCAL)
-	$(PY) -m beam_pipeline.verify --dataset_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
+	$(PY) -m beam_pipeline.verify --data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
 	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
-	    --config.data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
+	    --data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
 	$(PY) -m evaluation.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val
 	$(PY) -m serving.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions \
 	    --input=$(DEMO)/cohort/$$($(PY) -c "import json,glob; print(json.load(open(glob.glob('$(DEMO)/datasets/synthetic/*/manifest.json')[0]))['splits']['val']['patients'][0])")

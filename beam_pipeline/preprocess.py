@@ -22,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from beam_pipeline import launch
-from shared import console
+from shared import cli, console
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/preprocess/brats2020.py", "Preprocessing config file (get_config()); "
@@ -42,7 +42,7 @@ def main(beam_args):
         inputs = _INPUT.value[0] if len(_INPUT.value) == 1 else _INPUT.value
         summary = launch.run(_CONFIG.value.to_dict(), inputs, _OUTPUT.value, beam_args[1:])
     except (FileNotFoundError, ValueError, launch.NoPatientSucceeded) as exc:  # bad input, config or runner
-        raise SystemExit(f"error: {exc}") from None
+        cli.fail(exc)
     print(launch.format_summary(summary))
     if _STRICT.value and summary.failures:
         raise SystemExit(f"--strict: {summary.failed_patients} patient(s) failed")

@@ -1,16 +1,18 @@
 """Check a dataset version directory against its manifest; exit 1 on any mismatch.
 
-    python -m beam_pipeline.verify --dataset_dir=/data/datasets/brats2020/<version_id>
+    python -m beam_pipeline.verify --data_dir=/data/datasets/brats2020/<version_id>
 """
 
 import sys
 
 from absl import app, flags
 
+from shared import cli
 from shared.manifest import read_manifest, verify
 
-_DIR = flags.DEFINE_string("dataset_dir", None, "A dataset version directory (holds manifest.json).")
-flags.mark_flag_as_required("dataset_dir")
+_DIR = flags.DEFINE_string("data_dir", None, "A dataset version directory (holds manifest.json).")
+cli.deprecated_alias("dataset_dir", "data_dir")
+flags.mark_flag_as_required("data_dir")
 
 
 def main(argv):

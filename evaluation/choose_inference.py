@@ -10,11 +10,9 @@ which ``serving.predict``, ``evaluation.evaluate --model`` and the app follow
 when not given ``--window``/``--tta``.
 """
 
-import sys
-
 from absl import app, flags
 
-from shared import console
+from shared import cli, console
 from evaluation import inference_choice
 from serving import inference, prediction
 
@@ -36,8 +34,7 @@ def main(argv):
         path, _ = inference_choice.choose_and_write(prediction.expand_models(_MODEL.value)[0], windows=windows,
                                                     tta_modes=_TTA.value, data_dir=_DATA_DIR.value)
     except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(exc)
     print(f"Recorded in {path}")
 
 

@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from shared import console
+from shared import cli, console
 from evaluation import schemes
 from shared import challenges
 from evaluation import scoring
@@ -43,9 +43,10 @@ _SPLIT = flags.DEFINE_string("split", "val", "Split of the dataset to score (val
 _PRED_DIR = flags.DEFINE_string("pred_dir", None, "Folder of NIfTI predictions (<patient>.nii.gz or "
                                 "<patient>_seg.nii.gz) to score against --truth_dir.")
 _TRUTH_DIR = flags.DEFINE_string("truth_dir", None, "BraTS cohort root with one folder per patient and its seg file.")
-_LAYOUT = flags.DEFINE_enum("layout", None, list(challenges.CHALLENGES),
-                            "Challenge of --truth_dir: its naming, labels and regions (default: detected from "
-                            "the folder names; GLI 2023 and GLI 2024 share names, so pass it for GLI 2024).")
+_CHALLENGE = flags.DEFINE_enum("challenge", None, list(challenges.CHALLENGES),
+                               "Challenge of --truth_dir: its naming, labels and regions (default: detected from "
+                               "the folder names; GLI 2023 and GLI 2024 share names, so pass it for GLI 2024).")
+cli.deprecated_alias("layout", "challenge")
 _PRED_CONVENTION = flags.DEFINE_enum("pred_convention", None, list(challenges.CONVENTIONS),
                                      "Label numbering of the predictions (default: the ground truth's).")
 _WINDOW = flags.DEFINE_string(
@@ -101,7 +102,7 @@ def _by_model():
 def _by_folders():
     output = _OUTPUT.value or os.path.join(_PRED_DIR.value, "evaluation")
     print(f"Scoring the segmentations in {_PRED_DIR.value} against {_TRUTH_DIR.value}")
-    rows, failures, challenge = scoring.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _LAYOUT.value,
+    rows, failures, challenge = scoring.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _CHALLENGE.value,
                                                          _PRED_CONVENTION.value, scheme=_SCHEME.value)
     return rows, failures, output, {"pred_dir": _PRED_DIR.value, "truth_dir": _TRUTH_DIR.value}, challenge
 
@@ -117,8 +118,7 @@ def main(argv):
     try:
         rows, failures, output, about, challenge = _by_model() if _MODEL.value else _by_folders()
     except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(exc)
     report = scoring.write_report(rows, failures, output, about, challenge, _SCHEME.value)
     print(scoring.format_report(report))
     if not rows:

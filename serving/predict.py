@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from shared import console
+from shared import cli, console
 from serving import batch_predict, inference, prediction
 
 _MODEL = flags.DEFINE_multi_string(
@@ -70,8 +70,7 @@ def main(argv):
         folders = prediction.resolve_inputs(_INPUT.value)
         predictor = options.load()
     except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(exc)
     models = (options.model_path if len(predictor.model_paths) < 2
               else f"an ensemble of {len(predictor.model_paths)} models ({', '.join(predictor.model_paths)})")
     rules = (f", post-processing {predictor.postprocessing_path}" if predictor.postprocessing else "")

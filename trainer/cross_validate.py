@@ -1,7 +1,7 @@
 r"""k-fold cross-validation: train every fold, score them, choose post-processing.
 
     python -m trainer.cross_validate --config=configs/train/unet3d.py --workdir=runs/cv \
-        --config.data_dir=/data/datasets/brats2020/<version_id>
+        --data_dir=/data/datasets/brats2020/<version_id>
 
 The dataset needs folds (preprocess with --config.split.num_folds=5).  Writes
 runs/cv/fold_0 .. fold_<k-1> (ordinary training runs, resumable), then
@@ -13,11 +13,10 @@ On a cluster, run each fold as its own job and summarise afterwards:
     python -m trainer.cross_validate --workdir=runs/cv --train=false
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
+from shared import cli
 from evaluation import cross_validation as scoring_folds  # wired here: scoring the folds (import contract)
 from evaluation import inference_choice
 from serving import inference
@@ -32,12 +31,15 @@ _TRAIN = flags.DEFINE_boolean("train", True, "Train the folds (false: only summa
 _SUMMARIZE = flags.DEFINE_boolean("summarize", True, "Once every fold has a model: score them and choose "
                                   "post-processing.")
 _TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES, "Flip test-time augmentation when scoring the folds.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version directory to train the folds on (sets "
+                                "--config.data_dir).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.set_config_field(_CONFIG.value, "data_dir", _DATA_DIR.value)
     try:
         if _TRAIN.value:
             folds = [int(k) for k in _FOLDS.value] if _FOLDS.value else None
@@ -52,8 +54,7 @@ def main(argv):
             return
         summary = scoring_folds.summarize(_WORKDIR.value, tta=_TTA.value)
     except (training.LaunchError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(exc)
     print(scoring_folds.format_summary(summary))
 
 

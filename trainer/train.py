@@ -1,7 +1,7 @@
 r"""Train a 3D U-Net on a versioned BraTS TFRecord dataset.
 
     python -m trainer.train --config=configs/train/unet3d.py --workdir=runs/exp1 \
-        --config.data_dir=/data/datasets/brats2020/<version_id> --config.batch_size=2
+        --data_dir=/data/datasets/brats2020/<version_id> --config.batch_size=2
 
 Re-running the same command after an interruption resumes from the last
 finished epoch; re-running it after the run finished only says so (exit 0),
@@ -9,11 +9,10 @@ unless --config.continue_training=true.  With TF_CONFIG set, each worker runs th
 (MultiWorkerMirroredStrategy).
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
+from shared import cli
 from evaluation import inference_choice  # wired here: the end-of-training window/TTA choice (import contract)
 from trainer import training
 
@@ -21,18 +20,19 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/train/unet3d.py",
     "Training config file (get_config()); fields can be overridden as --config.field=value.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, lineage, checkpoints, logs, final model.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version directory to train on (sets --config.data_dir).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.set_config_field(_CONFIG.value, "data_dir", _DATA_DIR.value)
     try:
         outcome = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                                after_training=inference_choice.after_training)
     except training.LaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(exc)
     if outcome.already_finished:
         return  # train_and_evaluate said so; exit 0: the model the command asks for exists
     dice = ", ".join(f"{name.upper()} {outcome.val_metrics[f'val_dice_{name}']:.3f}"

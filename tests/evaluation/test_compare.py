@@ -57,3 +57,29 @@ def test_compare_cli_prints_the_table_and_writes_json(tmp_path):
     assert "dice_WT" in result.stdout and "+0.0833" in result.stdout and "95% CI" in result.stdout
     saved = json.loads((tmp_path / "diff.json").read_text())
     assert [r["column"] for r in saved["results"]] == ["dice_WT", "hd95_WT", "lesion_dice_ET"]
+
+
+def _compare(tmp_path, *flags_):
+    for name, text in (("a", A), ("b", B)):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "scores.csv").write_text(text)
+    return subprocess.run([sys.executable, "-m", "evaluation.compare", str(tmp_path / "a" / "scores.csv"),
+                           str(tmp_path / "b" / "scores.csv"), "--rounds=200", *flags_],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_compare_output_dir_writes_comparison_json_and_output_still_works_with_a_warning(tmp_path):
+    new = _compare(tmp_path, f"--output_dir={tmp_path}/out")
+    assert new.returncode == 0 and "deprecated" not in new.stderr, new.stderr[-2000:]
+    by_dir = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    old = _compare(tmp_path, f"--output={tmp_path}/diff.json")
+    assert old.returncode == 0, old.stderr[-2000:]
+    assert "warning: --output is deprecated; use --output_dir" in old.stderr
+    assert json.loads((tmp_path / "diff.json").read_text()) == by_dir
+
+
+def test_compare_refuses_output_and_output_dir_together_with_the_error_exit(tmp_path):
+    both = _compare(tmp_path, f"--output_dir={tmp_path}/out", f"--output={tmp_path}/diff.json")
+    assert both.returncode == 2
+    assert "error: pass --output_dir only" in both.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "diff.json").exists()

@@ -1,0 +1,29 @@
+"""trainer.train's --data_dir: the command's spelling of --config.data_dir (one TensorFlow import per case)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+
+def _train(tmp_path, *flags_):
+    return subprocess.run([sys.executable, "-m", "trainer.train", "--config=configs/train/tiny_cpu.py",
+                           f"--workdir={tmp_path / 'run'}", *flags_], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_data_dir_and_a_different_config_data_dir_are_refused_before_training(tmp_path):
+    done = _train(tmp_path, f"--data_dir={tmp_path / 'a'}", f"--config.data_dir={tmp_path / 'b'}")
+    assert done.returncode == 2
+    assert f"error: --data_dir={tmp_path / 'a'} and --config.data_dir={tmp_path / 'b'} disagree" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_data_dir_reaches_the_training_config(tmp_path):
+    """An empty folder given as --data_dir is what training refuses (it has no manifest), with the error exit."""
+    (tmp_path / "empty").mkdir()
+    done = _train(tmp_path, f"--data_dir={tmp_path / 'empty'}")
+    assert done.returncode == 2 and "error: " in done.stderr
+    assert str(tmp_path / "empty") in done.stderr
