@@ -6,7 +6,7 @@ r"""Five-fold cross-validation on a synthetic cohort, one row per training recip
 Rows, each adding one thing to the row above (issue 13's table):
   baseline          softmax over classes, crop + flips + intensity augmentation
   + regions         sigmoid outputs on the challenge's regions, Dice + BCE
-  + full augment    trainer.data.FULL_AUGMENT (rotation, scaling, elastic, noise, blur, ...)
+  + full augment    trainer.augment.FULL_AUGMENT (rotation, scaling, elastic, noise, blur, ...)
   + ensemble        the five fold models of the row above, probabilities averaged
   + post-processing the rules cross-validation chose on the folds, applied to the ensemble
 
@@ -61,7 +61,7 @@ def make_dataset(args, work: str) -> str:
 
 
 def recipes(args) -> dict[str, list[str]]:
-    from trainer.data import FULL_AUGMENT
+    from trainer.augment import FULL_AUGMENT
 
     common = [f"--config.epochs={args.epochs}", f"--config.steps_per_epoch={args.steps}",
               f"--config.patch_size={args.patch},{args.patch},{args.patch}", f"--config.seed={args.seed}"]

@@ -33,7 +33,7 @@ compilation and the allocator's first growth):
   every step; default augmentation: 128^3 patch, foreground share 0.33, flips
   on 3 axes, per-channel intensity scale/shift; float32 image and float32
   one-hot mask, batch 2; ``--full_augment``: also every nnU-Net-style
-  transform at its probability, ``trainer.data.FULL_AUGMENT``).  The reported figures are the medians over rounds,
+  transform at its probability, ``trainer.augment.FULL_AUGMENT``).  The reported figures are the medians over rounds,
   and ``ratio_tfdata_over_seed`` is the ratio of the medians (target >= 3);
 * once each: the same pipeline over the GZIP version; over NONE with the
   image ops unfused (``AugmentConfig.xla=False``); with a 144^3 patch (whole
@@ -295,9 +295,9 @@ def stage_dataset(info, stage: str):
 
 def bench_train_dataset(info, patch: int, batches: int, bytes_per_volume: float, label: str, **aug_fields) -> dict:
     """trainer.data.train_dataset (no cache) with the default augmentation at a given cubic patch size."""
-    from trainer import data
+    from trainer import augment as augment_lib, data
 
-    aug = data.AugmentConfig(patch_size=(patch,) * 3, **aug_fields)
+    aug = augment_lib.AugmentConfig(patch_size=(patch,) * 3, **aug_fields)
     log(f"tf.data train_dataset, {label}: warm-up pass + {batches} timed batches")
     result = warm_then_measure(lambda: iter(data.train_dataset(info, BATCH, aug, seed=0)),
                                warm_items(info, BATCH), batches, lambda b: int(b[0].shape[0]))
@@ -403,7 +403,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where the cohort, the datasets and the .nii files are cached (default bench_data/input)")
     parser.add_argument("--full_augment", action="store_true",
                         help="the primary pipeline with every augmentation on at nnU-Net's probabilities "
-                             "(trainer.data.FULL_AUGMENT: rotation, scaling, elastic, noise, blur, brightness, "
+                             "(trainer.augment.FULL_AUGMENT: rotation, scaling, elastic, noise, blur, brightness, "
                              "contrast, low resolution, gamma) besides the default flips and intensity")
     parser.add_argument("--side_by_side_only", action="store_true",
                         help="only the side-by-side rounds (no GZIP, unfused, whole-volume or stage measurements)")
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     dirs = {c: prepare_dataset(workdir, cohort, c) for c in ("NONE", "GZIP")}
 
     from shared.manifest import read_manifest
-    from trainer import data
+    from trainer import augment as augment_lib, data
 
     raw_info, gz_info = data.open_dataset(dirs["NONE"]), data.open_dataset(dirs["GZIP"])
     seed_dir = os.path.join(workdir, "seed_nii", raw_info.version_id)
@@ -441,7 +441,7 @@ def main(argv=None) -> int:
     env = environment()
     others, wall0 = common.OtherProcesses(), time.perf_counter()
 
-    primary_aug = dict(data.FULL_AUGMENT) if args.full_augment else {}
+    primary_aug = dict(augment_lib.FULL_AUGMENT) if args.full_augment else {}
     primary_label = "NONE shards, 128^3 patch" + (", full augmentation" if args.full_augment else "")
     # one untimed run of each first: the first tf.data run of a process also pays for XLA compilation, the
     # allocator's first growth and the autotuner's ramp-up (about half speed), which a training run pays once

@@ -36,7 +36,7 @@ if ROOT not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402
-from evaluation import lesions  # noqa: E402
+from evaluation import components, lesions  # noqa: E402
 from shared import challenges, metrics  # noqa: E402
 
 log = common.make_log("bench_lesions")
@@ -105,13 +105,13 @@ def _reference_loop(pred: np.ndarray, truth: np.ndarray, dilation: int) -> None:
     """The 2023 reference procedure written out on the full volume (scipy for cc3d, our HD95)."""
     from scipy import ndimage
 
-    zones, n = ndimage.label(ndimage.binary_dilation(truth, lesions.DILATION_STRUCTURE, iterations=dilation),
-                             lesions.CONNECTIVITY_26)
+    zones, n = ndimage.label(ndimage.binary_dilation(truth, components.DILATION_STRUCTURE, iterations=dilation),
+                             components.CONNECTIVITY_26)
     lesion_ids = zones * truth
-    pred_ids, _ = ndimage.label(pred, lesions.CONNECTIVITY_26)
+    pred_ids, _ = ndimage.label(pred, components.CONNECTIVITY_26)
     for k in range(1, n + 1):
         lesion = lesion_ids == k
-        zone = ndimage.binary_dilation(lesion, lesions.DILATION_STRUCTURE, iterations=dilation)
+        zone = ndimage.binary_dilation(lesion, components.DILATION_STRUCTURE, iterations=dilation)
         hits = np.unique(pred_ids[zone])
         hit_mask = np.isin(pred_ids, hits[hits > 0])
         if hit_mask.any():

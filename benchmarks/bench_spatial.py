@@ -1,4 +1,4 @@
-"""CPU cost of each augmentation transform on one patch (trainer.data.augment).
+"""CPU cost of each augmentation transform on one patch (trainer.augment.augment).
 
     python benchmarks/bench_spatial.py [--channels=4] [--repeats=5] [--transforms=plain,rotate,...] [--projective_pass]
 
@@ -66,10 +66,10 @@ def volume(shape=(144, 144, 144), channels=4, seed=0):
 def measure(name: str, fields: dict, example, repeats: int) -> dict:
     import tensorflow as tf
 
-    from trainer import data
+    from trainer import augment as augment_lib
 
-    aug = data.AugmentConfig(patch_size=(128, 128, 128), **fields)
-    step = tf.function(lambda e, s: data.augment(e, s, aug), autograph=False)
+    aug = augment_lib.AugmentConfig(patch_size=(128, 128, 128), **fields)
+    step = tf.function(lambda e, s: augment_lib.augment(e, s, aug), autograph=False)
     step(example, tf.constant([0, 0], tf.int32))[0].numpy()  # trace + XLA compile
     others = common.OtherProcesses()
     times = []

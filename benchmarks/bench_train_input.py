@@ -39,11 +39,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=75, help="timed batches after the first (default 75)")
     args = parser.parse_args(argv)
 
-    from trainer import data
+    from trainer import augment as augment_lib, data
 
     cfg = load_config(args.config)
     info = data.open_dataset(args.data_dir)
-    aug = data.AugmentConfig.from_config(cfg)
+    aug = augment_lib.AugmentConfig.from_config(cfg)
     ds = data.train_dataset(info, int(cfg.batch_size), aug, seed=int(cfg.seed), cache=bool(cfg.data.cache),
                             samples_per_epoch=int(cfg.steps_per_epoch) * int(cfg.batch_size))
     batches = iter(ds)

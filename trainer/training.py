@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from shared import challenges, manifest as manifest_lib
-from trainer import data, losses, model as model_lib, resume, runtime, targets
+from trainer import augment as augment_lib, data, losses, model as model_lib, resume, runtime, targets
 
 LINEAGE = "lineage.json"
 
@@ -211,7 +211,7 @@ def _resume_point(cfg, workdir: str, scratch: str, echo) -> resume.RunState | No
     return state.continued().on_monitor()
 
 
-def _train_input(cfg, info: data.DatasetInfo, aug: data.AugmentConfig, first_epoch: int, strategy):
+def _train_input(cfg, info: data.DatasetInfo, aug: augment_lib.AugmentConfig, first_epoch: int, strategy):
     """The training stream, from ``first_epoch`` on; under TF_CONFIG each worker reads only its share.
 
     One epoch of a pipeline is what its replicas consume in ``steps_per_epoch``
@@ -299,7 +299,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
          + f" ({info.num_train} train / {info.num_val} val patients, channels {','.join(info.channels)}), precision {policy}, "
          f"{strategy.num_replicas_in_sync} replica(s)" + (f", resuming at epoch {state.epoch + 1}" if state.epoch else ""))
 
-    train_ds = _train_input(cfg, info, data.AugmentConfig.from_config(cfg), state.epoch, strategy)
+    train_ds = _train_input(cfg, info, augment_lib.AugmentConfig.from_config(cfg), state.epoch, strategy)
     val_ds = data.val_dataset(info) if info.num_val else None
     if runtime.cluster_spec() and val_ds is not None:
         options = tf.data.Options()

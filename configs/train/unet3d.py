@@ -53,7 +53,7 @@ def get_config():
     c.augment.intensity_scale = 0.1  # per channel, +-
     c.augment.intensity_shift = 0.1
     c.augment.xla = True  # crop/flips/cast/intensity as one fused XLA kernel on the CPU (same patches, ~6x cheaper)
-    # nnU-Net-style transforms: the probability each is applied to a patch (0 = off); ranges in trainer/data.py AugmentConfig
+    # nnU-Net-style transforms: the probability each is applied to a patch (0 = off); ranges in trainer/augment.py AugmentConfig
     c.augment.rotate_p = 0.2  # any angle about each axis, up to +-rotate_max_deg
     c.augment.rotate_max_deg = 30.0
     c.augment.scale_p = 0.2

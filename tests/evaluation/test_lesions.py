@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.evaluation import brats_reference
-from evaluation import lesions, schemes
+from evaluation import components, lesions, lesionwise, matching, schemes
 from shared import challenges, metrics
 from shared.challenges import LesionRule
 
@@ -31,7 +31,7 @@ def _cube(mask: np.ndarray, corner, size) -> np.ndarray:
 
 
 def _lesionwise(pred, truth, rule=LesionRule(1, 0), spacing=(1.0, 1.0, 1.0), merge=False):
-    return lesions.lesionwise_region(pred, truth, rule, P, spacing, merge_predictions=merge)
+    return lesionwise.lesionwise_region(pred, truth, rule, P, spacing, merge_predictions=merge)
 
 
 # -- BraTS 2023-2025 lesion-wise ------------------------------------------------
@@ -121,7 +121,7 @@ def test_a_prediction_that_splits_a_lesion_leaves_one_piece_unmatched_in_2026():
     precision 1/2, recall 1, F1 = 1/(1 + 1/2) = 2/3; IoU of the match 45/81 = 5/9,
     so PQ = 5/9 * 2/3 = 10/27."""
     pred, truth = _split_case()
-    scores, records = lesions.matched_region(pred, truth)
+    scores, records = matching.matched_region(pred, truth)
     assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 1, 0)
     assert scores["dice"] == pytest.approx(5 / 7) and scores["f1"] == pytest.approx(2 / 3)
     assert scores["precision"] == 0.5 and scores["recall"] == 1.0
@@ -142,7 +142,7 @@ def test_hungarian_matching_maximises_total_dice_where_greedy_would_not():
     """
     truth = _cube(_cube(_vol(), (2, 2, 2), (2, 4, 4)), (5, 2, 2), (5, 4, 4))
     pred = _cube(_cube(_vol(), (2, 2, 2), (8, 2, 4)), (5, 5, 2), (5, 1, 4))
-    scores, records = lesions.matched_region(pred, truth)
+    scores, records = matching.matched_region(pred, truth)
     assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 0, 0)
     assert scores["dice"] == pytest.approx(11 / 30)
     assert [r["dice"] for r in records] == pytest.approx([1 / 3, 2 / 5])
@@ -155,12 +155,12 @@ def test_empty_truth_with_and_without_false_positives():
     HD95 inf, precision 0/1 = 0, recall undefined (NaN)."""
     empty = _vol()
     assert _lesionwise(empty, empty)[0] == {"dice": 1.0, "hd95": 0.0, "tp": 0, "fp": 0, "fn": 0}
-    both_empty, _ = lesions.matched_region(empty, empty)
+    both_empty, _ = matching.matched_region(empty, empty)
     assert all(math.isnan(both_empty[k]) for k in ("dice", "hd95", "f1", "pq", "precision", "recall"))
 
     pred = _cube(_vol(), (5, 5, 5), 2)
     assert _lesionwise(pred, empty)[0] == {"dice": 0.0, "hd95": P, "tp": 0, "fp": 1, "fn": 0}
-    only_fp, records = lesions.matched_region(pred, empty)
+    only_fp, records = matching.matched_region(pred, empty)
     assert (only_fp["f1"], only_fp["dice"], only_fp["hd95"], only_fp["precision"]) == (0.0, 0.0, math.inf, 0.0)
     assert math.isnan(only_fp["recall"]) and [r["kind"] for r in records] == ["false_positive"]
 
@@ -185,8 +185,8 @@ def test_anisotropic_spacing_scales_distances_and_volumes_along_the_right_axis()
     for reduction in metrics.HD95_REDUCTIONS:
         assert metrics.hd95(pred, truth, (1, 1, 3), reduction) == pytest.approx(3.0)
         assert metrics.hd95(pred, truth, (3, 1, 1), reduction) == pytest.approx(1.0)
-    thick_z, _ = lesions.matched_region(pred, truth, (1.0, 1.0, 3.0))
-    thick_x, _ = lesions.matched_region(pred, truth, (3.0, 1.0, 1.0))
+    thick_z, _ = matching.matched_region(pred, truth, (1.0, 1.0, 3.0))
+    thick_x, _ = matching.matched_region(pred, truth, (3.0, 1.0, 1.0))
     assert thick_z["nsd"] == pytest.approx(5 / 7) and thick_x["nsd"] == pytest.approx(1.0)
     assert thick_z["hd95"] == pytest.approx(3.0)
     _, records = _lesionwise(pred, truth, LesionRule(1, 100), spacing=(1.0, 1.0, 3.0))
@@ -304,15 +304,16 @@ def _reference_loop(pred, truth, rule, penalty, merge=False):
     dilation per lesion, no cropping, DeepMind's HD95): what the fast version must reproduce.
     ``merge``: the 2024 code's predictions, merged by dilation and dropped at or
     below the threshold (1 mm voxels here)."""
-    struct = lesions.DILATION_STRUCTURE
+    struct = components.DILATION_STRUCTURE
     from scipy import ndimage
 
-    zones, n = ndimage.label(ndimage.binary_dilation(truth, struct, iterations=rule.dilation), lesions.CONNECTIVITY_26)
+    zones, n = ndimage.label(ndimage.binary_dilation(truth, struct, iterations=rule.dilation),
+                             components.CONNECTIVITY_26)
     lesion_ids = zones * truth
-    pred_ids, _ = ndimage.label(pred, lesions.CONNECTIVITY_26)
+    pred_ids, _ = ndimage.label(pred, components.CONNECTIVITY_26)
     if merge:
         pred_zones, _ = ndimage.label(ndimage.binary_dilation(pred, struct, iterations=rule.dilation),
-                                      lesions.CONNECTIVITY_26)
+                                      components.CONNECTIVITY_26)
         pred_ids = pred_zones * pred
         small = [i for i, c in enumerate(np.bincount(pred_ids.ravel())) if i and 0 < c <= rule.min_volume_mm3]
         pred_ids[np.isin(pred_ids, small)] = 0
@@ -361,7 +362,7 @@ def test_the_fast_lesion_wise_scores_equal_the_literal_reference_loop(seed, merg
             _cube(pred, rng.integers(0, shape - 3), tuple(rng.integers(1, 4, size=3)))
     fast = _lesionwise(pred, truth, rule, merge=merge)[0]
     assert fast["dice"] > 0 and fast["tp"] > 0  # the case exercises real overlaps
-    assert len(lesions.clusters(pred | truth, rule.dilation)) > 1  # and several clusters
+    assert len(components.clusters(pred | truth, rule.dilation)) > 1  # and several clusters
     assert fast == pytest.approx(_reference_loop(pred, truth, rule, P, merge))
 
 
@@ -404,10 +405,10 @@ def test_the_2024_prediction_threshold_counts_voxels_except_for_men_rt():
     assert lesions.score_lesions(pred, truth, in_voxels, spacing).regions[0].scores["fp"] == 0
     # the single-region entry point takes the unit too
     mask_p, mask_t = pred > 0, truth > 0
-    assert lesions.lesionwise_region(mask_p, mask_t, LesionRule(1, 50), 100.0, spacing, merge_predictions=True,
-                                     prediction_unit="mm3")[0]["fp"] == 1
-    assert lesions.lesionwise_region(mask_p, mask_t, LesionRule(1, 50), 100.0, spacing,
-                                     merge_predictions=True)[0]["fp"] == 0
+    assert lesionwise.lesionwise_region(mask_p, mask_t, LesionRule(1, 50), 100.0, spacing, merge_predictions=True,
+                                        prediction_unit="mm3")[0]["fp"] == 1
+    assert lesionwise.lesionwise_region(mask_p, mask_t, LesionRule(1, 50), 100.0, spacing,
+                                        merge_predictions=True)[0]["fp"] == 0
 
 
 def test_two_netc_lesions_touching_the_same_et_lesion_are_one_lesion_in_2024():

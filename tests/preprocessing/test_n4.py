@@ -3,7 +3,7 @@
 import numpy as np
 
 from preprocessing import n4
-from synthetic import cohort as synthetic_data
+from synthetic import anatomy, cohort as synthetic_data
 from shared import volume_ops
 
 
@@ -15,7 +15,7 @@ def test_n4_recovers_the_true_bias_field_and_flattens_white_matter():
     patient = synthetic_data.make_patient("BraTS20_Training_001", 1, shape=(64, 64, 56), seed=5)
     brain = volume_ops.nonzero_brain_mask(list(patient.images.values()))
     params = n4.N4Params(shrink_factor=2, iterations=(20, 20, 20), tolerance=1e-4, spline_mesh=1)
-    wm = (patient.tissues == synthetic_data.WM) & brain
+    wm = (patient.tissues == anatomy.WM) & brain
     for modality in ("t1", "flair"):
         image = patient.images[modality].astype(np.float32)
         corrected, field = n4.correct(image, brain, (1.0, 1.0, 1.0), params)

@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # plain `pytest` puts tests/, not the repository root, on sys.path
     sys.path.insert(0, str(ROOT))
 
+from synthetic import anatomy, intensities, lesion  # noqa: E402
 from synthetic import cohort as sd  # noqa: E402
 
 SHAPE = (48, 48, 40)
@@ -102,7 +103,7 @@ def test_seg_labels_and_tumour_inside_brain(index):
         tumour = patient.seg > 0
         assert np.all(patient.brain_mask[tumour]), "tumour voxel outside the brain"
         box = np.zeros(SHAPE, dtype=bool)
-        box[sd.lesion_box(SHAPE)] = True
+        box[lesion.lesion_box(SHAPE)] = True
         assert np.all(box[tumour]), "tumour voxel outside the lesion box"
         # Necrosis and enhancing tumour are enclosed: no core voxel touches the background.
         core = (patient.seg == 1) | (patient.seg == 4)
@@ -142,8 +143,8 @@ def test_brain_is_centred_and_fills_most_of_the_plane(hgg):
         centre = (present[0] + present[-1]) / 2
         assert abs(centre - (SHAPE[axis] - 1) / 2) < 0.1 * SHAPE[axis]
     tissues = patient.tissues[brain]
-    for code in (sd.CSF, sd.GM, sd.WM):
-        assert np.mean(tissues == code) > 0.05, sd.TISSUES[code]
+    for code in (anatomy.CSF, anatomy.GM, anatomy.WM):
+        assert np.mean(tissues == code) > 0.05, anatomy.TISSUES[code]
 
 
 def test_tissue_contrasts(full):
@@ -155,14 +156,16 @@ def test_tissue_contrasts(full):
         pure = ndimage.binary_erosion(tissues == code, iterations=1)
         return float(np.median(clean[m][pure]))
 
-    assert median("t1", sd.WM) > median("t1", sd.GM) > median("t1", sd.CSF)
-    assert median("t2", sd.CSF) > median("t2", sd.OEDEMA) > median("t2", sd.GM) > median("t2", sd.WM)
-    assert median("flair", sd.OEDEMA) > median("flair", sd.GM) > median("flair", sd.WM) > median("flair", sd.CSF)
-    assert median("t1ce", sd.ENHANCING) > 1.5 * median("t1ce", sd.WM)
+    assert median("t1", anatomy.WM) > median("t1", anatomy.GM) > median("t1", anatomy.CSF)
+    assert (median("t2", anatomy.CSF) > median("t2", anatomy.OEDEMA) > median("t2", anatomy.GM)
+            > median("t2", anatomy.WM))
+    assert (median("flair", anatomy.OEDEMA) > median("flair", anatomy.GM) > median("flair", anatomy.WM)
+            > median("flair", anatomy.CSF))
+    assert median("t1ce", anatomy.ENHANCING) > 1.5 * median("t1ce", anatomy.WM)
     for m in sd.MODALITIES:  # hundreds to a few thousands
         assert 50 < np.median(patient.images[m][patient.brain_mask]) < 5000
     # Textured, not piecewise constant.
-    wm = clean["t1"][ndimage.binary_erosion(tissues == sd.WM, iterations=2)]
+    wm = clean["t1"][ndimage.binary_erosion(tissues == anatomy.WM, iterations=2)]
     assert 0.01 < wm.std() / wm.mean() < 0.15
 
 
@@ -173,10 +176,10 @@ def test_tiny_volume_contrasts(hgg):
     def median(m, code):
         return float(np.median(clean[m][tissues == code]))
 
-    assert median("t1", sd.WM) > median("t1", sd.GM) > median("t1", sd.CSF)
-    assert median("t2", sd.OEDEMA) > median("t2", sd.WM)
-    assert median("flair", sd.OEDEMA) > median("flair", sd.WM) > median("flair", sd.CSF)
-    assert median("t1ce", sd.ENHANCING) > 1.5 * median("t1", sd.ENHANCING)
+    assert median("t1", anatomy.WM) > median("t1", anatomy.GM) > median("t1", anatomy.CSF)
+    assert median("t2", anatomy.OEDEMA) > median("t2", anatomy.WM)
+    assert median("flair", anatomy.OEDEMA) > median("flair", anatomy.WM) > median("flair", anatomy.CSF)
+    assert median("t1ce", anatomy.ENHANCING) > 1.5 * median("t1", anatomy.ENHANCING)
 
 
 # --------------------------------------------------------------------------
@@ -207,11 +210,11 @@ def test_image_is_rounded_clean_times_bias(hgg):
     brain = patient.brain_mask
     for m in sd.MODALITIES:
         bias = patient.bias_fields[m]
-        np.testing.assert_array_equal(patient.images[m], sd.apply_bias(clean[m], bias, brain))
+        np.testing.assert_array_equal(patient.images[m], intensities.apply_bias(clean[m], bias, brain))
         expected = np.rint(clean[m][brain].astype(np.float64) * bias[brain])
         assert np.max(np.abs(patient.images[m][brain] - expected)) <= 1
         # Dividing out the true field flattens white matter.
-        wm = patient.tissues == sd.WM
+        wm = patient.tissues == anatomy.WM
         raw = patient.images[m][wm].astype(np.float64)
         corrected = raw / bias[wm]
         assert corrected.std() / corrected.mean() < 0.9 * raw.std() / raw.mean(), m

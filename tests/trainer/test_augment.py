@@ -1,4 +1,5 @@
-"""nnU-Net-style augmentation on the patch (trainer/data.py): alignment, identity, each transform's effect."""
+"""nnU-Net-style augmentation on the patch (trainer/augment.py, trainer/spatial.py): alignment, identity,
+each transform's effect."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import data
+from trainer import augment as augment_lib, data, spatial
 
 NO_INTENSITY = {"intensity_scale": 0.0, "intensity_shift": 0.0}
 SPATIAL = {"rotate_p": 1.0, "scale_p": 1.0, "elastic_p": 1.0}
@@ -39,9 +40,9 @@ def _coordinate_volume(shape=(40, 36, 44), seed=0):
 @pytest.mark.parametrize("xla", [True, False])
 def test_rotated_scaled_deformed_image_and_mask_stay_aligned(xla):
     example, classes = _coordinate_volume()
-    aug = data.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, xla=xla, **NO_INTENSITY, **SPATIAL)
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, xla=xla, **NO_INTENSITY, **SPATIAL)
     for s in range(6):
-        image, mask = (t.numpy() for t in data.augment(example, tf.constant([s, 3], tf.int32), aug))
+        image, mask = (t.numpy() for t in augment_lib.augment(example, tf.constant([s, 3], tf.int32), aug))
         assert np.all(mask.sum(-1) == 1)  # nearest neighbour: still one-hot, nothing blended
         inside = np.abs(image[..., 3] - 1.0) < 1e-4  # all 8 interpolation corners in the volume
         coords = image[..., :3]
@@ -53,19 +54,20 @@ def test_rotated_scaled_deformed_image_and_mask_stay_aligned(xla):
 
 def test_a_spatial_transform_of_angle_0_and_scale_1_is_the_plain_crop():
     example = _blocky_volume()
-    identity = data.AugmentConfig(patch_size=(16, 16, 16), rotate_p=1.0, rotate_max_deg=0.0, **NO_INTENSITY)
-    plain = data.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY)
+    identity = augment_lib.AugmentConfig(patch_size=(16, 16, 16), rotate_p=1.0, rotate_max_deg=0.0, **NO_INTENSITY)
+    plain = augment_lib.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY)
     seed = tf.constant([4, 2], tf.int32)
-    for got, want in zip(data.augment(example, seed, identity), data.augment(example, seed, plain)):
+    for got, want in zip(augment_lib.augment(example, seed, identity), augment_lib.augment(example, seed, plain)):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 def test_rotation_changes_the_patch_and_keeps_the_mask_one_hot():
     example = _blocky_volume()
-    rotated = data.AugmentConfig(patch_size=(16, 16, 16), rotate_p=1.0, **NO_INTENSITY)
-    plain = data.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY)
+    rotated = augment_lib.AugmentConfig(patch_size=(16, 16, 16), rotate_p=1.0, **NO_INTENSITY)
+    plain = augment_lib.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY)
     seed = tf.constant([4, 2], tf.int32)
-    got, want = data.augment(example, seed, rotated)[1].numpy(), data.augment(example, seed, plain)[1].numpy()
+    got = augment_lib.augment(example, seed, rotated)[1].numpy()
+    want = augment_lib.augment(example, seed, plain)[1].numpy()
     assert not np.array_equal(got, want) and np.all(got.sum(-1) == 1)
 
 
@@ -75,9 +77,9 @@ def test_each_intensity_transform_changes_only_the_image(field):
     example = {"image": tf.constant(rng.normal(size=(20, 20, 20, 2)).astype(np.float32) + 3.0),
                "mask": _blocky_volume((20, 20, 20))["mask"]}
     seed = tf.constant([1, 1], tf.int32)
-    base = data.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY)
-    on = data.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY, **{field: 1.0})
-    (img0, mask0), (img1, mask1) = data.augment(example, seed, base), data.augment(example, seed, on)
+    base = augment_lib.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY)
+    on = augment_lib.AugmentConfig(patch_size=(16, 16, 16), **NO_INTENSITY, **{field: 1.0})
+    (img0, mask0), (img1, mask1) = augment_lib.augment(example, seed, base), augment_lib.augment(example, seed, on)
     np.testing.assert_array_equal(mask0.numpy(), mask1.numpy())
     assert img1.shape == img0.shape and np.isfinite(img1.numpy()).all()
     assert not np.allclose(img0.numpy(), img1.numpy(), atol=1e-4)
@@ -85,14 +87,14 @@ def test_each_intensity_transform_changes_only_the_image(field):
 
 def test_probabilities_out_of_range_are_refused_by_name():
     with pytest.raises(ValueError, match="gamma_p"):
-        data.AugmentConfig(patch_size=(16, 16, 16), gamma_p=1.5)
+        augment_lib.AugmentConfig(patch_size=(16, 16, 16), gamma_p=1.5)
     with pytest.raises(ValueError, match="scale_range"):
-        data.AugmentConfig(patch_size=(16, 16, 16), scale_range=(1.4, 0.7))
+        augment_lib.AugmentConfig(patch_size=(16, 16, 16), scale_range=(1.4, 0.7))
 
 
 def test_the_full_set_runs_in_the_training_pipeline_graph(tiny_dataset):
     info = data.open_dataset(tiny_dataset.dataset_dir)
-    aug = data.AugmentConfig(patch_size=(16, 16, 16), **{k: 1.0 for k in data.FULL_AUGMENT})
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), **{k: 1.0 for k in augment_lib.FULL_AUGMENT})
     image, mask = next(iter(data.train_dataset(info, 2, aug, seed=0, samples_per_epoch=2)))
     assert image.shape == (2, 16, 16, 16, 4) and mask.shape == (2, 16, 16, 16, 4)
     assert np.isfinite(image.numpy()).all() and np.all(mask.numpy().sum(-1) == 1)
@@ -103,12 +105,12 @@ def test_the_fused_image_kernel_sees_the_patch_not_the_volume():
     the volume itself compiled once per patch position (0.13 s each on a 64³
     volume, a 15x slower demo input pipeline).  The crop must happen before the
     kernel, so its only input of image size is the patch (one compilation)."""
-    data._XLA_KERNELS.pop((16, 16, 16), None)  # earlier tests may have traced it for other channel counts
+    augment_lib._XLA_KERNELS.pop((16, 16, 16), None)  # earlier tests may have traced it for other channel counts
     volume = tf.constant(np.random.default_rng(0).random((20, 20, 20, 3)), tf.float16)
     for start in ([0, 0, 0], [3, 1, 2], [4, 4, 4]):
-        data._image_patch(volume, tf.constant(start), (16, 16, 16), tf.constant([True, False, True]),
-                          tf.ones([3]), tf.zeros([3]), xla=True)
-    kernel = data._XLA_KERNELS[(16, 16, 16)]
+        augment_lib._image_patch(volume, tf.constant(start), (16, 16, 16), tf.constant([True, False, True]),
+                                 tf.ones([3]), tf.zeros([3]), xla=True)
+    kernel = augment_lib._XLA_KERNELS[(16, 16, 16)]
     shapes = [tuple(spec.shape) for spec in kernel.get_concrete_function(
         tf.TensorSpec([16, 16, 16, 3], tf.float16), tf.TensorSpec([3], tf.bool),
         tf.TensorSpec([3], tf.float32), tf.TensorSpec([3], tf.float32)).structured_input_signature[0]]
@@ -126,7 +128,7 @@ def _warp_case(seed=0, shape=(40, 36, 44), channels=3, patch=(24, 20, 28)):
     classes = rng.integers(0, 4, size=shape)
     mask = (classes[..., None] == np.arange(4)).astype(np.uint8)
     angles = rng.uniform(-0.5, 0.5, 3)
-    matrix = data._rotation_matrix(tf.constant(angles, tf.float32)).numpy() / rng.uniform(0.7, 1.4)
+    matrix = spatial.rotation_matrix(tf.constant(angles, tf.float32)).numpy() / rng.uniform(0.7, 1.4)
     centre = np.array(shape, np.float32) / 2 + rng.uniform(-6, 6, 3).astype(np.float32)
     return image, classes, mask, matrix.astype(np.float32), centre, patch
 
@@ -144,8 +146,8 @@ def _reference_coordinates(patch, centre, matrix, flip, displacement=None):
 
 
 def _run_warp(image, mask, centre, matrix, grid, patch, flip, xla=True):
-    got = data._warp(tf.constant(image), tf.constant(mask), tf.constant(centre), tf.constant(matrix), grid, patch,
-                     tf.constant(flip), tf.ones([image.shape[-1]]), tf.zeros([image.shape[-1]]), xla)
+    got = augment_lib._warp(tf.constant(image), tf.constant(mask), tf.constant(centre), tf.constant(matrix), grid, patch,
+                            tf.constant(flip), tf.ones([image.shape[-1]]), tf.zeros([image.shape[-1]]), xla)
     return got[0].numpy(), got[1].numpy()
 
 
@@ -172,7 +174,7 @@ def test_warp_is_trilinear_and_nearest_at_the_defined_coordinates(flip):
 
 def test_flips_folded_into_the_coordinates_mirror_the_patch_exactly():
     image, _, mask, matrix, centre, patch = _warp_case(seed=1)
-    grid = data._elastic_grid(3.0, tf.constant([5, 6]))
+    grid = spatial.elastic_grid(3.0, tf.constant([5, 6]))
     for field in (None, grid):
         plain = _run_warp(image, mask, centre, matrix, field, patch, (False, False, False))
         flipped = _run_warp(image, mask, centre, matrix, field, patch, (True, True, False))
@@ -181,10 +183,10 @@ def test_flips_folded_into_the_coordinates_mirror_the_patch_exactly():
 
 
 def test_the_elastic_field_is_the_bilinear_resize_of_the_grid_and_moves_voxels_by_it():
-    grid = data._elastic_grid(4.0, tf.constant([3, 9]))
+    grid = spatial.elastic_grid(4.0, tf.constant([3, 9]))
     patch = (24, 20, 28)
-    field = data._elastic_field(grid, patch).numpy()
-    np.testing.assert_allclose(field, data._resize3d(grid, tf.constant(patch), "bilinear").numpy(), atol=1e-5)
+    field = spatial._elastic_field(grid, patch).numpy()
+    np.testing.assert_allclose(field, spatial.resize3d(grid, tf.constant(patch), "bilinear").numpy(), atol=1e-5)
     # the warp reads at centre + matrix @ (offset + field): the coordinate volume's image says where
     example, _ = _coordinate_volume()
     image, mask = example["image"].numpy(), example["mask"].numpy()
@@ -198,7 +200,7 @@ def test_the_elastic_field_is_the_bilinear_resize_of_the_grid_and_moves_voxels_b
 
 def test_xla_and_plain_tensorflow_warps_agree():
     image, _, mask, matrix, centre, patch = _warp_case(seed=2)
-    grid = data._elastic_grid(3.0, tf.constant([1, 2]))
+    grid = spatial.elastic_grid(3.0, tf.constant([1, 2]))
     fused = _run_warp(image, mask, centre, matrix, grid, patch, (True, False, False), xla=True)
     plain = _run_warp(image, mask, centre, matrix, grid, patch, (True, False, False), xla=False)
     np.testing.assert_allclose(fused[0], plain[0], atol=1e-4)
@@ -207,10 +209,10 @@ def test_xla_and_plain_tensorflow_warps_agree():
 
 def test_spatial_augmentation_is_deterministic_per_seed():
     example = _blocky_volume()
-    aug = data.AugmentConfig(patch_size=(16, 16, 16), **SPATIAL)
-    first = [t.numpy() for t in data.augment(example, tf.constant([7, 1], tf.int32), aug)]
-    again = [t.numpy() for t in data.augment(example, tf.constant([7, 1], tf.int32), aug)]
-    other = [t.numpy() for t in data.augment(example, tf.constant([8, 1], tf.int32), aug)]
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), **SPATIAL)
+    first = [t.numpy() for t in augment_lib.augment(example, tf.constant([7, 1], tf.int32), aug)]
+    again = [t.numpy() for t in augment_lib.augment(example, tf.constant([7, 1], tf.int32), aug)]
+    other = [t.numpy() for t in augment_lib.augment(example, tf.constant([8, 1], tf.int32), aug)]
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], other[0])
@@ -218,14 +220,15 @@ def test_spatial_augmentation_is_deterministic_per_seed():
 
 def test_the_spatial_kernels_compile_once_whatever_the_draws():
     """Angles, zoom, centre, flips and the elastic grid are kernel inputs, never compile-time constants."""
-    for key in [k for k in data._SPATIAL_KERNELS if k[1] == (16, 16, 16)]:
-        del data._SPATIAL_KERNELS[key]
+    for key in [k for k in spatial._SPATIAL_KERNELS if k[1] == (16, 16, 16)]:
+        del spatial._SPATIAL_KERNELS[key]
     example = _blocky_volume()
-    aug = data.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, rotate_p=0.7, scale_p=0.7, elastic_p=0.5)
-    fn = tf.function(lambda s: data.augment(example, s, aug), autograph=False)
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, rotate_p=0.7, scale_p=0.7,
+                                    elastic_p=0.5)
+    fn = tf.function(lambda s: augment_lib.augment(example, s, aug), autograph=False)
     for s in range(8):
         fn(tf.constant([s, 5], tf.int32))
-    kernels = {k: v for k, v in data._SPATIAL_KERNELS.items() if k[1] == (16, 16, 16)}
+    kernels = {k: v for k, v in spatial._SPATIAL_KERNELS.items() if k[1] == (16, 16, 16)}
     assert {k[0] for k in kernels} == {"affine", "elastic", "sample", "intensity"}
     for key, kernel in kernels.items():
         assert kernel.experimental_get_tracing_count() == 1, key
@@ -239,6 +242,6 @@ def test_gamma_is_the_power_of_the_rescaled_channel():
         low, high = image.min(axis=(0, 1, 2)), image.max(axis=(0, 1, 2))
         want = ((image - low) / (high - low + 1e-7)) ** gamma * (high - low) + low
         for xla in (True, False):
-            got = data._fused("gamma", data._gamma, tf.constant(image), tf.constant(gamma), xla).numpy()
+            got = augment_lib._fused("gamma", augment_lib._gamma, tf.constant(image), tf.constant(gamma), xla).numpy()
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
             assert np.isfinite(got).all()

@@ -18,7 +18,7 @@ import tensorflow as tf
 from configs.train import tiny_cpu
 from shared import schema
 from tests.helpers import ROOT, override
-from trainer import data, resume, training
+from trainer import augment as augment_lib, data, resume, training
 
 
 def _cfg(dataset_dir, **overrides):
@@ -46,11 +46,11 @@ def test_augmentation_keeps_image_and_mask_aligned():
     classes = rng.integers(0, 4, size=(24, 20, 28))
     image = np.stack([classes * 10.0 + c for c in range(3)], -1).astype(np.float32)  # image encodes the class
     mask = (classes[..., None] == np.arange(4)).astype(np.uint8)
-    aug = data.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, flips=True, rotation=True,
-                             intensity_scale=0.0, intensity_shift=0.0)
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, flips=True, rotation=True,
+                                    intensity_scale=0.0, intensity_shift=0.0)
     for s in range(12):
-        img, msk = data.augment({"image": tf.constant(image), "mask": tf.constant(mask)},
-                                tf.constant([s, 7], tf.int32), aug)
+        img, msk = augment_lib.augment({"image": tf.constant(image), "mask": tf.constant(mask)},
+                                       tf.constant([s, 7], tf.int32), aug)
         assert img.shape[:3] == (16, 16, 16) and msk.shape == (16, 16, 16, 4)
         np.testing.assert_array_equal(np.round(img.numpy()[..., 0] / 10), msk.numpy().argmax(-1))
 
@@ -65,18 +65,18 @@ def _labelled_volume(shape=(24, 20, 28), channels=3, seed=0):
 @pytest.mark.parametrize("xla", [True, False])
 def test_a_flipped_float16_pair_still_matches(xla):
     image, mask = _labelled_volume()
-    aug = data.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, flips=True,
-                             intensity_scale=0.0, intensity_shift=0.0, xla=xla)
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), foreground_share=0.5, flips=True,
+                                    intensity_scale=0.0, intensity_shift=0.0, xla=xla)
     flipped = 0
     for s in range(12):
         seed = tf.constant([s, 3], tf.int32)
-        img, msk = data.augment({"image": tf.constant(image), "mask": tf.constant(mask)}, seed, aug)
+        img, msk = augment_lib.augment({"image": tf.constant(image), "mask": tf.constant(mask)}, seed, aug)
         assert img.dtype == tf.float32 and msk.dtype == tf.float32 and msk.shape == (16, 16, 16, 4)
         np.testing.assert_array_equal(np.round((img.numpy()[..., 0] - 1) / 10), msk.numpy().argmax(-1))
         # the same box, unflipped, from the numpy volume: the patch is that box mirrored on the drawn axes
-        start = data._patch_start(tf.constant(mask), (16, 16, 16), 0.5, seed).numpy()
+        start = augment_lib._patch_start(tf.constant(mask), (16, 16, 16), 0.5, seed).numpy()
         box = image[tuple(slice(a, a + 16) for a in start)].astype(np.float32)
-        axes = [a for a, f in enumerate(data._flip_coins(seed + 3).numpy()) if f]
+        axes = [a for a, f in enumerate(augment_lib._flip_coins(seed + 3).numpy()) if f]
         np.testing.assert_array_equal(img.numpy(), np.flip(box, axes) if axes else box)
         flipped += bool(axes)
     assert flipped >= 3
@@ -88,8 +88,9 @@ def test_the_xla_kernel_gives_the_same_patches_as_plain_ops():
     for s in range(6):
         seed = tf.constant([s, 11], tf.int32)
         example = {"image": tf.constant(image), "mask": tf.constant(mask)}
-        got = [data.augment(example, seed, data.AugmentConfig(patch_size=(16, 8, 16), foreground_share=0.4,
-                                                              rotation=True, xla=xla)) for xla in (True, False)]
+        got = [augment_lib.augment(example, seed, augment_lib.AugmentConfig(patch_size=(16, 8, 16), foreground_share=0.4,
+                                                                            rotation=True, xla=xla))
+               for xla in (True, False)]
         np.testing.assert_allclose(got[0][0].numpy(), got[1][0].numpy(), rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(got[0][1].numpy(), got[1][1].numpy())
         brain = image[..., 0] != 0
@@ -102,7 +103,7 @@ def test_training_reads_uncompressed_shards(tiny_cohort, tmp_path):
     plain = run_pipeline(tiny_cohort, tmp_path, **{"shards.compression": "NONE"})
     info = data.open_dataset(plain.dataset_dir)
     assert info.compression == "NONE" and all(f.endswith(".tfrecord") for f in info.train_files)
-    aug = data.AugmentConfig(patch_size=(16, 16, 16))
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16))
     image, mask = next(iter(data.train_dataset(info, 2, aug, seed=1)))
     assert image.shape == (2, 16, 16, 16, 4) and image.dtype == tf.float32
     assert mask.shape == (2, 16, 16, 16, 4) and (mask.numpy().sum(-1) == 1).all()
@@ -114,7 +115,7 @@ def test_training_reads_uncompressed_shards(tiny_cohort, tmp_path):
 def test_intensity_augmentation_leaves_the_background_at_zero():
     image = np.zeros((8, 8, 8, 2), np.float32)
     image[2:6, 2:6, 2:6] = 1.5
-    out = data.random_intensity(tf.constant(image), 0.1, 0.1, tf.constant([1, 2], tf.int32)).numpy()
+    out = augment_lib.random_intensity(tf.constant(image), 0.1, 0.1, tf.constant([1, 2], tf.int32)).numpy()
     assert (out[image[..., 0] == 0] == 0).all() and not np.allclose(out[2:6, 2:6, 2:6], 1.5)
 
 
@@ -124,8 +125,8 @@ def test_foreground_oversampling_centres_patches_on_tumour():
     mask[30:34, 30:34, 30:34, 0], mask[30:34, 30:34, 30:34, 2] = 0, 1
     hits = 0
     for s in range(20):
-        _, msk = data.random_patch(tf.zeros((40, 40, 40, 1)), tf.constant(mask), (8, 8, 8), 1.0,
-                                   tf.constant([s, 1], tf.int32))
+        _, msk = augment_lib.random_patch(tf.zeros((40, 40, 40, 1)), tf.constant(mask), (8, 8, 8), 1.0,
+                                          tf.constant([s, 1], tf.int32))
         hits += int(msk.numpy()[..., 2].any())
     assert hits == 20
 
@@ -392,7 +393,7 @@ def test_two_workers_read_disjoint_shares_that_cover_each_epoch(tiny_dataset, tm
 
 def test_a_stream_started_at_epoch_k_is_the_tail_of_the_stream_from_epoch_0(tiny_dataset):
     info = data.open_dataset(tiny_dataset.dataset_dir)
-    aug = data.AugmentConfig(patch_size=(16, 16, 16), xla=False)
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), xla=False)
 
     def batches(first_epoch, count):
         ds = data.train_dataset(info, 2, aug, seed=3, deterministic=True, samples_per_epoch=4, first_epoch=first_epoch)
