@@ -72,13 +72,17 @@ def recipes(args) -> dict[str, list[str]]:
 
 def cross_validate(workdir: str, data_dir: str, overrides: list[str]) -> None:
     """The five folds of one row, unless an earlier run of the benchmark finished them."""
-    if not os.path.exists(os.path.join(workdir, "cross_validation", "summary.json")):
+    from shared import trained_run
+
+    if not os.path.exists(os.path.join(workdir, trained_run.CROSS_VALIDATION_DIR, "summary.json")):
         run([sys.executable, "-m", "trainer.cross_validate", "--config=configs/train/tiny_cpu.py",
              f"--workdir={workdir}", f"--config.data_dir={data_dir}", *overrides])
 
 
 def cv_means(workdir: str) -> dict:
-    about = json.load(open(os.path.join(workdir, "cross_validation", "summary.json")))["about"]
+    from shared import trained_run
+
+    about = json.load(open(os.path.join(workdir, trained_run.CROSS_VALIDATION_DIR, "summary.json")))["about"]
     return {r: round(about["mean_over_folds"][f"dice_{r}"], 4) for r in REGIONS}
 
 
