@@ -33,7 +33,7 @@ import numpy as np
 import streamlit as st
 
 from app.uploads import DEFAULT_MAX_UPLOAD_MB, InputError, PatientInput, Upload, write_patient
-from shared import challenges, labels, layouts, metrics
+from shared import challenges, labels, layouts, metrics, trained_run
 from shared.spec import PreprocessingSpec
 
 DEFAULT_MODELS_DIRS = ("runs", "demo_data/runs")
@@ -108,7 +108,7 @@ def find_models(settings: Settings) -> list[str]:
     found = list(settings.models)
     for folder in settings.models_dirs:
         hits = glob.glob(os.path.join(folder, "**", "*.keras"), recursive=True)
-        hits.sort(key=lambda p: (os.path.dirname(p).endswith("checkpoints"), os.path.basename(p) != "model.keras", p))
+        hits.sort(key=lambda p: (os.path.dirname(p).endswith(trained_run.CHECKPOINTS_DIR), os.path.basename(p) != trained_run.MODEL_FILE, p))
         found += [h for h in hits if h not in found]
     return found
 
@@ -116,9 +116,9 @@ def find_models(settings: Settings) -> list[str]:
 @st.cache_resource(show_spinner="Loading the model...")
 def load_predictor(path: str, data_dir: str | None):
     """The model at ``path``, loaded once per process and shared by every session (Streamlit's resource cache)."""
-    from serving import prediction
+    from serving import predictor as predictor_lib
 
-    return prediction.load_predictor(path, data_dir=data_dir)
+    return predictor_lib.load_predictor(path, data_dir=data_dir)
 
 
 # --------------------------------------------------------------------------
@@ -236,12 +236,12 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
     comes back as InputError with a message naming the file.
     """
     from preprocessing.patient import PatientError
-    from serving import pictures, prediction
+    from serving import inputs, outputs, pictures, prediction
 
     with tempfile.TemporaryDirectory(prefix="brats-app-") as workdir:
         try:
             folder, truth_path = write_patient(patient, workdir)
-            source, convention = prediction.source_from_folder(folder, predictor)
+            source, convention = inputs.source_from_folder(folder, predictor)
             with _INFERENCE_LOCK:
                 pred = prediction.predict_patient(predictor, source, convention, tta=tta, progress=progress)
             images = {ch: _compact(pred.display if ch == predictor.channels[0] else prediction.source_image(path)[1])
@@ -265,7 +265,7 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
     png = pictures.summary_png(pred.display, pred.classes, pred.challenge, pred.spacing, title=pred.patient_id,
                                affine=pred.affine)
     return Result(uuid.uuid4().hex[:12], pred.patient_id, predictor.model_path, pred, images, scores,
-                  lesion_scores, prediction.segmentation_bytes(pred), png, notes, [warning] if warning else [])
+                  lesion_scores, outputs.segmentation_bytes(pred), png, notes, [warning] if warning else [])
 
 
 # A skull-stripped scan co-registered to a challenge's grid is exactly 0 outside the brain, so on its

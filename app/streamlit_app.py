@@ -56,10 +56,10 @@ def choose_model(settings: session.Settings):
         return None, "none"
     path = st.sidebar.selectbox("Trained model", models, key="model")
     window, tta = choose_inference(path)
-    from serving import prediction
+    from serving import predictor as predictor_lib
 
     try:
-        predictor = prediction.with_window(session.load_predictor(path, settings.data_dir), window)
+        predictor = predictor_lib.with_window(session.load_predictor(path, settings.data_dir), window)
     except Exception as exc:  # ModelError says why; anything else must not take the page down
         st.sidebar.error(f"Cannot use this model: {exc}")
         return None, tta

@@ -123,17 +123,17 @@ def inference_defaults(model_path: str) -> tuple[str, str, str]:
     the model (the demo's tiny model: the whole crop by 0.10 WT Dice), so the
     page follows the measurement rather than one fixed rule.
     """
-    from serving import prediction
+    from serving import predictor as predictor_lib
 
-    settings = prediction.inference_settings(model_path)
-    recorded = prediction.recorded_inference(model_path)
+    settings = predictor_lib.inference_settings(model_path)
+    recorded = predictor_lib.recorded_inference(model_path)
     if recorded is None:
         return settings.window, settings.tta, (
             "No window/TTA choice recorded for this model: training patch, no TTA. Record one with "
             f"`python -m evaluation.choose_inference --model={model_path}`.")
-    scores = ", ".join(f"{c['window']}/{c['tta']} {c['patient_dice_mean']:.3f}" for c in recorded["candidates"])
+    scores = ", ".join(f"{c['window']}/{c['tta']} {c['patient_dice_mean']:.3f}" for c in recorded.candidates)
     return settings.window, settings.tta, (
-        f"Preselected: the best window/TTA on the run's {recorded['patients']} validation patient(s), by mean "
+        f"Preselected: the best window/TTA on the run's {recorded.patients} validation patient(s), by mean "
         f"per-patient Dice ({scores}).")
 
 

@@ -72,29 +72,35 @@ def recipes(args) -> dict[str, list[str]]:
 
 def cross_validate(workdir: str, data_dir: str, overrides: list[str]) -> None:
     """The five folds of one row, unless an earlier run of the benchmark finished them."""
-    if not os.path.exists(os.path.join(workdir, "cross_validation", "summary.json")):
+    from shared import trained_run
+
+    if not os.path.exists(os.path.join(workdir, trained_run.CROSS_VALIDATION_DIR, "summary.json")):
         run([sys.executable, "-m", "trainer.cross_validate", "--config=configs/train/tiny_cpu.py",
              f"--workdir={workdir}", f"--config.data_dir={data_dir}", *overrides])
 
 
 def cv_means(workdir: str) -> dict:
-    about = json.load(open(os.path.join(workdir, "cross_validation", "summary.json")))["about"]
+    from shared import trained_run
+
+    about = json.load(open(os.path.join(workdir, trained_run.CROSS_VALIDATION_DIR, "summary.json")))["about"]
     return {r: round(about["mean_over_folds"][f"dice_{r}"], 4) for r in REGIONS}
 
 
 def held_out(model, data_dir: str, postprocessing: str = "none") -> dict:
     """Mean Dice per region on the dataset's ``val`` split (patients no fold trained on)."""
     from evaluation import scoring
-    from serving import prediction
+    from serving import predictor as predictor_lib
 
-    predictor = prediction.load_predictor(model, data_dir, window="volume", postprocessing=postprocessing)
+    predictor = predictor_lib.load_predictor(model, data_dir, window="volume", postprocessing=postprocessing)
     rows, failures = scoring.score_model(predictor, data_dir, "val", echo=lambda *_: None)
     assert not failures, failures
     return {r: round(float(np.mean([row[f"dice_{r}"] for row in rows])), 4) for r in REGIONS}
 
 
 def fold_models(workdir: str, folds: int) -> list[str]:
-    return [os.path.join(workdir, f"fold_{k}", "model.keras") for k in range(folds)]
+    from shared import trained_run
+
+    return [trained_run.model_file(trained_run.fold_dir(workdir, k)) for k in range(folds)]
 
 
 def mean_of(scores: list[dict]) -> dict:
@@ -133,7 +139,9 @@ def main(argv=None) -> int:
     rows.append({"row": "+ ensemble", "held_out": held_out(last, data_dir),
                  "command": f"python -m evaluation.evaluate --model={last} --split=val --window=volume "
                             "--postprocessing=none"})
-    choice = json.load(open(os.path.join(last, "postprocessing.json")))
+    from shared import trained_run
+
+    choice = json.load(open(os.path.join(last, trained_run.POSTPROCESSING_FILE)))
     rows.append({"row": "+ post-processing", "held_out": held_out(last, data_dir, "auto"), "rules": choice["rules"],
                  "cv_mean_dice_before_after": [round(choice["mean_dice_before"], 4),
                                                round(choice["mean_dice_after"], 4)],

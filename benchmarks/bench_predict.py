@@ -71,37 +71,36 @@ def _run_dir(workdir: str, preset: str) -> str:
     import keras
 
     from configs.preprocess import brats2020
+    from shared import trained_run
     from trainer import model as model_lib
 
     run = os.path.join(workdir, f"run_{preset}")
     os.makedirs(run, exist_ok=True)
-    path = os.path.join(run, "model.keras")
+    path = trained_run.model_file(run)
     if not os.path.exists(path):
         keras.utils.set_random_seed(0)
         model_lib.build_unet((None, None, None, 4), model_lib.preset(preset)).save(path)
     cfg = brats2020.get_config().to_dict()
-    with open(os.path.join(run, "lineage.json"), "w") as f:
-        json.dump({"data_dir": "", "version_id": "benchmark", "preprocess": cfg}, f)
-    with open(os.path.join(run, "config.json"), "w") as f:
-        json.dump({"patch_size": list(WINDOWS[preset])}, f)
+    trained_run.write_lineage(run, trained_run.Lineage(version_id="benchmark", data_dir="", preprocess=cfg))
+    trained_run.write_config(run, {"patch_size": list(WINDOWS[preset])})
     return path
 
 
 def _measure(model_path: str, folders: list[str], tta: str) -> dict:
-    from serving import inference, prediction
+    from serving import inference, inputs, prediction, predictor as predictor_lib
 
-    predictor = prediction.load_predictor(model_path)
+    predictor = predictor_lib.load_predictor(model_path)
     warm = np.zeros(tuple(predictor.window) + (len(predictor.channels),), np.float32)
     inference.sliding_window(predictor.predict_fn(), warm, predictor.window)  # trace this window shape untimed
     pre, inf = [], []
     for folder in folders:
-        source, convention = prediction.source_from_folder(folder, predictor)
+        source, convention = inputs.source_from_folder(folder, predictor)
         pred = prediction.predict_patient(predictor, source, convention, tta=tta)
         pre.append(pred.seconds["preprocess"])
         inf.append(pred.seconds["inference"])
         log(f"  {os.path.basename(folder)}: preprocess {pre[-1]:.1f} s, inference {inf[-1]:.1f} s")
     windows = 1
-    for dim, size in zip(prediction.window_size("volume", None, predictor.preprocess_cfg), predictor.window):
+    for dim, size in zip(predictor_lib.window_size("volume", None, predictor.preprocess_cfg), predictor.window):
         windows *= len(inference.window_starts(dim, size, 0.5))
     passes = len(inference.flip_sets(tta))
     return {"window": list(predictor.window), "windows_per_patient": windows, "forward_passes": windows * passes,
@@ -139,11 +138,11 @@ def _preprocess_cores(model_path: str, folder: str, rounds: int) -> dict:
     """Seconds to preprocess one patient: before (baseline N4, one core) vs now on one core and on all cores."""
     from preprocessing import n4
     from preprocessing.patient import preprocess
-    from serving import prediction
+    from serving import inputs, predictor as predictor_lib
     from shared import schema
 
-    predictor = prediction.load_predictor(model_path, with_model=False)
-    source, _ = prediction.source_from_folder(folder, predictor)
+    predictor = predictor_lib.load_predictor(model_path, with_model=False)
+    source, _ = inputs.source_from_folder(folder, predictor)
     cfg = dict(predictor.preprocess_cfg, require_seg=False)
     cores = os.cpu_count() or 1
     current = n4.correct_channels

@@ -14,7 +14,8 @@ from absl import app, flags
 
 from shared import cli, console
 from evaluation import inference_choice
-from serving import inference, prediction
+from serving import inference, predictor as predictor_lib
+from serving.models import ModelError
 
 _MODEL = flags.DEFINE_string("model", None, "Trained model (.keras) in its run folder, or the run folder.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version the model was trained on, when lineage.json's "
@@ -31,9 +32,9 @@ def main(argv):
     console.configure_logging()
     windows = [w.replace("x", ",") for w in _WINDOWS.value]
     try:
-        path, _ = inference_choice.choose_and_write(prediction.expand_models(_MODEL.value)[0], windows=windows,
+        path, _ = inference_choice.choose_and_write(predictor_lib.expand_models(_MODEL.value)[0], windows=windows,
                                                     tta_modes=_TTA.value, data_dir=_DATA_DIR.value)
-    except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
+    except (FileNotFoundError, ValueError, ModelError) as exc:
         cli.fail(exc)
     print(f"Recorded in {path}")
 

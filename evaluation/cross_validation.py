@@ -24,37 +24,30 @@ from typing import Callable
 import numpy as np
 
 from evaluation import scoring
-from serving import prediction
-from shared import challenges, postprocessing, storage
-from trainer import training
-from trainer.cross_validation import FOLD_PREFIX
-
-VALIDATION = "validation"  # fold_<k>/validation: the fold's report and predictions
-SUMMARY_DIR = "cross_validation"  # <workdir>/cross_validation: the pooled report
+from serving import predictor as predictor_lib
+from shared import challenges, postprocessing, storage, trained_run
+from shared.trained_run import TrainedRun
 
 
-def _read_json(path: str) -> dict:
-    return json.loads(storage.read_bytes(path))
-
-
-def fold_runs(workdir: str) -> tuple[dict[int, str], int]:
-    """The finished folds' run folders by fold, and how many folds the dataset has.
+def fold_runs(workdir: str) -> tuple[dict[int, TrainedRun], int]:
+    """The finished folds' runs by fold, and how many folds the dataset has.
 
     ValueError when the workdir holds no finished fold, or folds trained on
     different dataset versions.
     """
-    models = prediction.fold_models(workdir)
+    models = trained_run.fold_models(workdir)
     if not models:
-        raise ValueError(f"{workdir} holds no finished fold ({FOLD_PREFIX}<k>/model.keras): train the folds first")
+        raise ValueError(f"{workdir} holds no finished fold ({trained_run.FOLD_PREFIX}<k>/{trained_run.MODEL_FILE}): "
+                         "train the folds first")
     runs, counts, versions = {}, set(), set()
     for path in models:
-        run = posixpath.dirname(path)
-        lineage = _read_json(storage.join(run, training.LINEAGE))
-        if lineage.get("fold") is None:
-            raise ValueError(f"{run} was not trained as a cross-validation fold (no fold in its lineage.json)")
-        runs[int(lineage["fold"])] = run
-        counts.add(int(lineage["num_folds"]))
-        versions.add(lineage["version_id"])
+        run = TrainedRun.read(posixpath.dirname(path))
+        if run.fold is None:
+            raise ValueError(f"{run.run_dir} was not trained as a cross-validation fold "
+                             f"(no fold in its {trained_run.LINEAGE_FILE})")
+        runs[run.fold] = run
+        counts.add(int(run.lineage.num_folds))
+        versions.add(run.lineage.version_id)
     if len(versions) > 1 or len(counts) > 1:
         raise ValueError(f"the folds in {workdir} were trained on different datasets: versions {sorted(versions)}")
     return runs, counts.pop()
@@ -72,23 +65,24 @@ def _npz_bytes(**arrays) -> bytes:
     return buffer.getvalue()
 
 
-def validate_fold(run: str, fold: int, tta: str = "none", overlap: float = 0.5, echo=print) -> tuple[list, list]:
+def validate_fold(run: TrainedRun, fold: int, tta: str = "none", overlap: float = 0.5,
+                  echo=print) -> tuple[list, list]:
     """Score a fold's model on its validation patients; keep the predictions for choosing post-processing."""
-    lineage = _read_json(storage.join(run, training.LINEAGE))
-    predictor = prediction.load_predictor(storage.join(run, prediction.MODEL_FILE), postprocessing="none")
+    predictor = predictor_lib.load_predictor(run.model_file, postprocessing="none")
     if predictor.data_dir is None:
-        raise FileNotFoundError(f"the dataset of {run} ({lineage['data_dir']}) is not reachable from here")
-    out = storage.join(run, VALIDATION)
+        raise FileNotFoundError(f"the dataset of {run.run_dir} ({run.lineage.data_dir}) is not reachable from here")
+    out = run.validation_dir
+    _, patients = run.validation()
 
     def keep(record, pred, truth):
         storage.write_bytes(storage.join(out, f"{record.patient_id}.npz"),
                             _npz_bytes(prediction=pred.astype(np.uint8), truth=truth.astype(np.uint8)))
 
-    echo(f"Fold {fold}: scoring {run} on its {len(lineage['val_patients'])} validation patient(s)")
+    echo(f"Fold {fold}: scoring {run.run_dir} on its {len(patients)} validation patient(s)")
     rows, failures = scoring.score_model(predictor, predictor.data_dir, "train", tta=tta, overlap=overlap,
-                                            echo=echo, patients=lineage["val_patients"], keep=keep)
+                                            echo=echo, patients=patients, keep=keep)
     rows = [{"fold": fold, **row} for row in rows]
-    scoring.write_report(rows, failures, out, {"model": run, "fold": fold, "tta": tta}, predictor.challenge)
+    scoring.write_report(rows, failures, out, {"model": run.run_dir, "fold": fold, "tta": tta}, predictor.challenge)
     return rows, failures
 
 
@@ -155,18 +149,18 @@ def summarize(workdir: str, tta: str = "none", overlap: float = 0.5, choose_post
         fold_rows, fold_failures = validate_fold(runs[k], k, tta, overlap, echo)
         rows += fold_rows
         failures += [{**f, "fold": k} for f in fold_failures]
-    lineage = _read_json(storage.join(runs[0], training.LINEAGE))
-    challenge = challenges.get(lineage["challenge"])
+    lineage = runs[0].lineage
+    challenge = challenges.get(lineage.challenge)
     table = fold_table(rows, tuple(challenge.regions), range(count))
-    out = storage.join(workdir, SUMMARY_DIR)
-    about = {"workdir": workdir, "folds": count, "version_id": lineage["version_id"], "data_dir": lineage["data_dir"],
+    out = storage.join(workdir, trained_run.CROSS_VALIDATION_DIR)
+    about = {"workdir": workdir, "folds": count, "version_id": lineage.version_id, "data_dir": lineage.data_dir,
              "tta": tta, "split": "train (each fold's validation patients)", **table}
     scoring.write_report(rows, failures, out, about, challenge)
     choice = None
     if choose_postprocessing and rows:
-        cases = _Cases([storage.join(runs[row["fold"]], VALIDATION, f"{row['patient']}.npz") for row in rows])
+        cases = _Cases([storage.join(runs[row["fold"]].validation_dir, f"{row['patient']}.npz") for row in rows])
         choice = postprocessing.choose(cases, challenge)
-        postprocessing.save(storage.join(workdir, postprocessing.FILE_NAME), choice)
+        postprocessing.save(storage.join(workdir, trained_run.POSTPROCESSING_FILE), choice)
     return Summary(table, rows, failures, out, choice)
 
 
@@ -180,5 +174,6 @@ def format_summary(summary: Summary) -> str:
         rules = ", ".join(json.dumps(r, sort_keys=True) for r in choice.rules) or "none (no rule improved)"
         lines.append(f"Post-processing: {rules}; mean validation Dice {choice.mean_dice_before:.4f} -> "
                      f"{choice.mean_dice_after:.4f}")
-    lines.append(f"Reports: {summary.output_dir}/ (scores.csv, summary.json); per fold: fold_<k>/{VALIDATION}/")
+    lines.append(f"Reports: {summary.output_dir}/ (scores.csv, summary.json); per fold: "
+                 f"{trained_run.FOLD_PREFIX}<k>/{trained_run.VALIDATION_DIR}/")
     return "\n".join(lines)

@@ -29,7 +29,8 @@ from shared import cli, console
 from evaluation import schemes
 from shared import challenges
 from evaluation import scoring
-from serving import inference, prediction
+from serving import inference, predictor as predictor_lib
+from serving.models import ModelError
 
 _MODEL = flags.DEFINE_multi_string(
     "model", None, "Trained model (.keras), run folder or cross-validation workdir (all its folds) to evaluate "
@@ -72,8 +73,8 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Where the reports go (default
 
 def _by_model():
     models = _MODEL.value[0] if len(_MODEL.value) == 1 else list(_MODEL.value)
-    settings = prediction.inference_settings(models, _WINDOW.value, _TTA.value)
-    predictor = prediction.load_predictor(models, _DATA_DIR.value, settings.window,
+    settings = predictor_lib.inference_settings(models, _WINDOW.value, _TTA.value)
+    predictor = predictor_lib.load_predictor(models, _DATA_DIR.value, settings.window,
                                           postprocessing=_POSTPROCESSING.value)
     data_dir = predictor.data_dir
     if data_dir is None:
@@ -117,7 +118,7 @@ def main(argv):
         raise app.UsageError("--pred_dir needs --truth_dir")
     try:
         rows, failures, output, about, challenge = _by_model() if _MODEL.value else _by_folders()
-    except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
+    except (FileNotFoundError, ValueError, ModelError) as exc:
         cli.fail(exc)
     report = scoring.write_report(rows, failures, output, about, challenge, _SCHEME.value)
     print(scoring.format_report(report))

@@ -9,7 +9,7 @@ in the train config) each candidate window x TTA is run over the run's
 validation patients, and ``inference.json`` beside ``lineage.json`` records
 every candidate's scores and the best.  ``serving.predict``, ``evaluation.evaluate
 --model`` and the app use it when not told otherwise
-(:func:`serving.prediction.inference_settings`).
+(:func:`serving.predictor.inference_settings`).
 
 Scored on the records' cropped grid (:func:`evaluation.scoring.score_model`'s
 path: no raw scans, no N4, cheap), by the mean over patients of each
@@ -20,34 +20,26 @@ ranks by.  A tie goes to the cheaper candidate (listed first).
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 
-from shared import metrics, storage
+from shared import metrics, trained_run
+from shared.trained_run import TrainedRun
 from evaluation import scoring
-from serving import inference, prediction
+from serving import inference, prediction, predictor as predictor_lib
 
 WINDOWS = ("patch", "volume")
 TTA_MODES = ("none", "all")
 METRIC = "mean over validation patients of each patient's mean Dice over {regions} (cropped grid)"
 
 
-def _validation_of(run_dir: str) -> tuple[str, list[str] | None]:
-    """The split and patients the run validated on: the manifest's val split, or its fold's patients."""
-    lineage = json.loads(storage.read_bytes(storage.join(run_dir, prediction.LINEAGE)))
-    if lineage.get("fold") is not None:
-        return "train", list(lineage.get("val_patients") or [])
-    return "val", None
-
-
-def _windows(predictor: prediction.Predictor, run_dir: str, windows: Sequence[str]) -> dict[str, tuple]:
+def _windows(predictor: predictor_lib.Predictor, run: TrainedRun, windows: Sequence[str]) -> dict[str, tuple]:
     """Window name -> size; a window the same size as an earlier one is left out (patch = crop)."""
     sizes: dict[str, tuple] = {}
     for name in windows:
-        size = prediction.window_size(name, run_dir, predictor.preprocess_cfg)
+        size = predictor_lib.window_size(name, run.patch_size, predictor.preprocess_cfg)
         if size not in sizes.values():
             sizes[name] = size
     return sizes
@@ -55,19 +47,19 @@ def _windows(predictor: prediction.Predictor, run_dir: str, windows: Sequence[st
 
 def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequence[str] = TTA_MODES,
            overlap: float = 0.5, data_dir: str | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Score every window x TTA on the run's validation patients; the record :func:`write` saves.
+    """Score every window x TTA on the run's validation patients; the record :func:`shared.trained_run.write_inference` saves.
 
     FileNotFoundError when the run has no lineage.json or validation
     patients, or its dataset is not reachable.
     """
-    run_dir = prediction.find_run_dir(model_path)
-    if run_dir is None:
-        raise FileNotFoundError(f"no lineage.json beside {model_path}: not a training run")
-    predictor = prediction.load_predictor(model_path, data_dir, postprocessing="auto")
+    run = trained_run.run_of_model(model_path)
+    if run is None:
+        raise FileNotFoundError(f"no {trained_run.LINEAGE_FILE} beside {model_path}: not a training run")
+    predictor = predictor_lib.load_predictor(model_path, data_dir, postprocessing="auto")
     if predictor.data_dir is None:
         raise FileNotFoundError(f"the dataset {model_path} was trained on is not reachable: pass its directory")
-    split, patients = _validation_of(run_dir)
-    sizes = _windows(predictor, run_dir, windows)
+    split, patients = run.validation()
+    sizes = _windows(predictor, run, windows)
     candidates = list(itertools.product(sizes, tta_modes))
     regions = metrics.ranked_regions(predictor.challenge)
     per_patient: dict[tuple[str, str], list[dict]] = {c: [] for c in candidates}
@@ -107,17 +99,10 @@ def format_choice(scored: list[dict], best: dict) -> str:
     return "\n".join(lines)
 
 
-def write(run_dir: str, choice: dict) -> str:
-    """``inference.json`` beside the run's lineage.json; returns its path."""
-    path = storage.join(run_dir, prediction.INFERENCE_CHOICE)
-    storage.write_bytes(path, (json.dumps(choice, indent=2, sort_keys=True) + "\n").encode())
-    return path
-
-
 def choose_and_write(model_path: str, echo: Callable[[str], None] = print, **kwargs) -> tuple[str, dict]:
     """:func:`choose` for the model, written into its run folder; returns (path, choice)."""
     choice = choose(model_path, echo=echo, **kwargs)
-    return write(prediction.find_run_dir(model_path), choice), choice
+    return trained_run.write_inference(trained_run.find_run_dir(model_path), choice), choice
 
 
 def after_training(cfg: dict, model_path: str, echo: Callable[[str], None] = print) -> dict | None:

@@ -41,7 +41,8 @@ from shared import challenges, geometry, labels, layouts, manifest as manifest_l
 from shared.nifti_io import load_array, parse_nifti
 from shared import storage
 from shared.storage import read_bytes, write_bytes
-from serving import inference, prediction
+from serving import inference, prediction, predictor as predictor_lib
+from serving.inputs import source_from_folder
 
 SCORES, LESIONS, SUMMARY, ERRORS = "scores.csv", "lesions.csv", "summary.json", failures_lib.ERRORS_NAME
 # Key under which a patient's row carries its per-lesion records until write_report splits them off.
@@ -85,7 +86,7 @@ def score_patient(patient: str, pred: np.ndarray, truth: np.ndarray, challenge: 
             **found.row(), LESIONS_KEY: found.lesion_rows(patient)}
 
 
-def score_model(predictor: prediction.Predictor, data_dir: str, split: str, tta: str = "none",
+def score_model(predictor: predictor_lib.Predictor, data_dir: str, split: str, tta: str = "none",
                 overlap: float = 0.5, echo: Callable[[str], None] = print,
                 scheme: str | None = None, patients=None,
                 keep: Callable[[schema.PatientRecord, np.ndarray, np.ndarray], None] | None = None,
@@ -289,7 +290,7 @@ def split_patients(data_dir: str, split: str, patients=None) -> list[str]:
     return [p for p in found["splits"][split]["patients"] if wanted is None or p in wanted]
 
 
-def score_model_in_source_space(predictor: prediction.Predictor, data_dir: str, split: str, inputs: list[str],
+def score_model_in_source_space(predictor: predictor_lib.Predictor, data_dir: str, split: str, inputs: list[str],
                                 tta: str = "none", overlap: float = 0.5, echo: Callable[[str], None] = print,
                                 scheme: str | None = None, patients=None) -> tuple[list[dict], list[dict]]:
     """Per-patient scores of a model (or ensemble) on a split, each patient predicted from its raw scans.
@@ -316,7 +317,7 @@ def score_model_in_source_space(predictor: prediction.Predictor, data_dir: str, 
             continue
         start = time.perf_counter()
         try:
-            source, convention = prediction.source_from_folder(posixpath.dirname(truth_path), predictor)
+            source, convention = source_from_folder(posixpath.dirname(truth_path), predictor)
             _check_numbering(convention, layout)
             pred = prediction.predict_patient(predictor, source, convention, tta, overlap)
             # the labels as the written segmentation holds them, read back as --pred_dir reads them

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from shared import failures as failures_lib
 from shared.beam_runners import runner_aliases
 from shared.storage import write_bytes
-from serving import prediction
+from serving import inputs, outputs, prediction, predictor as predictor_lib
 
 ERRORS = failures_lib.ERRORS_NAME
 SUMMARY = "summary.json"
@@ -41,8 +41,8 @@ class Options:
     save_probabilities: bool = False  # also <id>.npz: the (ensemble's) softmax, float16, before post-processing
     postprocessing: str | None = "auto"  # "auto": the models' postprocessing.json if any; "none"; or a path
 
-    def load(self, with_model: bool = True) -> prediction.Predictor:
-        return prediction.load_predictor(self.model_path, self.data_dir, self.window, with_model,
+    def load(self, with_model: bool = True) -> predictor_lib.Predictor:
+        return predictor_lib.load_predictor(self.model_path, self.data_dir, self.window, with_model,
                                          postprocessing=self.postprocessing)
 
 
@@ -67,17 +67,17 @@ def _outcome(pred: prediction.Prediction, paths: dict) -> dict:
 
 
 def predict_local(options: Options, folders: list[str], echo: Callable[[str], None] = print,
-                  predictor: prediction.Predictor | None = None) -> Summary:
+                  predictor: predictor_lib.Predictor | None = None) -> Summary:
     """One patient after another in this process (the default; fine for a few dozen)."""
     start = time.time()
     predictor = predictor or options.load()
     done, failures = [], []
     for n, folder in enumerate(folders, 1):
         try:
-            source, convention = prediction.source_from_folder(folder, predictor)
+            source, convention = inputs.source_from_folder(folder, predictor)
             pred = prediction.predict_patient(predictor, source, convention, options.tta, options.overlap,
                                               probabilities=options.save_probabilities)
-            paths = prediction.write_outputs(pred, options.output_dir, predictor, options.pictures)
+            paths = outputs.write_outputs(pred, options.output_dir, predictor, options.pictures)
         except prediction.PATIENT_INPUT_ERRORS as exc:  # a bad patient is reported; a bug stops the run
             failure = _failure(folder, exc)
             failures.append(failure)
@@ -124,10 +124,10 @@ class _Failed:
     failure: dict
 
 
-_LOADED: dict[tuple[str, bool], prediction.Predictor] = {}  # per worker process
+_LOADED: dict[tuple[str, bool], predictor_lib.Predictor] = {}  # per worker process
 
 
-def _loaded(options: Options, with_model: bool) -> prediction.Predictor:
+def _loaded(options: Options, with_model: bool) -> predictor_lib.Predictor:
     """``options.load(with_model)``, once per worker process: the model for Segment, the run's
     preprocessing and provenance (no model) for Preprocess and Write.  A process-wide cache, since a
     Dask worker sets a step up again for every partition (every patient with ``--dask_partition_size=1``)."""
@@ -165,7 +165,7 @@ def _prepare_fn(options: Options):
     def prepare(folder: str):
         predictor = _loaded(options, with_model=False)  # its preprocessing only; the network runs in Segment
         try:
-            source, convention = prediction.source_from_folder(folder, predictor)
+            source, convention = inputs.source_from_folder(folder, predictor)
             return prediction.prepare(predictor, source, convention, threads=1)  # Beam: a patient per core
         except prediction.PATIENT_INPUT_ERRORS as exc:
             return _Failed(_failure(folder, exc))
@@ -186,7 +186,7 @@ def _finish_fn(options: Options):
         provenance = _loaded(options, with_model=False)
         try:
             pred = prediction.finish(item, classes, display=options.pictures, probabilities=probs, softmax=softmax)
-            paths = prediction.write_outputs(pred, options.output_dir, provenance, options.pictures)
+            paths = outputs.write_outputs(pred, options.output_dir, provenance, options.pictures)
         except prediction.PATIENT_INPUT_ERRORS as exc:
             return "failed", _failure(item.source.patient_id, exc)
         return "ok", _outcome(pred, paths)

@@ -26,7 +26,8 @@ import sys
 from absl import app, flags
 
 from shared import cli, console
-from serving import batch_predict, inference, prediction
+from serving import batch_predict, inference, inputs, predictor as predictor_lib
+from serving.models import ModelError
 
 _MODEL = flags.DEFINE_multi_string(
     "model", None, "Trained model (.keras) in its training workdir (lineage.json beside it), a run folder, or a "
@@ -60,16 +61,16 @@ flags.mark_flags_as_required(["model", "input", "output_dir"])
 def main(argv):
     console.configure_logging()
     model_path = _MODEL.value[0] if len(_MODEL.value) == 1 else tuple(_MODEL.value)
-    settings = prediction.inference_settings(model_path, _WINDOW.value, _TTA.value)
+    settings = predictor_lib.inference_settings(model_path, _WINDOW.value, _TTA.value)
     options = batch_predict.Options(
         model_path=model_path,
         output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value, window=settings.window,
         tta=settings.tta, overlap=_OVERLAP.value, pictures=_PICTURES.value,
         save_probabilities=_SAVE_PROBABILITIES.value, postprocessing=_POSTPROCESSING.value)
     try:
-        folders = prediction.resolve_inputs(_INPUT.value)
+        folders = inputs.resolve_inputs(_INPUT.value)
         predictor = options.load()
-    except (FileNotFoundError, ValueError, prediction.ModelError) as exc:
+    except (FileNotFoundError, ValueError, ModelError) as exc:
         cli.fail(exc)
     models = (options.model_path if len(predictor.model_paths) < 2
               else f"an ensemble of {len(predictor.model_paths)} models ({', '.join(predictor.model_paths)})")

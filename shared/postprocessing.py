@@ -1,7 +1,8 @@
 """Post-processing of predicted class volumes, chosen on cross-validation folds as nnU-Net does.
 
 Two kinds of rule, each a small JSON-able dict so a run can store the ones
-it chose (``postprocessing.json``) and prediction can repeat them:
+it chose (``postprocessing.json``, :data:`shared.trained_run.POSTPROCESSING_FILE`) and prediction
+can repeat them:
 
 * ``{"rule": "et_to_core", "max_voxels": N}``: a prediction whose enhancing
   tumour has fewer than N voxels has its ET relabelled as the non-enhancing /
@@ -38,7 +39,6 @@ from scipy import ndimage
 from shared import challenges as challenges_lib
 from shared.challenges import Challenge
 
-FILE_NAME = "postprocessing.json"
 RULES = ("et_to_core", "keep_largest", "drop_small")
 CORE_KEYS = ("NCR", "NETC")  # labels ET is relabelled to
 ET_THRESHOLDS = (50, 100, 200, 300, 500, 750, 1000)  # voxels; nnU-Net's BraTS submissions used 500 at 1 mm

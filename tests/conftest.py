@@ -51,14 +51,17 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def stub_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
-    """A run folder holding the stub as model.keras, trained 'on' the tiny dataset (its lineage); never modify it."""
-    import json
+    """A run folder holding the stub as model.keras, trained 'on' the tiny dataset (its lineage); never modify it.
+
+    Written through the run contract (tests/serving/test_trained_run.py
+    checks that a run folder written by hand, as earlier trainers did, loads too).
+    """
+    from shared import manifest as manifest_lib, trained_run
 
     run = tmp_path_factory.mktemp("stub_run")
-    manifest = json.loads(pathlib.Path(tiny_dataset.dataset_dir, "manifest.json").read_text())
-    (run / "lineage.json").write_text(json.dumps({"data_dir": str(tiny_dataset.dataset_dir),
-                                                  "version_id": manifest["version_id"],
-                                                  "preprocess": manifest["config"]}))
-    (run / "config.json").write_text(json.dumps({"patch_size": [16, 16, 16]}))
-    build_stub_model().save(run / "model.keras")
-    return run / "model.keras"
+    manifest = manifest_lib.read_manifest(str(tiny_dataset.dataset_dir))
+    trained_run.write_lineage(str(run), trained_run.Lineage(
+        version_id=manifest["version_id"], data_dir=str(tiny_dataset.dataset_dir), preprocess=manifest["config"]))
+    trained_run.write_config(str(run), {"patch_size": [16, 16, 16]})
+    build_stub_model().save(trained_run.model_file(str(run)))
+    return pathlib.Path(trained_run.model_file(str(run)))

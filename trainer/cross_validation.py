@@ -13,14 +13,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from shared import storage
+from shared import trained_run
 from trainer import data, training
-
-FOLD_PREFIX = "fold_"
-
-
-def fold_dir(workdir: str, fold: int) -> str:
-    return storage.join(workdir, f"{FOLD_PREFIX}{fold}")
 
 
 def count_folds(cfg) -> int:
@@ -50,7 +44,7 @@ def train_folds(cfg, workdir: str, folds=None, echo=print,
     for k in folds:
         fold_cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         fold_cfg["fold"] = k
-        echo(f"== fold {k} of {count} -> {fold_dir(workdir, k)}")
-        outcomes.append(training.train_and_evaluate(fold_cfg, fold_dir(workdir, k), echo=echo,
+        echo(f"== fold {k} of {count} -> {trained_run.fold_dir(workdir, k)}")
+        outcomes.append(training.train_and_evaluate(fold_cfg, trained_run.fold_dir(workdir, k), echo=echo,
                                                     after_training=after_training))
     return outcomes

@@ -9,7 +9,6 @@ first step, so a bad launch fails in seconds, not after an epoch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -18,10 +17,9 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from shared import challenges, manifest as manifest_lib
+from shared import challenges, manifest as manifest_lib, trained_run
+from shared.trained_run import Lineage
 from trainer import augment as augment_lib, data, losses, model as model_lib, resume, runtime, targets
-
-LINEAGE = "lineage.json"
 
 
 class LaunchError(Exception):
@@ -40,37 +38,32 @@ class Outcome:
     inference_choice: dict | None = None  # inference.json: the best window and TTA on the validation split
 
 
-def _check_lineage(workdir: str, info: data.DatasetInfo, cfg: dict) -> dict:
-    """Record which data this run trains on; refuse to resume onto other data."""
+def _check_lineage(workdir: str, info: data.DatasetInfo, cfg: dict) -> Lineage:
+    """Record which data this run trains on; refuse to resume onto other data.
+
+    The lineage keeps copies of the manifest's preprocessing config and scan
+    geometry, so prediction can repeat the preprocessing (and check scans
+    against the training geometry) where the dataset is not reachable.
+    """
     data_dir = info.data_dir if "://" in info.data_dir else os.path.abspath(info.data_dir)
     found = manifest_lib.read_manifest(info.data_dir)
-    lineage = {"data_dir": data_dir, "version_id": info.version_id, "manifest_sha256": info.manifest_sha256,
-               "channels": list(info.channels), "num_train": info.num_train, "num_val": info.num_val,
-               # the label numbering predictions are written in, and the app's legend
-               "challenge": info.challenge, "label_convention": challenges.get(info.challenge).label_convention,
-               "num_classes": info.num_classes,
-               "target": cfg.get("target", "classes"),  # regions: sigmoid outputs, decoded by shared/regions.py
-               # copies, so prediction can repeat the preprocessing (and check scans against the
-               # training geometry) where the dataset is not reachable
-               "preprocess": found["config"], "geometry": found.get("geometry"),
-               # cross-validation: which fold validated (None: the manifest's val split), and on whom
-               "fold": info.fold, "num_folds": data.num_folds(info) if info.fold is not None else None,
-               "val_patients": list(info.val_patients) if info.fold is not None else None}
-    path = os.path.join(workdir, LINEAGE)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            old = json.load(f)
-        if (old["version_id"], old["manifest_sha256"]) != (info.version_id, info.manifest_sha256):
-            raise LaunchError(f"{workdir} was trained on dataset version {old['version_id']}, not "
+    folded = info.fold is not None
+    lineage = Lineage(
+        data_dir=data_dir, version_id=info.version_id, manifest_sha256=info.manifest_sha256,
+        channels=tuple(info.channels), num_train=info.num_train, num_val=info.num_val,
+        challenge=info.challenge, label_convention=challenges.get(info.challenge).label_convention,
+        num_classes=info.num_classes, target=cfg.get("target", "classes"),
+        preprocess=found["config"], geometry=found.get("geometry"),
+        fold=info.fold, num_folds=data.num_folds(info) if folded else None,
+        val_patients=tuple(info.val_patients) if folded else None)
+    old = trained_run.read_lineage(workdir)
+    if old is not None:
+        if (old.version_id, old.manifest_sha256) != (info.version_id, info.manifest_sha256):
+            raise LaunchError(f"{workdir} was trained on dataset version {old.version_id}, not "
                               f"{info.version_id}: use a new --workdir")
-        if old.get("fold") != info.fold:
-            raise LaunchError(f"{workdir} trained fold {old.get('fold')}, not fold {info.fold}: use a new --workdir")
+        if old.fold != info.fold:
+            raise LaunchError(f"{workdir} trained fold {old.fold}, not fold {info.fold}: use a new --workdir")
     return lineage
-
-
-def _write_json(path: str, value) -> None:
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def prepare(cfg, workdir: str):
@@ -165,7 +158,7 @@ class EpochScalars(keras.callbacks.Callback):
 
 def _scratch(workdir: str, chief: bool) -> str:
     """Where this task writes: the workdir for the chief, a folder of its own for other workers."""
-    return workdir if chief else os.path.join(workdir, f"worker_{runtime.task_index()}")
+    return workdir if chief else trained_run.worker_dir(workdir, runtime.task_index())
 
 
 def _callbacks(cfg, scratch: str, state: resume.RunState, echo, extra=()):
@@ -173,18 +166,20 @@ def _callbacks(cfg, scratch: str, state: resume.RunState, echo, extra=()):
     checkpoint = stopping = None
     cbs = []
     if cfg["num_val_patients"]:
-        checkpoint = resume.BestCheckpoint(os.path.join(scratch, "checkpoints", "best.keras"), state.best)
+        checkpoint = resume.BestCheckpoint(
+            trained_run.join(scratch, trained_run.CHECKPOINTS_DIR, trained_run.BEST_CHECKPOINT), state.best)
         cbs.append(checkpoint)
         if cfg["early_stopping_patience"]:
             stopping = resume.ResumableEarlyStopping(cfg["early_stopping_patience"], state)
             cbs.append(stopping)
     cbs += [
-        keras.callbacks.CSVLogger(os.path.join(scratch, "history.csv"), append=True),
-        EpochScalars(os.path.join(scratch, "tensorboard")),
+        keras.callbacks.CSVLogger(trained_run.join(scratch, trained_run.HISTORY_FILE), append=True),
+        EpochScalars(trained_run.join(scratch, trained_run.TENSORBOARD_DIR)),
         EpochSummary(cfg["epochs"], challenges.get(cfg["challenge"]).regions, echo),
         *extra,
     ]
-    return cbs + [resume.ResumableBackup(os.path.join(scratch, "backup"), state, checkpoint, stopping)]
+    return cbs + [resume.ResumableBackup(trained_run.join(scratch, trained_run.BACKUP_DIR), state, checkpoint,
+                                         stopping)]
 
 
 def _resume_point(cfg, workdir: str, scratch: str, echo) -> resume.RunState | None:
@@ -193,17 +188,18 @@ def _resume_point(cfg, workdir: str, scratch: str, echo) -> resume.RunState | No
     A workdir with a final model but no backup (trained before backups were
     kept, or the backup deleted) counts as finished: it cannot be continued.
     """
-    state = resume.read_state(os.path.join(scratch, "backup"))
-    finished = state.finished if state else tf.io.gfile.exists(os.path.join(workdir, "model.keras"))
+    state = resume.read_state(trained_run.join(scratch, trained_run.BACKUP_DIR))
+    finished = state.finished if state else tf.io.gfile.exists(trained_run.model_file(workdir))
     if not finished:
         return (state or resume.RunState()).on_monitor()
     done = state.epoch if state else "all its"
     if not cfg["continue_training"]:
-        echo(f"{workdir} has finished training ({done} epoch(s)); its model is {os.path.join(workdir, 'model.keras')}. "
+        echo(f"{workdir} has finished training ({done} epoch(s)); its model is {trained_run.model_file(workdir)}. "
              "Nothing to do. To train on, pass --config.continue_training=true (and a larger --config.epochs).")
         return None
     if state is None:
-        raise LaunchError(f"{workdir} holds a final model but no backup/ to continue from: use a new --workdir")
+        raise LaunchError(f"{workdir} holds a final model but no {trained_run.BACKUP_DIR}/ to continue from: "
+                          "use a new --workdir")
     if cfg["epochs"] <= state.epoch:
         raise LaunchError(f"{workdir} has already trained {state.epoch} epoch(s): to continue, raise "
                           f"--config.epochs above {state.epoch}")
@@ -242,14 +238,13 @@ def _save_final(net, workdir: str, chief: bool) -> str:
     collective ops, so a chief saving alone waits forever for the others.
     Non-chief workers save into their scratch folder and delete it afterwards.
     """
-    target = workdir if chief else os.path.join(workdir, f"worker_{runtime.task_index()}", "final")
+    target = workdir if chief else trained_run.join(trained_run.worker_dir(workdir, runtime.task_index()), "final")
     tf.io.gfile.makedirs(target)
-    model_path = os.path.join(target, "model.keras")
-    net.save(model_path)
-    net.export(os.path.join(target, "saved_model"), verbose=False)
+    net.save(trained_run.model_file(target))
+    net.export(trained_run.join(target, trained_run.SAVED_MODEL_DIR), verbose=False)
     if not chief:
         tf.io.gfile.rmtree(target)
-    return os.path.join(workdir, "model.keras")
+    return trained_run.model_file(workdir)
 
 
 def _verbosity(chief: bool) -> int:
@@ -284,8 +279,8 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
     if state is None:
         return _finished_outcome(workdir)
     if chief:
-        _write_json(os.path.join(workdir, LINEAGE), lineage)
-        _write_json(os.path.join(workdir, "config.json"), cfg)
+        trained_run.write_lineage(workdir, lineage)
+        trained_run.write_config(workdir, cfg)
     keras.utils.set_random_seed(cfg["seed"])
     if cfg["deterministic"]:
         tf.config.experimental.enable_op_determinism()
@@ -314,27 +309,24 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
                                      jit_compile=cfg["jit_compile"])
     cfg["num_val_patients"] = info.num_val
     cfg["challenge"] = info.challenge
-    resume.trim_history(os.path.join(scratch, "history.csv"), state.epoch)
+    resume.trim_history(trained_run.join(scratch, trained_run.HISTORY_FILE), state.epoch)
     history = net.fit(train_ds, epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
                       validation_data=val_ds, validation_freq=cfg["val_every"], verbose=_verbosity(chief),
                       callbacks=_callbacks(cfg, scratch, state, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = _save_final(net, workdir, chief)
     choice = after_training(cfg, model_path, echo) if after_training and chief and info.num_val else None
-    resume.mark_finished(os.path.join(scratch, "backup"))
+    resume.mark_finished(trained_run.join(scratch, trained_run.BACKUP_DIR))
     last = {k: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")}
     return Outcome(workdir=workdir, policy=policy, epochs_run=len(history.history.get("loss", [])),
-                   val_metrics=last, history_csv=os.path.join(workdir, "history.csv"), model_path=model_path,
+                   val_metrics=last, history_csv=trained_run.join(workdir, trained_run.HISTORY_FILE),
+                   model_path=model_path,
                    inference_choice=choice)
 
 
 def _finished_outcome(workdir: str) -> Outcome:
-    state = resume.read_state(os.path.join(workdir, "backup"))
-    config = os.path.join(workdir, "config.json")
-    policy = ""
-    if tf.io.gfile.exists(config):
-        with tf.io.gfile.GFile(config) as f:
-            policy = json.load(f).get("precision", "")
-    return Outcome(workdir=workdir, policy=policy, epochs_run=0, val_metrics=dict(state.last_val) if state else {},
-                   history_csv=os.path.join(workdir, "history.csv"), model_path=os.path.join(workdir, "model.keras"),
-                   already_finished=True)
+    state = resume.read_state(trained_run.join(workdir, trained_run.BACKUP_DIR))
+    return Outcome(workdir=workdir, policy=trained_run.recorded_precision(workdir), epochs_run=0,
+                   val_metrics=dict(state.last_val) if state else {},
+                   history_csv=trained_run.join(workdir, trained_run.HISTORY_FILE),
+                   model_path=trained_run.model_file(workdir), already_finished=True)

@@ -204,9 +204,9 @@ def test_progress_bar_moves_forward():
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model):
-    from serving import prediction
+    from serving import predictor as predictor_lib
 
-    return prediction.load_predictor(str(tiny_model))
+    return predictor_lib.load_predictor(str(tiny_model))
 
 
 def _cohort_uploads(tiny_cohort, pid="BraTS20_Training_002") -> list[Upload]:
@@ -288,7 +288,7 @@ def gli2024_predictor(tmp_path):
     from configs.preprocess import challenge as challenge_config
     from preprocessing.discovery import PatientSource
     from preprocessing.patient import preprocess
-    from serving import prediction
+    from serving import predictor as predictor_lib
 
     cfg = challenge_config.get_config("brats2024_gli").to_dict()
     cfg.update(n4=dict(cfg["n4"], enabled=False), min_brain_voxels=200,
@@ -305,7 +305,7 @@ def gli2024_predictor(tmp_path):
     record = preprocess(PatientSource(session.EXAMPLE_ID, "HGG", files, {}), cfg).record
     stub = _Truthful(np.argmax(record.mask, axis=-1), 5, 4)
 
-    class StubPredictor(prediction.Predictor):
+    class StubPredictor(predictor_lib.Predictor):
         def predict_fn(self):
             return stub
 

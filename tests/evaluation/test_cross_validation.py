@@ -118,9 +118,9 @@ def test_two_fold_cross_validation_writes_folds_summary_and_postprocessing(folde
     assert f"{table['mean_over_folds']['dice_WT']:.3f}" in printed.splitlines()[-4]  # the "mean" row
 
     # the workdir as --model: both folds, with the chosen post-processing
-    from serving import prediction
+    from serving import predictor as predictor_lib
 
-    predictor = prediction.load_predictor(str(workdir))
+    predictor = predictor_lib.load_predictor(str(workdir))
     assert predictor.model_paths == (str(workdir / "fold_0" / "model.keras"), str(workdir / "fold_1" / "model.keras"))
     assert len(predictor.members) == 2
     assert predictor.postprocessing_path == str(workdir / "postprocessing.json")
@@ -150,13 +150,13 @@ def two_runs(stub_model, tmp_path_factory):
 
 
 def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(two_runs, tiny_cohort):
-    from serving import prediction
+    from serving import inputs, prediction, predictor as predictor_lib
 
-    one = prediction.load_predictor(str(two_runs[0]))
-    two = prediction.load_predictor(str(two_runs[1]))
-    both = prediction.load_predictor([str(p) for p in two_runs])
+    one = predictor_lib.load_predictor(str(two_runs[0]))
+    two = predictor_lib.load_predictor(str(two_runs[1]))
+    both = predictor_lib.load_predictor([str(p) for p in two_runs])
     assert len(both.members) == 2 and both.model_paths == tuple(str(p) for p in two_runs)
-    source, convention = prediction.source_from_folder(str(sorted(tiny_cohort.iterdir())[0]), one)
+    source, convention = inputs.source_from_folder(str(sorted(tiny_cohort.iterdir())[0]), one)
     prepared = prediction.prepare(one, source, convention)
     p1, p2 = (prediction.infer_probabilities(p, prepared, tta="axes") for p in (one, two))
     assert np.abs(p1 - p2).max() > 0.1, "the members must disagree for the test to mean anything"
@@ -206,7 +206,7 @@ def _edit_lineage(run, **changes):
     ({"version_id": "0123456789abcdef"}, "dataset version 0123456789abcdef"),
 ])
 def test_models_with_different_preprocessing_are_not_ensembled(two_runs, tmp_path, change, message):
-    from serving import prediction
+    from serving import models, predictor as predictor_lib
 
     other = tmp_path / "other"
     shutil.copytree(two_runs[1].parent, other)
@@ -215,19 +215,19 @@ def test_models_with_different_preprocessing_are_not_ensembled(two_runs, tmp_pat
     same = tmp_path / "same"
     shutil.copytree(two_runs[0].parent, same)
     _edit_lineage(same, data_dir=str(tmp_path / "gone"))
-    with pytest.raises(prediction.ModelError, match=message):
-        prediction.load_predictor([str(same / "model.keras"), str(other / "model.keras")])
+    with pytest.raises(models.ModelError, match=message):
+        predictor_lib.load_predictor([str(same / "model.keras"), str(other / "model.keras")])
 
 
 def test_a_folder_that_is_neither_run_nor_cross_validation_is_refused(tmp_path):
-    from serving import prediction
+    from serving import models, predictor as predictor_lib
 
-    with pytest.raises(prediction.ModelError, match="neither model.keras nor fold_<k>/model.keras"):
-        prediction.load_predictor(str(tmp_path))
+    with pytest.raises(models.ModelError, match="neither model.keras nor fold_<k>/model.keras"):
+        predictor_lib.load_predictor(str(tmp_path))
 
 
 def test_prediction_applies_the_postprocessing_of_a_cross_validation_workdir(two_runs, tiny_cohort, tmp_path):
-    from serving import prediction
+    from serving import inputs, prediction, predictor as predictor_lib
 
     cv = tmp_path / "cv"
     for k, model in enumerate(two_runs):
@@ -235,10 +235,10 @@ def test_prediction_applies_the_postprocessing_of_a_cross_validation_workdir(two
     # every enhancing tumour becomes core
     (cv / "postprocessing.json").write_text(json.dumps(
         {"challenge": "brats2020", "rules": [{"rule": "et_to_core", "max_voxels": 10 ** 9}]}))
-    with_rules = prediction.load_predictor(str(cv))
-    without = prediction.load_predictor(str(cv), postprocessing="none")
+    with_rules = predictor_lib.load_predictor(str(cv))
+    without = predictor_lib.load_predictor(str(cv), postprocessing="none")
     assert with_rules.postprocessing == ({"rule": "et_to_core", "max_voxels": 10 ** 9},)
-    source, convention = prediction.source_from_folder(str(sorted(tiny_cohort.iterdir())[0]), with_rules)
+    source, convention = inputs.source_from_folder(str(sorted(tiny_cohort.iterdir())[0]), with_rules)
     prepared = prediction.prepare(with_rules, source, convention)
     raw = prediction.infer(without, prepared)
     done = prediction.infer(with_rules, prepared)

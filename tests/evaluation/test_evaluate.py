@@ -15,11 +15,11 @@ import pytest
 from shared import metrics
 from tests.helpers import ROOT
 from evaluation import scoring
-from serving import prediction
+from serving import inputs, outputs, prediction, predictor as predictor_lib
 
 
 def test_model_on_its_validation_split_gives_the_table(tiny_model, tiny_dataset, tmp_path):
-    predictor = prediction.load_predictor(str(tiny_model))
+    predictor = predictor_lib.load_predictor(str(tiny_model))
     rows, failures = scoring.score_model(predictor, tiny_dataset.dataset_dir, "val", echo=lambda *_: None)
     assert not failures and len(rows) == tiny_dataset.patients["val"]
     report = scoring.write_report(rows, failures, str(tmp_path), {"split": "val"}, predictor.challenge)
@@ -63,11 +63,11 @@ def test_a_prediction_of_the_wrong_shape_is_named(tiny_cohort, tmp_path):
 
 def test_prediction_from_raw_files_scores_like_the_record(tiny_model, tiny_cohort, tmp_path):
     """predict (raw NIfTI) -> evaluate --pred_dir equals evaluate --model on the same patient."""
-    predictor = prediction.load_predictor(str(tiny_model))
+    predictor = predictor_lib.load_predictor(str(tiny_model))
     pid = "BraTS20_Training_001"
-    source, convention = prediction.source_from_folder(str(tiny_cohort / pid), predictor)
+    source, convention = inputs.source_from_folder(str(tiny_cohort / pid), predictor)
     pred = prediction.predict_patient(predictor, source, convention)
-    prediction.write_outputs(pred, str(tmp_path / "preds"), predictor, pictures=False)
+    outputs.write_outputs(pred, str(tmp_path / "preds"), predictor, pictures=False)
     rows, _, challenge = scoring.score_folders(str(tmp_path / "preds"), str(tiny_cohort), echo=lambda *_: None)
     truth = nib.load(tiny_cohort / pid / f"{pid}_seg.nii.gz")
     from shared import labels
@@ -119,7 +119,7 @@ def test_evaluate_model_in_source_space_equals_predict_then_evaluate_pred_dir(st
     from serving import batch_predict
 
     cohort, moved = _cohort_with_tumour_outside_the_crop(tiny_cohort, tiny_dataset, tmp_path)
-    predictor = prediction.load_predictor(str(stub_model))
+    predictor = predictor_lib.load_predictor(str(stub_model))
     data_dir = tiny_dataset.dataset_dir
     rows, failures = scoring.score_model_in_source_space(predictor, data_dir, "val", [str(cohort)],
                                                             echo=lambda *_: None)
@@ -145,7 +145,7 @@ def test_a_bug_while_scoring_in_source_space_stops_the_evaluation(stub_model, ti
     def a_bug(*args, **kwargs):
         raise TypeError("'NoneType' object is not subscriptable")
 
-    predictor = prediction.load_predictor(str(stub_model))
+    predictor = predictor_lib.load_predictor(str(stub_model))
     monkeypatch.setattr(prediction, "predict_patient", a_bug)
     with pytest.raises(TypeError, match="NoneType"):
         scoring.score_model_in_source_space(predictor, tiny_dataset.dataset_dir, "val", [str(tiny_cohort)],

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from shared import challenges, metrics
-from serving import prediction
+from serving import predictor as predictor_lib
+from shared import trained_run
 from trainer import metrics as train_metrics, resume
 
 BRATS2020 = challenges.get("brats2020")
@@ -96,7 +97,7 @@ def test_training_records_the_best_window_and_tta_which_serving_follows(tiny_mod
     run = tiny_model.parent
     with open(run / "history.csv") as f:
         assert "val_patient_dice_mean" in next(csv.reader(f))
-    recorded = json.loads((run / prediction.INFERENCE_CHOICE).read_text())
+    recorded = json.loads((run / trained_run.INFERENCE_FILE).read_text())
     pairs = [(c["window"], c["tta"]) for c in recorded["candidates"]]
     assert pairs == [("patch", "none"), ("patch", "all"), ("volume", "none"), ("volume", "all")]
     assert recorded["split"] == "val" and recorded["patients"] >= 1
@@ -107,15 +108,15 @@ def test_training_records_the_best_window_and_tta_which_serving_follows(tiny_mod
     assert all({"patient_dice_WT", "patient_dice_TC", "patient_dice_ET", "window_size"} <= set(c)
                for c in recorded["candidates"])
 
-    settings = prediction.inference_settings(str(tiny_model))  # predict / evaluate without --window / --tta
+    settings = predictor_lib.inference_settings(str(tiny_model))  # predict / evaluate without --window / --tta
     assert (settings.window, settings.tta) == (recorded["window"], recorded["tta"])
     assert settings.source.startswith("recorded in")
-    asked = prediction.inference_settings(str(tiny_model), "patch", "axes")
+    asked = predictor_lib.inference_settings(str(tiny_model), "patch", "axes")
     assert (asked.window, asked.tta, asked.source) == ("patch", "axes", "asked")
-    half = prediction.inference_settings(str(run), tta="axes")  # the run folder; one setting asked, one recorded
+    half = predictor_lib.inference_settings(str(run), tta="axes")  # the run folder; one setting asked, one recorded
     assert (half.window, half.tta) == (recorded["window"], "axes")
 
 
 def test_a_model_without_a_recorded_choice_uses_the_patch_window_without_tta(stub_model):
-    settings = prediction.inference_settings(str(stub_model))
+    settings = predictor_lib.inference_settings(str(stub_model))
     assert (settings.window, settings.tta, settings.source) == ("patch", "none", "default")

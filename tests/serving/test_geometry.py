@@ -21,7 +21,7 @@ from app import session, views
 from app.uploads import InputError
 from preprocessing.patient import PatientError
 from evaluation import scoring
-from serving import batch_predict, prediction
+from serving import batch_predict, inputs, outputs, prediction, predictor as predictor_lib
 from shared import geometry, layouts
 from synthetic import cohort as synthetic_data
 from tests.helpers import TINY_SHAPE, build_stub_model, run_pipeline, stub_classes, tiny_config
@@ -80,7 +80,7 @@ def _predictor(tmp_path, stub_file, resample: bool, scans: dict | None):
     lineage = {"version_id": "geometry-test", "preprocess": _config(resample), "geometry": scans}
     (run / "lineage.json").write_text(json.dumps(lineage))
     (run / "config.json").write_text(json.dumps({"patch_size": [16, 16, 16]}))
-    return prediction.load_predictor(str(run / "model.keras"))
+    return predictor_lib.load_predictor(str(run / "model.keras"))
 
 
 def _trained_on(scan, resample: bool) -> dict:
@@ -90,14 +90,14 @@ def _trained_on(scan, resample: bool) -> dict:
 
 
 def _predict(predictor, folder: pathlib.Path, out: pathlib.Path):
-    source, convention = prediction.source_from_folder(str(folder), predictor)
+    source, convention = inputs.source_from_folder(str(folder), predictor)
     pred = prediction.predict_patient(predictor, source, convention)
-    paths = prediction.write_outputs(pred, str(out), predictor, pictures=False)
+    paths = outputs.write_outputs(pred, str(out), predictor, pictures=False)
     return pred, nib.load(paths["segmentation"]), nib.load(source.files["flair"])
 
 
 def _prepared(predictor, root: pathlib.Path):
-    source, convention = prediction.source_from_folder(str(root / PID), predictor)
+    source, convention = inputs.source_from_folder(str(root / PID), predictor)
     return prediction.prepare(predictor, source, convention)
 
 
@@ -153,7 +153,7 @@ def test_a_2mm_scan_is_resampled_where_the_preprocessing_resamples(scan, stub_fi
     written = np.asarray(out.dataobj)
     assert set(np.unique(written).tolist()) == {0, 1, 2, 4}
     # what the stub answers on the 1 mm preprocessed image, uncropped, back at 2 mm and in the scan's orientation
-    source, convention = prediction.source_from_folder(str(tmp_path / "in" / PID), predictor)
+    source, convention = inputs.source_from_folder(str(tmp_path / "in" / PID), predictor)
     prepared = prediction.prepare(predictor, source, convention)
     assert tuple(prepared.record.grid_shape) == TINY_SHAPE  # resampled to 1 mm (flips keep the axes' order)
     expected = prediction.to_source_grid(stub_classes(prepared.record.image), prepared.record)
@@ -166,7 +166,7 @@ def test_a_2mm_scan_is_resampled_where_the_preprocessing_resamples(scan, stub_fi
 def test_a_2mm_scan_is_refused_where_the_preprocessing_does_not_resample(scan, stub_file, tmp_path):
     predictor = _predictor(tmp_path, stub_file, False, _trained_on(scan, False))
     folder = _write(tmp_path / "in", *_at_2mm(*scan))
-    source, convention = prediction.source_from_folder(str(folder), predictor)
+    source, convention = inputs.source_from_folder(str(folder), predictor)
     with pytest.raises(PatientError) as caught:
         prediction.prepare(predictor, source, convention)
     error = caught.value
@@ -186,7 +186,7 @@ def test_a_dataset_without_recorded_geometry_is_not_checked_and_says_so(scan, st
     predictor = _predictor(tmp_path, stub_file, False, None)
     assert not predictor.expected.recorded and predictor.expected.orientation is None
     folder = _write(tmp_path / "in", *scan)
-    source, convention = prediction.source_from_folder(str(folder), predictor)
+    source, convention = inputs.source_from_folder(str(folder), predictor)
     prepared = prediction.prepare(predictor, source, convention)
     assert prepared.reorientation is None and "not checked" in prepared.notes[0]
 
@@ -204,7 +204,7 @@ def test_the_manifest_records_the_training_geometry(scan, tmp_path):
     (run / "lineage.json").write_text(json.dumps({"data_dir": summary.dataset_dir, "version_id": summary.version_id}))
     (run / "model.keras").write_bytes(b"")  # never loaded (with_model=False)
     (run / "config.json").write_text(json.dumps({"patch_size": [16, 16, 16]}))
-    predictor = prediction.load_predictor(str(run / "model.keras"), with_model=False)
+    predictor = predictor_lib.load_predictor(str(run / "model.keras"), with_model=False)
     assert predictor.geometry == manifest["geometry"]
     assert predictor.expected.orientation == "LPS"
     assert predictor.expected.describe() == "orientation LPS, 48x48x40 voxels of 1x1x1 mm"

@@ -14,7 +14,7 @@ import pytest
 
 from shared import layouts
 from tests.helpers import IN_PROCESS, ROOT, TINY_SHAPE, stub_classes
-from serving import batch_predict, inference, prediction
+from serving import batch_predict, inference, inputs, models, outputs, prediction, predictor as predictor_lib
 
 
 def _pointwise(batch):
@@ -109,11 +109,11 @@ def _stub_answer(predictor, source, convention, numbering):
 
 
 def test_prediction_is_written_in_the_source_geometry(stub_model, tiny_cohort, tmp_path):
-    predictor = prediction.load_predictor(str(stub_model))
-    source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), predictor)
+    predictor = predictor_lib.load_predictor(str(stub_model))
+    source, convention = inputs.source_from_folder(_patient_dir(tiny_cohort), predictor)
     assert convention == "brats2020"
     pred = prediction.predict_patient(predictor, source, convention, tta="axes")
-    paths = prediction.write_outputs(pred, str(tmp_path), predictor)
+    paths = outputs.write_outputs(pred, str(tmp_path), predictor)
 
     src = nib.load(source.files["flair"])
     out = nib.load(paths["segmentation"])
@@ -135,11 +135,11 @@ def test_prediction_is_written_in_the_source_geometry(stub_model, tiny_cohort, t
 
 
 def test_the_same_preprocessing_as_the_dataset(tiny_model, tiny_dataset):
-    predictor = prediction.load_predictor(str(tiny_model))
+    predictor = predictor_lib.load_predictor(str(tiny_model))
     manifest = json.loads(open(os.path.join(tiny_dataset.dataset_dir, "manifest.json")).read())
     assert predictor.preprocess_cfg == manifest["config"]
     assert predictor.window == (16, 16, 16)
-    assert prediction.load_predictor(str(tiny_model), window="volume").window == (32, 32, 32)
+    assert predictor_lib.load_predictor(str(tiny_model), window="volume").window == (32, 32, 32)
 
 
 def test_lineage_copy_serves_when_the_dataset_is_gone(tiny_model, tmp_path):
@@ -148,7 +148,7 @@ def test_lineage_copy_serves_when_the_dataset_is_gone(tiny_model, tmp_path):
     lineage = json.loads((run / "lineage.json").read_text())
     lineage["data_dir"] = str(tmp_path / "moved")
     (run / "lineage.json").write_text(json.dumps(lineage))
-    predictor = prediction.load_predictor(str(run / "model.keras"))
+    predictor = predictor_lib.load_predictor(str(run / "model.keras"))
     assert predictor.data_dir is None and predictor.version_id == lineage["version_id"]
 
 
@@ -158,8 +158,8 @@ def test_a_model_whose_channels_do_not_match_is_refused(tiny_model, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_model.parent, run, ignore=shutil.ignore_patterns("checkpoints", "saved_model", "tensorboard"))
     model_lib.build_unet((None, None, None, 3), model_lib.preset("tiny")).save(run / "model.keras")
-    with pytest.raises(prediction.ModelError, match="takes 3 input channels.*gives 4"):
-        prediction.load_predictor(str(run / "model.keras"))
+    with pytest.raises(models.ModelError, match="takes 3 input channels.*gives 4"):
+        predictor_lib.load_predictor(str(run / "model.keras"))
 
 
 def _bad_cohort(tiny_cohort, root):
@@ -240,8 +240,8 @@ def test_a_brats2023_folder_is_read_by_a_brats2020_model(stub_model, tiny_cohort
     for modality in layouts.MODALITIES:
         shutil.copy(tiny_cohort / "BraTS20_Training_001" / f"BraTS20_Training_001_{modality}.nii.gz",
                     folder / layout.expected_name(folder.name, modality))
-    predictor = prediction.load_predictor(str(stub_model))
-    source, convention = prediction.source_from_folder(str(folder), predictor)
+    predictor = predictor_lib.load_predictor(str(stub_model))
+    source, convention = inputs.source_from_folder(str(folder), predictor)
     assert convention == "brats2023" and set(source.files) == set(layouts.MODALITIES)
     pred = prediction.predict_patient(predictor, source, convention)
     np.testing.assert_array_equal(pred.stored_labels, _stub_answer(predictor, source, convention,
@@ -280,16 +280,16 @@ def test_a_model_trained_under_mixed_float16_predicts_on_a_cpu(tiny_model, tiny_
         pytest.skip("the missing kernel is a CPU one")
     run = tmp_path / "run"
     shutil.copytree(tiny_model.parent, run, ignore=shutil.ignore_patterns("checkpoints", "saved_model", "tensorboard"))
-    float32 = prediction.load_predictor(str(tiny_model))
+    float32 = predictor_lib.load_predictor(str(tiny_model))
     _mixed_float16_twin(float32.model).save(run / "model.keras")
     as_saved = keras.saving.load_model(run / "model.keras", compile=False)
     assert as_saved.get_layer("enc0_pool").dtype_policy.compute_dtype == "float16"
     with pytest.raises(Exception, match="MaxPool3D"):  # the bug: no float16 MaxPool3D kernel on a CPU
         as_saved.predict_on_batch(np.zeros((1, 16, 16, 16, 4), np.float32))
 
-    mixed = prediction.load_predictor(str(run / "model.keras"))
+    mixed = predictor_lib.load_predictor(str(run / "model.keras"))
     assert {layer.dtype_policy.compute_dtype for layer in mixed.model.layers} == {"float32"}
-    source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), float32)
+    source, convention = inputs.source_from_folder(_patient_dir(tiny_cohort), float32)
     prepared = prediction.prepare(float32, source, convention)
     image = prepared.record.image.astype(np.float32)
     # the same weights computing in float32: only summation order may differ
@@ -304,8 +304,8 @@ def test_the_serving_precision_can_keep_the_saved_policies(tmp_path):
 
     path = tmp_path / "mixed.keras"
     _mixed_float16_twin(model_lib.build_unet((None, None, None, 4), model_lib.preset("tiny"))).save(path)
-    kept = prediction.load_model(str(path), precision="as_trained")
+    kept = models.load_model(str(path), precision="as_trained")
     assert kept.get_layer("enc0_a_conv").dtype_policy.name == "mixed_float16"
-    assert prediction.load_model(str(path), precision="float32").get_layer("enc0_a_conv").dtype_policy.name == "float32"
-    with pytest.raises(prediction.ModelError, match="unknown serving precision 'half'"):
-        prediction.load_model(str(path), precision="half")
+    assert models.load_model(str(path), precision="float32").get_layer("enc0_a_conv").dtype_policy.name == "float32"
+    with pytest.raises(models.ModelError, match="unknown serving precision 'half'"):
+        models.load_model(str(path), precision="half")

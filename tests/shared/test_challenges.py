@@ -19,7 +19,7 @@ from tests.helpers import IN_PROCESS, override
 from beam_pipeline import launch
 from preprocessing import discovery
 from preprocessing.patient import preprocess
-from serving import prediction
+from serving import inputs, outputs, prediction, predictor as predictor_lib
 from shared import challenges, labels, layouts, manifest, metrics, schema, volume_ops
 from synthetic import cohort as synthetic_data
 
@@ -103,7 +103,7 @@ def _predict_truth(name: str, root: pathlib.Path, cfg: dict) -> tuple[np.ndarray
     cropped = np.argmax(record.mask, axis=-1).astype(np.uint8)
     header = nib.load(source.files[entry.modalities[0]]).header
     prepared = prediction.Prepared(source, entry.label_convention, entry, record, header)
-    written = prediction.segmentation_bytes(prediction.finish(prepared, cropped, display=False))
+    written = outputs.segmentation_bytes(prediction.finish(prepared, cropped, display=False))
     out = root / "pred.nii.gz"
     out.write_bytes(written)
     return cropped, nib.load(out), pathlib.Path(source.files["seg"])
@@ -235,11 +235,11 @@ def test_a_gli_2024_model_has_five_outputs_and_records_its_challenge(tmp_path):
     lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
     assert lineage["challenge"] == "brats2024_gli" and lineage["num_classes"] == 5
     assert "val_dice_rc" in outcome.val_metrics
-    predictor = prediction.load_predictor(outcome.model_path, window="volume")
+    predictor = predictor_lib.load_predictor(outcome.model_path, window="volume")
     assert predictor.model.output_shape[-1] == 5 and predictor.challenge.name == "brats2024_gli"
     folder = tmp_path / "cohort" / challenges.get("brats2024_gli").patient_id(1)
-    source, convention = prediction.source_from_folder(str(folder), predictor)
+    source, convention = inputs.source_from_folder(str(folder), predictor)
     assert convention == "brats2024_post"
-    report = prediction.volumes_report(prediction.predict_patient(predictor, source, convention), predictor)
+    report = outputs.volumes_report(prediction.predict_patient(predictor, source, convention), predictor)
     assert report["labels"] == {"background": 0, "NETC": 1, "SNFH": 2, "ET": 3, "RC": 4}
     assert {"WT", "TC", "ET", "NETC", "SNFH", "RC"} <= set(report["volumes_ml"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared import challenges, postprocessing as post
+from shared import challenges, postprocessing as post, trained_run
 
 GLI2020 = challenges.get("brats2020")  # classes: 1 NCR, 2 ED, 3 ET
 MEN_RT = challenges.get("brats2024_men_rt")  # one class: GTV
@@ -83,8 +83,8 @@ def test_choose_keeps_the_et_rule_when_truths_lack_small_enhancing_tumours(tmp_p
     choice = post.choose(cases, GLI2020, et_thresholds=(5, 10, 200), component_sizes=(5,))
     assert choice.rules == [{"rule": "et_to_core", "max_voxels": 10}]
     assert choice.mean_dice_after > choice.mean_dice_before
-    post.save(str(tmp_path / post.FILE_NAME), choice)
-    assert post.load(str(tmp_path / post.FILE_NAME), GLI2020) == choice.rules
+    post.save(str(tmp_path / trained_run.POSTPROCESSING_FILE), choice)
+    assert post.load(str(tmp_path / trained_run.POSTPROCESSING_FILE), GLI2020) == choice.rules
 
 
 def test_choose_keeps_nothing_that_does_not_help():

@@ -11,7 +11,7 @@ import pytest
 
 from configs.train import tiny_cpu
 from evaluation import scoring
-from serving import inference, prediction
+from serving import inference, inputs, prediction, predictor as predictor_lib
 from shared import challenges, regions
 from tests.helpers import override
 from trainer import losses, metrics, model as model_lib, targets, training
@@ -109,7 +109,7 @@ def test_a_region_model_trains_saves_and_predicts_labels(tiny_dataset, tmp_path)
     outcome = training.train_and_evaluate(cfg, str(tmp_path), echo=lambda *_: None)
     assert {"val_dice_wt", "val_dice_tc", "val_dice_et", "val_dice_mean"} <= set(outcome.val_metrics)
     assert json.loads((tmp_path / "lineage.json").read_text())["target"] == "regions"
-    predictor = prediction.load_predictor(outcome.model_path, window="volume")
+    predictor = predictor_lib.load_predictor(outcome.model_path, window="volume")
     assert len(predictor.model.outputs) == 1 and predictor.decoding.names == ("WT", "TC", "ET")
     rows, failures = scoring.score_model(predictor, tiny_dataset.dataset_dir, "val", echo=lambda *_: None)
     assert rows and not failures and all(0.0 <= r["dice_WT"] <= 1.0 for r in rows)
@@ -152,8 +152,8 @@ def test_saved_region_probabilities_say_every_region_absent_outside_the_crop(stu
         with np.load(summary.predicted[0]["files"]["probabilities"]) as f:
             written[where] = f["probabilities"].astype(np.float32)
     local = written["local"]
-    predictor = prediction.load_predictor(str(run / "model.keras"))
-    source, convention = prediction.source_from_folder(folders[0], predictor)
+    predictor = predictor_lib.load_predictor(str(run / "model.keras"))
+    source, convention = inputs.source_from_folder(folders[0], predictor)
     box = prediction.prepare(predictor, source, convention).record.crop_box
     outside = np.ones(local.shape[:3], bool)
     outside[tuple(slice(lo, hi) for lo, hi in box)] = False
