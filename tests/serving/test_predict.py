@@ -309,3 +309,29 @@ def test_the_serving_precision_can_keep_the_saved_policies(tmp_path):
     assert prediction.load_model(str(path), precision="float32").get_layer("enc0_a_conv").dtype_policy.name == "float32"
     with pytest.raises(prediction.ModelError, match="unknown serving precision 'half'"):
         prediction.load_model(str(path), precision="half")
+
+
+def test_each_source_file_is_read_once_per_prediction(stub_model, tiny_cohort, monkeypatch):
+    """The core's load keeps the header and the scans as stored: nothing after it reads a file again."""
+    from collections import Counter
+
+    from shared import storage
+
+    predictor = prediction.load_predictor(str(stub_model))
+    source, convention = prediction.source_from_folder(_patient_dir(tiny_cohort), predictor)
+    real, reads = storage.read_bytes, Counter()
+
+    def counted(path, *args, **kwargs):
+        reads[path] += 1
+        return real(path, *args, **kwargs)
+
+    for module in list(sys.modules.values()):  # wherever read_bytes is looked up
+        if getattr(module, "read_bytes", None) is real:
+            monkeypatch.setattr(module, "read_bytes", counted)
+    pred = prediction.predict_patient(predictor, source, convention, probabilities=True, all_scans=True)
+    assert {path: reads[path] for path in source.files.values()} == dict.fromkeys(source.files.values(), 1)
+    monkeypatch.undo()
+    assert set(pred.scans) == set(source.files) and pred.display is pred.scans["flair"]
+    for channel, path in source.files.items():  # the voxels as stored, not the reoriented or cropped input
+        np.testing.assert_array_equal(pred.scans[channel], prediction.source_image(path)[1])
+    np.testing.assert_allclose(pred.header.get_zooms(), nib.load(source.files["flair"]).header.get_zooms())
