@@ -516,13 +516,6 @@ class Prepared:
         return self.grid.header
 
 
-def kept_scans(predictor: Predictor, display: bool, all_scans: bool) -> tuple[str, ...]:
-    """The modalities whose voxels as stored a prediction keeps: every one, the first (pictures) or none."""
-    if all_scans:
-        return predictor.channels
-    return predictor.channels[:1] if display else ()
-
-
 def prepare(predictor: Predictor, source: PatientSource, label_convention: str, threads: int | None = None,
             display: bool = True, all_scans: bool = False) -> Prepared:
     """The data engine's preprocessing with the model's dataset config; PatientError names stage and file.
@@ -535,8 +528,9 @@ def prepare(predictor: Predictor, source: PatientSource, label_convention: str, 
     once, and nothing reads them again.
     """
     threads = threads or 1
+    keep = predictor.channels if all_scans else predictor.channels[:1] if display else ()
     done = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=threads,
-                      expected=predictor.expected, keep=kept_scans(predictor, display, all_scans))
+                      expected=predictor.expected, keep=keep)
     if not challenges.same_classes(label_convention, predictor.challenge.label_convention):
         raise ValueError(f"a {predictor.challenge.name} model cannot write labels in numbering {label_convention!r}")
     notes = done.notes if predictor.expected.recorded else (
