@@ -243,9 +243,9 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
             folder, truth_path = write_patient(patient, workdir)
             source, convention = inputs.source_from_folder(folder, predictor)
             with _INFERENCE_LOCK:
-                pred = prediction.predict_patient(predictor, source, convention, tta=tta, progress=progress)
-            images = {ch: _compact(pred.display if ch == predictor.channels[0] else prediction.source_image(path)[1])
-                      for ch, path in source.files.items()}
+                pred = prediction.predict_patient(predictor, source, convention, tta=tta, progress=progress,
+                                                  all_scans=True)
+            images = {ch: _compact(pred.scans[ch]) for ch in source.files}
             scores = lesion_scores = None
             if truth_path is not None:
                 from evaluation import lesions

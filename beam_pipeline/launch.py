@@ -8,7 +8,6 @@ the version is already complete) and reads back the summary.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 

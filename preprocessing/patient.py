@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from preprocessing import checksums, n4
+from preprocessing import checksums, grid as grid_lib, n4
 from preprocessing.discovery import PatientSource
 from shared import geometry as geometry_lib, labels, layouts, schema, volume_ops
 from shared.nifti_io import load_array, parse_nifti
@@ -40,6 +40,7 @@ class Loaded:
     affines: dict[str, np.ndarray]
     names: dict[str, str]  # channel -> file basename
     sha256: dict[str, str]  # channel -> sha256 of the bytes read (kept in the record)
+    headers: dict[str, object] = dataclasses.field(default_factory=dict)  # channel -> nibabel header as stored
 
 
 @dataclasses.dataclass
@@ -47,13 +48,18 @@ class Result:
     record: schema.PatientRecord
     seconds: dict[str, float]  # per stage
     warnings: list[str]
-    reorientation: geometry_lib.Reorientation | None = None  # the record is in the training orientation, not the scan's
+    grid: grid_lib.GridRecord | None = None  # what was done to the scan's grid, with its inverse
     notes: tuple[str, ...] = ()  # what the geometry stage did (reoriented, resampled), for people
+    scans: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # channels kept as stored (``keep``)
 
 
 def load(source: PatientSource) -> Loaded:
-    """Read every file, checking it is the file whose checksum was fingerprinted at launch."""
-    arrays, affines, names, sha256 = {}, {}, {}, {}
+    """Read every file once, checking it is the file whose checksum was fingerprinted at launch.
+
+    The headers are kept too: prediction copies the first modality's into
+    the segmentation it writes, so nothing downstream reads a file again.
+    """
+    arrays, affines, names, sha256, headers = {}, {}, {}, {}, {}
     for channel, path in source.files.items():
         name = posixpath.basename(path)
         try:
@@ -69,9 +75,10 @@ def load(source: PatientSource) -> Loaded:
         except ValueError as exc:
             raise PatientError("load", str(exc), name) from exc
         affines[channel] = image.affine
+        headers[channel] = image.header
         names[channel] = name
         sha256[channel] = hashlib.sha256(data).hexdigest()
-    return Loaded(arrays, affines, names, sha256)
+    return Loaded(arrays, affines, names, sha256, headers)
 
 
 def validate(loaded: Loaded, convention: str) -> None:
@@ -242,7 +249,7 @@ def to_image(channels: list[np.ndarray], names: list[str]) -> np.ndarray:
 
 
 def preprocess(source: PatientSource, cfg, threads: int = 1,
-               expected: geometry_lib.Expected | None = None) -> Result:
+               expected: geometry_lib.Expected | None = None, keep: tuple[str, ...] = ()) -> Result:
     """Run every stage on one patient; raises PatientError naming stage and file.
 
     ``threads`` is how many cores this patient may use: 1 inside a Beam worker
@@ -250,7 +257,10 @@ def preprocess(source: PatientSource, cfg, threads: int = 1,
     ``os.cpu_count()`` for one interactive patient (prediction, the web app),
     where N4 of the channels then runs in parallel.  ``expected``: the
     geometry a model was trained on (prediction): the scans are reoriented
-    to it, or refused at the "geometry" stage (:func:`conform`).
+    to it, or refused at the "geometry" stage (:func:`conform`).  ``keep``:
+    channels whose voxels as stored come back in ``Result.scans`` (the
+    pictures of a prediction), so no caller reads a file a second time.
+    The result's ``grid`` records every change of grid, with its inverse.
     """
     stages, warnings = _Stages(source.patient_id), []
     modalities = tuple(cfg["modalities"])
@@ -260,6 +270,8 @@ def preprocess(source: PatientSource, cfg, threads: int = 1,
     loaded = stages.run("load", "", load, source)
     stages.run("validate", "", validate, loaded, convention)
     first = loaded.names[modalities[0]]
+    scans = {channel: loaded.arrays[channel] for channel in keep}  # before any stage replaces them
+    stored_affine, stored_shape = loaded.affines[modalities[0]], loaded.arrays[modalities[0]].shape
     turn, notes = None, ()
     if expected is not None:
         turn, notes = stages.run("geometry", first, conform, loaded, modalities[0], expected,
@@ -303,4 +315,8 @@ def preprocess(source: PatientSource, cfg, threads: int = 1,
         source_files=tuple(loaded.names[c] for c in source.files),
         source_sha256=tuple(loaded.sha256[c] for c in source.files),
     )
-    return Result(record=record, seconds=stages.seconds, warnings=warnings, reorientation=turn, notes=notes)
+    grid = grid_lib.GridRecord(source_shape=tuple(int(s) for s in stored_shape),
+                               source_affine=np.asarray(stored_affine, dtype=np.float64),
+                               header=loaded.headers.get(modalities[0]), reorientation=turn,
+                               oriented_shape=source_shape, grid_shape=record.grid_shape, crop_box=box)
+    return Result(record=record, seconds=stages.seconds, warnings=warnings, grid=grid, notes=notes, scans=scans)

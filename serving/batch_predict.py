@@ -166,7 +166,8 @@ def _prepare_fn(options: Options):
         predictor = _loaded(options, with_model=False)  # its preprocessing only; the network runs in Segment
         try:
             source, convention = inputs.source_from_folder(folder, predictor)
-            return prediction.prepare(predictor, source, convention, threads=1)  # Beam: a patient per core
+            return prediction.prepare(predictor, source, convention, threads=1,  # Beam: a patient per core
+                                      display=options.pictures)
         except prediction.PATIENT_INPUT_ERRORS as exc:
             return _Failed(_failure(folder, exc))
 

@@ -13,22 +13,24 @@ Scans are first compared with the geometry the model's dataset recorded
 (:mod:`shared.geometry`): another orientation is reoriented on the way in and
 the segmentation turned back on the way out; another spacing or grid is
 resampled where the dataset's preprocessing resamples, and refused otherwise.
+Everything done to the grid comes back from the core as one record
+(:class:`preprocessing.grid.GridRecord`) whose ``invert`` is the only way out,
+and each source file is read once: the core keeps the header and, for the
+pictures, the voxels as stored.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import posixpath
 import time
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from preprocessing import grid as grid_lib
 from preprocessing.discovery import PatientSource
 from preprocessing.patient import PatientError, preprocess
-from shared import challenges, geometry, labels, metrics, volume_ops
-from shared.nifti_io import load_array, parse_nifti
-from shared.storage import read_bytes
+from shared import challenges, labels, metrics
 from serving import inference
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ class Prediction:
     source_files: dict[str, str]
     probabilities: np.ndarray | None = None  # (X, Y, Z, K) float16 in the source grid, when asked for
     notes: tuple[str, ...] = ()  # what was done to the scan's geometry on the way (reoriented, resampled)
+    scans: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # modalities as stored, when kept
 
     @property
     def stored_labels(self) -> np.ndarray:
@@ -65,13 +68,6 @@ class Prediction:
 
     def volumes_ml(self) -> dict[str, float]:
         return metrics.volumes_ml(self.classes, self.challenge, self.spacing)
-
-
-def source_image(path: str) -> tuple[object, np.ndarray]:
-    """Header and voxels of a source file: the written segmentation copies the
-    header, and the pictures show the scan as acquired (not the cropped input)."""
-    image = parse_nifti(read_bytes(path), posixpath.basename(path))
-    return image.header, load_array(image, posixpath.basename(path))
 
 
 @dataclasses.dataclass
@@ -82,29 +78,37 @@ class Prepared:
     label_convention: str
     challenge: challenges.Challenge
     record: object  # shared.schema.PatientRecord: cropped, normalised image and the crop geometry
-    header: object  # nibabel header of the first modality, copied into the written segmentation
-    reorientation: geometry.Reorientation | None = None  # the record is in the model's orientation, not the scan's
+    grid: grid_lib.GridRecord  # what was done to the scan's grid (and its header): finish() inverts it
     notes: tuple[str, ...] = ()  # what was done to the scan's geometry (for the report and the app)
+    scans: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # modalities as stored (pictures)
+
+    @property
+    def header(self):
+        """The first modality's header as stored, copied into the written segmentation."""
+        return self.grid.header
 
 
-def prepare(predictor: Predictor, source: PatientSource, label_convention: str, threads: int | None = None) -> Prepared:
+def prepare(predictor: Predictor, source: PatientSource, label_convention: str, threads: int | None = None,
+            display: bool = True, all_scans: bool = False) -> Prepared:
     """The data engine's preprocessing with the model's dataset config; PatientError names stage and file.
 
     ``threads``: how many N4 fits may run side by side in worker processes.
     The default is 1: with N4 on the coarse grid a warm pool gains only 1.1x
     (bench-predict), and a cold one costs more than that for a single patient.
+    ``display`` keeps the first modality as stored for the pictures,
+    ``all_scans`` every modality (the app shows them all): the core read them
+    once, and nothing reads them again.
     """
     threads = threads or 1
+    keep = predictor.channels if all_scans else predictor.channels[:1] if display else ()
     done = preprocess(source, dict(predictor.preprocess_cfg, require_seg=False), threads=threads,
-                      expected=predictor.expected)
-    first = source.files[predictor.channels[0]]
-    header = parse_nifti(read_bytes(first), posixpath.basename(first)).header
+                      expected=predictor.expected, keep=keep)
     if not challenges.same_classes(label_convention, predictor.challenge.label_convention):
         raise ValueError(f"a {predictor.challenge.name} model cannot write labels in numbering {label_convention!r}")
     notes = done.notes if predictor.expected.recorded else (
         "the model's dataset records no scan geometry (preprocessed before it was recorded): orientation, "
         "spacing and grid were not checked", *done.notes)
-    return Prepared(source, label_convention, predictor.challenge, done.record, header, done.reorientation, notes)
+    return Prepared(source, label_convention, predictor.challenge, done.record, done.grid, notes, done.scans)
 
 
 def infer_probabilities(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: float = 0.5,
@@ -136,38 +140,11 @@ def infer(predictor: Predictor, prepared: Prepared, tta: str = "none", overlap: 
     return classes_of(predictor, infer_probabilities(predictor, prepared, tta, overlap, progress))
 
 
-def probabilities_to_source_grid(probs: np.ndarray, record, softmax: bool = True) -> np.ndarray:
-    """Cropped-grid probabilities onto the source grid, float16: outside the crop background is
-    certain (softmax) or every region absent (a region model's sigmoids, ``softmax=False``).
-
-    Resampled (native-space) cohorts are resampled back trilinearly, channel
-    by channel, and a softmax renormalised to sum to 1.
-    """
-    probs = np.asarray(probs, np.float32)
-    out = volume_ops.uncrop(probs, record.crop_box, record.grid_shape)
-    inside = volume_ops.uncrop(np.ones(probs.shape[:3], bool), record.crop_box, record.grid_shape, fill=False)
-    if softmax:
-        out[~inside, 0] = 1.0
-    if record.resampled:
-        out = np.stack([volume_ops.resample(out[..., k], record.original_shape, order=1)
-                        for k in range(out.shape[-1])], axis=-1)
-        if softmax:
-            out /= np.maximum(out.sum(axis=-1, keepdims=True), 1e-6)
-    return out.astype(np.float16)
-
-
-def to_source_grid(cropped: np.ndarray, record) -> np.ndarray:
-    """Classes on the crop back onto the source grid: undo the crop, then any resampling (nearest)."""
-    classes = volume_ops.uncrop(cropped, record.crop_box, record.grid_shape)
-    if record.resampled:
-        classes = volume_ops.resample(classes, record.original_shape, order=0)
-    return classes
-
-
 def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, seconds=None,
            probabilities: np.ndarray | None = None, softmax: bool | None = None) -> Prediction:
-    """Undo the crop (and resampling, and reorientation); read the first modality as stored for the pictures
-    when ``display``.
+    """The classes (and probabilities) back on the scan's own grid, by the core's record of its grid
+    (:meth:`preprocessing.grid.GridRecord.invert`), with the first modality as stored for the pictures
+    when ``display`` (kept by :func:`prepare`, not read again).
 
     ``probabilities``: the cropped-grid probabilities, to be kept (source grid,
     float16) for ``<id>.npz``; ``softmax`` then says what they are (a class
@@ -177,19 +154,19 @@ def finish(prepared: Prepared, cropped: np.ndarray, display: bool = True, second
     """
     if probabilities is not None and softmax is None:
         raise TypeError("finish(): probabilities need softmax=True (class model) or False (region model)")
-    record, source, turn = prepared.record, prepared.source, prepared.reorientation
-    picture = source_image(source.files[record.channels[0]])[1] if display else None
-    classes = to_source_grid(cropped, record)
-    probs = None if probabilities is None else probabilities_to_source_grid(probabilities, record, softmax)
-    affine = record.affine
-    if turn is not None:  # back into the scan's own orientation, with its own affine
-        classes, affine = turn.backward(classes), turn.source_affine
-        probs = None if probs is None else turn.backward(probs)
+    record, source, grid = prepared.record, prepared.source, prepared.grid
+    first = record.channels[0]
+    if display and first not in prepared.scans:
+        raise TypeError("finish(display=True): prepare() was told not to keep the scan (display=False)")
+    classes = grid.invert(cropped, grid_lib.LABELS)
+    probs = None if probabilities is None else grid.invert(
+        probabilities, grid_lib.SOFTMAX if softmax else grid_lib.SIGMOID).astype(np.float16)
     return Prediction(
         patient_id=source.patient_id, label_convention=prepared.label_convention, challenge=prepared.challenge,
-        classes=classes, affine=affine, header=prepared.header, spacing=volume_ops.voxel_spacing(affine),
-        display=picture, seconds=dict(seconds or {}), source_files=dict(source.files),
-        probabilities=probs, notes=tuple(prepared.notes),
+        classes=classes, affine=grid.affine, header=grid.header, spacing=grid.spacing,
+        display=prepared.scans[first] if display else None, seconds=dict(seconds or {}),
+        source_files=dict(source.files), probabilities=probs, notes=tuple(prepared.notes),
+        scans=dict(prepared.scans),
     )
 
 
@@ -201,15 +178,18 @@ def predict_patient(
     overlap: float = 0.5,
     progress: Callable[[str, float], None] | None = None,
     probabilities: bool = False,
+    all_scans: bool = False,
 ) -> Prediction:
     """Preprocess, infer and uncrop one patient; PatientError names stage and file.
 
     ``probabilities``: keep the softmax (before post-processing) for ``<id>.npz``.
+    ``all_scans``: keep every modality as stored in ``Prediction.scans`` (the
+    first is always kept, as ``display``); each file is read once either way.
     """
     report = progress or (lambda stage, fraction: None)
     start = time.perf_counter()
     report("preprocess", 0.0)
-    prepared = prepare(predictor, source, label_convention)
+    prepared = prepare(predictor, source, label_convention, all_scans=all_scans)
     middle = time.perf_counter()
     report("inference", 0.0)
     probs = infer_probabilities(predictor, prepared, tta, overlap, lambda done, total: report("inference", done / total))

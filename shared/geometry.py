@@ -14,7 +14,9 @@ evaluation and the web app compare every scan with it (:class:`Expected`):
 
 * another **orientation** is exact to undo (flips and axis swaps of the
   array): the scan is reoriented on the way in and the segmentation written
-  back in the scan's own orientation (:class:`Reorientation`);
+  back in the scan's own orientation (:class:`Reorientation`; prediction
+  undoes it, with the resampling and the crop, only through the core's
+  record of the patient's grid, :class:`preprocessing.grid.GridRecord`);
 * another **spacing or grid** is resampled where the dataset's preprocessing
   resamples anyway (``resample.enabled``, native-space cohorts), and refused
   otherwise (:class:`GeometryError`, naming what the scan has and what the

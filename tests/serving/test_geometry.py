@@ -156,9 +156,8 @@ def test_a_2mm_scan_is_resampled_where_the_preprocessing_resamples(scan, stub_fi
     source, convention = inputs.source_from_folder(str(tmp_path / "in" / PID), predictor)
     prepared = prediction.prepare(predictor, source, convention)
     assert tuple(prepared.record.grid_shape) == TINY_SHAPE  # resampled to 1 mm (flips keep the axes' order)
-    expected = prediction.to_source_grid(stub_classes(prepared.record.image), prepared.record)
-    if prepared.reorientation is not None:
-        expected = prepared.reorientation.backward(expected)
+    expected = prepared.grid.invert(stub_classes(prepared.record.image))
+    assert (prepared.grid.reorientation is None) == (codes == "LPS")
     np.testing.assert_array_equal(written, np.vectorize(NUMBERING.get)(expected))
     assert any("resampled to the model's 1x1x1 mm" in note for note in pred.notes)
 
@@ -188,7 +187,7 @@ def test_a_dataset_without_recorded_geometry_is_not_checked_and_says_so(scan, st
     folder = _write(tmp_path / "in", *scan)
     source, convention = inputs.source_from_folder(str(folder), predictor)
     prepared = prediction.prepare(predictor, source, convention)
-    assert prepared.reorientation is None and "not checked" in prepared.notes[0]
+    assert prepared.grid.reorientation is None and "not checked" in prepared.notes[0]
 
 
 def test_the_manifest_records_the_training_geometry(scan, tmp_path):

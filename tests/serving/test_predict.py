@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from shared import layouts
+from shared.nifti_io import load_array, parse_nifti
 from tests.helpers import IN_PROCESS, ROOT, TINY_SHAPE, stub_classes
 from serving import batch_predict, inference, inputs, models, outputs, prediction, predictor as predictor_lib
 
@@ -309,3 +311,29 @@ def test_the_serving_precision_can_keep_the_saved_policies(tmp_path):
     assert models.load_model(str(path), precision="float32").get_layer("enc0_a_conv").dtype_policy.name == "float32"
     with pytest.raises(models.ModelError, match="unknown serving precision 'half'"):
         models.load_model(str(path), precision="half")
+
+
+def test_each_source_file_is_read_once_per_prediction(stub_model, tiny_cohort, monkeypatch):
+    """The core's load keeps the header and the scans as stored: nothing after it reads a file again."""
+    from collections import Counter
+
+    from shared import storage
+
+    predictor = predictor_lib.load_predictor(str(stub_model))
+    source, convention = inputs.source_from_folder(_patient_dir(tiny_cohort), predictor)
+    real, reads = storage.read_bytes, Counter()
+
+    def counted(path, *args, **kwargs):
+        reads[path] += 1
+        return real(path, *args, **kwargs)
+
+    for module in list(sys.modules.values()):  # wherever read_bytes is looked up
+        if getattr(module, "read_bytes", None) is real:
+            monkeypatch.setattr(module, "read_bytes", counted)
+    pred = prediction.predict_patient(predictor, source, convention, probabilities=True, all_scans=True)
+    assert {path: reads[path] for path in source.files.values()} == dict.fromkeys(source.files.values(), 1)
+    monkeypatch.undo()
+    assert set(pred.scans) == set(source.files) and pred.display is pred.scans["flair"]
+    for channel, path in source.files.items():  # the voxels as stored, not the reoriented or cropped input
+        np.testing.assert_array_equal(pred.scans[channel], load_array(parse_nifti(pathlib.Path(path).read_bytes(), path), path))
+    np.testing.assert_allclose(pred.header.get_zooms(), nib.load(source.files["flair"]).header.get_zooms())

@@ -98,11 +98,13 @@ def _predict_truth(name: str, root: pathlib.Path, cfg: dict) -> tuple[np.ndarray
     entry = challenges.get(name)
     found = discovery.discover(str(root), layouts.get_layout(name), entry.modalities)
     source = found.patients[0]
-    record = preprocess(source, cfg).record
+    done = preprocess(source, cfg)
+    record = done.record
     assert record.mask.shape[-1] == entry.num_classes
     cropped = np.argmax(record.mask, axis=-1).astype(np.uint8)
     header = nib.load(source.files[entry.modalities[0]]).header
-    prepared = prediction.Prepared(source, entry.label_convention, entry, record, header)
+    assert done.grid.header.get_zooms() == header.get_zooms()  # the core kept the header it read
+    prepared = prediction.Prepared(source, entry.label_convention, entry, record, done.grid)
     written = outputs.segmentation_bytes(prediction.finish(prepared, cropped, display=False))
     out = root / "pred.nii.gz"
     out.write_bytes(written)
