@@ -34,7 +34,7 @@ def table_rows(challenge: challenges.Challenge) -> list[tuple[str, str]]:
 
 def volumes_table(result: Result) -> list[dict[str, object]]:
     """One row per label and region: volume in mL, and with a truth its volume, Dice and HD95."""
-    volumes = result.prediction.volumes_ml()
+    volumes = result.prediction.volumes_ml
     rows = []
     for title, key in table_rows(result.prediction.challenge):
         row: dict[str, object] = {"Region": title, "Volume (mL)": round(volumes[key], 2)}

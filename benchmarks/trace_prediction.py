@@ -18,6 +18,7 @@ entries of each, and how many files the prediction touched.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import pathlib
@@ -76,6 +77,7 @@ def trace(argv: list[str]) -> dict:
 
     flags.FLAGS(["predict", *argv])
     entries: collections.Counter = collections.Counter()
+    edges: collections.Counter = collections.Counter()
     order: list[str] = []
 
     def profile(frame, event, _arg):
@@ -90,16 +92,20 @@ def trace(argv: list[str]) -> dict:
             back = back.f_back
         if caller != callee:
             entries[callee] += 1
+            edges[f"{caller} -> {callee}.{frame.f_code.co_name}"] += 1
             if callee not in order:
                 order.append(callee)
 
     sys.setprofile(profile)
     try:
-        predict.main(["predict"])
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON
+            predict.main(["predict"])
     finally:
         sys.setprofile(None)
+    serving = {edge: n for edge, n in edges.items() if edge.split(" -> ")[1].startswith("serving.")}
     return {"order_first_entered": order, "entries": dict(entries), "modules_entered": len(order),
-            "serving_entries": {m: n for m, n in entries.items() if m.startswith("serving.")}}
+            "serving_entries": {m: n for m, n in entries.items() if m.startswith("serving.")},
+            "calls_into_serving": serving}
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def _failure(folder: str, exc: Exception) -> dict:
 
 
 def _outcome(pred: prediction.Prediction, paths: dict) -> dict:
-    return {"patient": pred.patient_id, "files": paths, "volumes_ml": pred.volumes_ml(),
+    return {"patient": pred.patient_id, "files": paths, "volumes_ml": pred.volumes_ml,
             "seconds": {k: round(v, 2) for k, v in pred.seconds.items()}}
 
 

@@ -36,7 +36,7 @@ def volumes_report(prediction: Prediction, predictor: Predictor | None = None) -
     """The JSON written beside a segmentation: volumes and where it came from."""
     report = {
         "patient_id": prediction.patient_id,
-        "volumes_ml": {k: round(v, 3) for k, v in prediction.volumes_ml().items()},
+        "volumes_ml": {k: round(v, 3) for k, v in prediction.volumes_ml.items()},
         "voxel_spacing_mm": list(prediction.spacing),
         "challenge": prediction.challenge.name,
         "label_convention": prediction.label_convention,
@@ -47,7 +47,7 @@ def volumes_report(prediction: Prediction, predictor: Predictor | None = None) -
         "geometry_notes": list(prediction.notes),
     }
     if predictor is not None:
-        report.update(predictor.provenance())
+        report.update(predictor.provenance)
     return report
 
 

@@ -66,8 +66,11 @@ class Prediction:
     def stored_labels(self) -> np.ndarray:
         return labels.to_source(self.classes, self.label_convention)
 
-    def volumes_ml(self) -> dict[str, float]:
-        return metrics.volumes_ml(self.classes, self.challenge, self.spacing)
+    # mL per region, measured once when the prediction is made (the report, the summary and the app read it)
+    volumes_ml: dict[str, float] = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.volumes_ml = metrics.volumes_ml(self.classes, self.challenge, self.spacing)
 
 
 @dataclasses.dataclass

@@ -37,23 +37,22 @@ class Predictor:
     geometry: dict | None = None  # the training scans' geometry, as the dataset's manifest records it
     runs: tuple[TrainedRun | None, ...] = ()  # each member's run (None: a model file without a run folder)
 
-    @property
-    def expected(self) -> geometry.Expected:
-        """What a scan must look like for this model (orientation, grid, resampling)."""
-        return geometry.Expected.from_entry(self.geometry, self.preprocess_cfg)
+    # Derived once, when the predictor is made (and again by dataclasses.replace): the per-patient code
+    # reads plain attributes and never calls back into this module.
+    channels: tuple[str, ...] = dataclasses.field(init=False)  # the model's input channels, in order
+    layout: str = dataclasses.field(init=False)  # the challenge its data was preprocessed for
+    challenge: challenges.Challenge = dataclasses.field(init=False)  # what the model's classes mean
+    expected: geometry.Expected = dataclasses.field(init=False)  # what a scan must look like for this model
+    decoding: object = dataclasses.field(init=False)  # None (argmax) or a region model's decoding
+    provenance: dict = dataclasses.field(init=False)  # what the JSON beside a segmentation says of the model(s)
 
-    @property
-    def channels(self) -> tuple[str, ...]:
-        return tuple(self.preprocess_cfg["modalities"])
-
-    @property
-    def layout(self) -> str:
-        return self.preprocess_cfg["layout"]
-
-    @property
-    def challenge(self) -> challenges.Challenge:
-        """What the model's classes mean (the challenge of its training data)."""
-        return challenges.get(self.layout)
+    def __post_init__(self):
+        self.channels = tuple(self.preprocess_cfg["modalities"])
+        self.layout = self.preprocess_cfg["layout"]
+        self.challenge = challenges.get(self.layout)
+        self.expected = geometry.Expected.from_entry(self.geometry, self.preprocess_cfg)
+        self.decoding = models_lib.region_decoding(self.model, self.challenge)
+        self.provenance = self._provenance()
 
     @property
     def members(self) -> tuple:
@@ -69,8 +68,7 @@ class Predictor:
         """Softmax of the model, or the mean softmax of an ensemble's members."""
         return inference.mean_predict_fn([inference.keras_predict_fn(m) for m in self.members])
 
-    def provenance(self) -> dict:
-        """What the JSON beside a segmentation says about the model(s) and their post-processing."""
+    def _provenance(self) -> dict:
         about = {"model": self.model_path, "dataset_version_id": self.version_id}
         if len(self.model_paths) > 1:
             about["ensemble"] = list(self.model_paths)
@@ -78,11 +76,6 @@ class Predictor:
             about["postprocessing"] = list(self.postprocessing)
             about["postprocessing_file"] = self.postprocessing_path
         return about
-
-    @property
-    def decoding(self):
-        """How to turn the model's probabilities into classes: None (argmax) or a region decoding."""
-        return models_lib.region_decoding(self.model, self.challenge)
 
 
 def window_size(window, patch_size, cfg: dict) -> tuple[int, int, int]:
