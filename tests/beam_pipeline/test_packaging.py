@@ -73,8 +73,8 @@ def install_requires() -> set[str]:
 
 
 def test_the_import_walk_sees_a_function_level_import():
-    # serving.prediction imports the pictures module inside write_outputs; it imports matplotlib
-    assert third_party_imports(("serving.prediction",))["matplotlib"] == "serving.pictures"
+    # serving.outputs imports the pictures module inside write_pictures; it imports matplotlib
+    assert third_party_imports(("serving.outputs",))["matplotlib"] == "serving.pictures"
 
 
 def test_setup_py_installs_every_module_the_beam_jobs_import():
