@@ -52,7 +52,7 @@ _PRED_CONVENTION = flags.DEFINE_enum("pred_convention", None, list(challenges.CO
                                      "Label numbering of the predictions (default: the ground truth's).")
 _WINDOW = flags.DEFINE_string(
     "window", None, "Sliding window for --model: 'patch' (training patch size), 'volume' (whole cropped "
-    "volume, as the trainer's validation) or X,Y,Z voxels. Default: the run's recorded best "
+    "volume, as the trainer's validation) or X,Y,Z voxels (XxYxZ too). Default: the run's recorded best "
     "(inference.json), else 'patch'.")
 _TTA = flags.DEFINE_enum("tta", None, inference.TTA_MODES, "Flip test-time augmentation for --model. "
                          "Default: the run's recorded best (inference.json), else none.")

@@ -50,7 +50,7 @@ _TTA = flags.DEFINE_enum("tta", None, inference.TTA_MODES,
 _OVERLAP = flags.DEFINE_float("overlap", 0.5, "Overlap of sliding windows, in [0, 1).")
 _WINDOW = flags.DEFINE_string(
     "window", None, "Sliding window: 'patch' (the training patch size, as nnU-Net), 'volume' (the whole "
-    "cropped volume in one pass, as the trainer's validation) or X,Y,Z voxels. Default: the run's recorded "
+    "cropped volume in one pass, as the trainer's validation) or X,Y,Z voxels (XxYxZ too). Default: the run's recorded "
     "best (inference.json, chosen on its validation split), else 'patch'.")
 _PICTURES = flags.DEFINE_boolean("pictures", True, "Write the PNG summary and the GIF fly-through.")
 _BEAM = flags.DEFINE_boolean("beam", False, "Run on a Beam runner (pass --runner=... and its options).")

@@ -90,14 +90,15 @@ def window_size(window, patch_size, cfg: dict) -> tuple[int, int, int]:
         window = patch_size or PreprocessingSpec.from_config(cfg).crop_shape
     elif window == "volume":
         window = PreprocessingSpec.from_config(cfg).crop_shape
-    elif isinstance(window, str):
-        window = window.split(",")
+    elif isinstance(window, str):  # X,Y,Z, or XxYxZ as choose_inference and the reports print sizes
+        window = window.replace("x", ",").split(",")
     try:
         size = tuple(int(w) for w in window)
     except (TypeError, ValueError):
         size = ()
     if len(size) != 3 or min(size) < 1:
-        raise ModelError(f"window {window!r} is not 'patch', 'volume' or three positive sizes X,Y,Z")
+        raise ModelError(f"window {window!r} is not 'patch', 'volume' or three positive sizes X,Y,Z "
+                         "(or XxYxZ)")
     return size
 
 

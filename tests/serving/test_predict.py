@@ -337,3 +337,12 @@ def test_each_source_file_is_read_once_per_prediction(stub_model, tiny_cohort, m
     for channel, path in source.files.items():  # the voxels as stored, not the reoriented or cropped input
         np.testing.assert_array_equal(pred.scans[channel], load_array(parse_nifti(pathlib.Path(path).read_bytes(), path), path))
     np.testing.assert_allclose(pred.header.get_zooms(), nib.load(source.files["flair"]).header.get_zooms())
+
+
+def test_a_window_size_is_read_as_x_y_z_or_as_printed_xxyxz():
+    """choose_inference and the reports print window sizes as 32x32x32; --window takes them back as they are."""
+    cfg = {"crop": {"size": [64, 64, 48]}, "modalities": ["flair"], "layout": "brats2020"}
+    assert predictor_lib.window_size("32,32,16", None, cfg) == (32, 32, 16)
+    assert predictor_lib.window_size("32x32x16", None, cfg) == (32, 32, 16)
+    with pytest.raises(models.ModelError, match="three positive sizes"):
+        predictor_lib.window_size("32x32", None, cfg)
