@@ -19,14 +19,13 @@ Flags this module does not define are handed to Beam's PipelineOptions.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from beam_pipeline import launch
 from shared import cli, console
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.DEFINE_config_file(
     "config", "configs/preprocess/brats2020.py", "Preprocessing config file (get_config()); "
-    "fields can be overridden as --config.field=value.", lock_config=True)
+    "fields can be overridden as --config.field=value.")
 _INPUT = flags.DEFINE_multi_string(
     "input", None, "Cohort root folder holding one folder per patient (local or gs://). Repeat it to build one "
     "dataset from several cohorts whose labels mean the same classes (e.g. GLI 2023, SSA and MEN folders); "
@@ -49,14 +48,9 @@ def main(beam_args):
 
 
 def parse_flags(argv):
-    """absl takes its own flags; everything else goes on to Beam."""
-    try:
-        return flags.FLAGS(argv, known_only=True)
-    except (AttributeError, KeyError) as exc:
-        raise SystemExit(f"error in flags: the config has no field {str(exc).strip(chr(34) + chr(39))!r}\nPass --help for the flags.") from None
-    except (flags.Error, TypeError, ValueError) as exc:
-        raise SystemExit(f"error in flags: {exc}\nPass --help for the flags.") from None
+    """absl takes its own flags; everything else goes on to Beam. Mistakes are one-line error exits."""
+    return cli.parse_flags(argv, known_only=True)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, known_only=True)

@@ -7,7 +7,7 @@ import sys
 
 from absl import app, flags
 
-from shared import cli
+from shared import cli, storage
 from shared.manifest import read_manifest, verify
 
 _DIR = flags.DEFINE_string("data_dir", None, "A dataset version directory (holds manifest.json).")
@@ -17,6 +17,8 @@ flags.mark_flag_as_required("data_dir")
 
 def main(argv):
     del argv
+    if not storage.exists(_DIR.value):  # a misspelling, not a damaged dataset
+        cli.fail(f"--data_dir: {storage.folder_problem(_DIR.value)}")
     problems = verify(_DIR.value)
     if problems:
         for problem in problems:
@@ -29,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,6 +6,7 @@
 from absl import app, flags
 
 from beam_pipeline import catalog
+from shared import cli, storage
 
 _OUTPUT = flags.DEFINE_string("output_dir", None, "The --output_dir given to beam_pipeline.preprocess.")
 flags.mark_flag_as_required("output_dir")
@@ -13,8 +14,10 @@ flags.mark_flag_as_required("output_dir")
 
 def main(argv):
     del argv
+    if not storage.exists(_OUTPUT.value):
+        cli.fail(f"--output_dir: {storage.folder_problem(_OUTPUT.value)} (pass the --output_dir given to preprocess)")
     print(catalog.format_versions(_OUTPUT.value))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

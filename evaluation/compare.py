@@ -48,6 +48,9 @@ def main(argv):
         raise app.UsageError("usage: python -m evaluation.compare A/scores.csv B/scores.csv [--columns=...]")
     path_a, path_b = argv[1], argv[2]
     output = _output_path()
+    for path in (path_a, path_b):
+        if not exists(path):
+            cli.fail(f"{path} does not exist (pass the scores.csv files evaluation.evaluate wrote)")
     a = comparison.read_scores(read_bytes(path_a).decode())
     b = comparison.read_scores(read_bytes(path_b).decode())
     scheme_a, scheme_b = _scheme_of(path_a), _scheme_of(path_b)
@@ -67,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from shared import cli, console
+from shared import cli, console, storage
 from evaluation import schemes
 from shared import challenges
 from evaluation import scoring
@@ -101,6 +101,9 @@ def _by_model():
 
 
 def _by_folders():
+    for flag, folder in (("pred_dir", _PRED_DIR.value), ("truth_dir", _TRUTH_DIR.value)):
+        if problem := storage.folder_problem(folder):  # a misspelling reads as one, not as "no patients"
+            raise FileNotFoundError(f"--{flag}: {problem}")
     output = _OUTPUT.value or os.path.join(_PRED_DIR.value, "evaluation")
     print(f"Scoring the segmentations in {_PRED_DIR.value} against {_TRUTH_DIR.value}")
     rows, failures, challenge = scoring.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _CHALLENGE.value,
@@ -127,4 +130,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

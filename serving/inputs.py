@@ -30,7 +30,7 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
             folders.update(h.rstrip("/") for h in hits)
         else:
             if not storage.is_dir(pattern):
-                raise FileNotFoundError(f"--input {pattern} is not a folder")
+                raise FileNotFoundError(f"--input: {storage.folder_problem(pattern) or f'{pattern} is not a folder'}")
             folders.add(pattern.rstrip("/"))
     return sorted(folders)
 

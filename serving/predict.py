@@ -90,12 +90,9 @@ def main(argv):
 
 
 def parse_flags(argv):
-    """absl takes its own flags; the rest go to Beam when --beam is given."""
-    try:
-        return flags.FLAGS(argv, known_only=True)
-    except (flags.Error, ValueError) as exc:
-        raise SystemExit(f"error in flags: {exc}\nPass --help for the flags.") from None
+    """absl takes its own flags; the rest go to Beam when --beam is given. Mistakes are one-line error exits."""
+    return cli.parse_flags(argv, known_only=True)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, known_only=True)

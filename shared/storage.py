@@ -15,6 +15,7 @@ rename), so a crash never leaves a half-written file under its final name.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import glob
 import hashlib
 import os
@@ -95,6 +96,24 @@ def is_dir(path: str) -> bool:
     if is_remote(path):
         return bool(match(join(path.rstrip("/"), "*")))
     return os.path.isdir(path)
+
+
+def folder_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a folder to read ("does not exist; did you mean ...?", "is empty"), else None.
+
+    A misspelt folder should read as a misspelling, not as "no patients found"; a local path gets
+    its nearest sibling's name as the suggestion.
+    """
+    if is_remote(path):
+        return None if is_dir(path) else f"{path} does not exist (or holds no objects)"
+    if os.path.isdir(path):
+        return None if os.listdir(path) else f"{path} is empty"
+    if os.path.exists(path):
+        return f"{path} is a file, not a folder"
+    parent = os.path.dirname(os.path.abspath(path))
+    siblings = [n for n in os.listdir(parent) if os.path.isdir(os.path.join(parent, n))] if os.path.isdir(parent) else []
+    near = difflib.get_close_matches(os.path.basename(path.rstrip("/")), siblings, n=1)
+    return f"{path} does not exist" + (f"; did you mean {os.path.join(os.path.dirname(path), near[0])}?" if near else "")
 
 
 def list_dir(path: str) -> list[str]:

@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from shared import challenges
+from shared import challenges, cli
 from synthetic import cohort as synthetic_data
 
 FLAGS = flags.FLAGS
@@ -85,4 +85,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,7 +14,6 @@ On a cluster, run each fold as its own job and summarise afterwards:
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from shared import cli
 from evaluation import cross_validation as scoring_folds  # wired here: scoring the folds (import contract)
@@ -22,9 +21,9 @@ from evaluation import inference_choice
 from serving import inference
 from trainer import cross_validation, training
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.DEFINE_config_file(
     "config", "configs/train/unet3d.py",
-    "Training config file (get_config()); fields can be overridden as --config.field=value.", lock_config=True)
+    "Training config file (get_config()); fields can be overridden as --config.field=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Cross-validation directory: fold_<k>/ runs, summary, post-processing.")
 _FOLDS = flags.DEFINE_list("folds", None, "Folds to train (default: all).")
 _TRAIN = flags.DEFINE_boolean("train", True, "Train the folds (false: only summarise the finished ones).")
@@ -59,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

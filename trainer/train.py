@@ -10,15 +10,14 @@ unless --config.continue_training=true.  With TF_CONFIG set, each worker runs th
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from shared import cli
 from evaluation import inference_choice  # wired here: the end-of-training window/TTA choice (import contract)
 from trainer import training
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.DEFINE_config_file(
     "config", "configs/train/unet3d.py",
-    "Training config file (get_config()); fields can be overridden as --config.field=value.", lock_config=True)
+    "Training config file (get_config()); fields can be overridden as --config.field=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config, lineage, checkpoints, logs, final model.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version directory to train on (sets --config.data_dir).")
 flags.mark_flag_as_required("workdir")
@@ -42,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
