@@ -21,7 +21,6 @@ and prints the whole-region and lesion-wise tables with the scheme they follow.
 """
 
 import os
-import sys
 
 from absl import app, flags
 
@@ -67,6 +66,8 @@ _SCHEME = flags.DEFINE_enum(
     "Scoring scheme: brats2020 (whole-region, max-directed HD95), nnunet (whole-region, pooled HD95), brats2023 "
     "/ brats2024 (lesion-wise Dice and HD95 with the challenge's dilation, threshold and penalty), brats2026 "
     "(one-to-one matched lesions: F1, Dice, HD95, NSD, PQ). Default: the challenge's own.")
+_STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any patient could not be scored (a patient of "
+                               "--truth_dir without a prediction counts).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Where the reports go (default: <model dir>/eval_<split>, "
                               "or <pred_dir>/evaluation).")
 
@@ -125,8 +126,7 @@ def main(argv):
         cli.fail(exc)
     report = scoring.write_report(rows, failures, output, about, challenge, _SCHEME.value)
     print(scoring.format_report(report))
-    if not rows:
-        sys.exit(1)
+    cli.exit_for_failures(len(rows), len(failures), _STRICT.value, "scored")
 
 
 if __name__ == "__main__":

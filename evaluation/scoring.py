@@ -385,6 +385,21 @@ def write_report(rows: list[dict], failures: list[dict], output_dir: str, about:
     return Report(rows, summary, failures, output_dir)
 
 
+def _format_failures(failures: list[dict], output_dir: str) -> list[str]:
+    """Patients without a prediction in one line (scoring part of a cohort is normal), other failures one each."""
+    unpredicted = [f["patient"] for f in failures if f["stage"] == "prediction"]
+    others = [f for f in failures if f["stage"] != "prediction"]
+    lines = []
+    if unpredicted:
+        shown = ", ".join(unpredicted[:3]) + (f" and {len(unpredicted) - 3} more" if len(unpredicted) > 3 else "")
+        lines.append(f"{len(unpredicted)} patient(s) of the ground truth have no prediction and are left out of "
+                     f"the means: {shown} (listed in {posixpath.join(output_dir, failures_lib.ERRORS_NAME)})")
+    if others:
+        lines.append(f"{len(others)} patient(s) not scored:")
+        lines += [failures_lib.format_line(f) for f in others]
+    return lines
+
+
 def format_report(report: Report) -> str:
     """Whole-region table, lesion-wise table (when the scheme scores lesions), failures, and where the files are."""
     lines = [metrics.format_table(report.summary) if report.rows else "No patient could be scored."]
@@ -393,9 +408,7 @@ def format_report(report: Report) -> str:
         scheme = schemes.get(report.summary["scheme"])
         lines += [f"Lesion-wise ({scheme.name}; per-patient scores, means over patients, counts summed):",
                   lesions.format_cohort_table(report.summary, lesion_regions, scheme)]
-    if report.failures:
-        lines.append(f"{len(report.failures)} patient(s) not scored:")
-        lines += [failures_lib.format_line(f) for f in report.failures]
+    lines += _format_failures(report.failures, report.output_dir)
     lines.append(f"Per-patient scores: {posixpath.join(report.output_dir, SCORES)}; "
                  f"per-lesion: {posixpath.join(report.output_dir, LESIONS)}; "
                  f"summary: {posixpath.join(report.output_dir, SUMMARY)}")

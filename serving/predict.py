@@ -21,8 +21,6 @@ is applied.  Failures go to errors.jsonl.
 Flags this module does not define are handed to Beam's PipelineOptions.
 """
 
-import sys
-
 from absl import app, flags
 
 from shared import cli, console
@@ -85,8 +83,7 @@ def main(argv):
             raise app.UsageError(f"unexpected arguments {argv[1:]} (Beam options need --beam)")
         summary = batch_predict.predict_local(options, folders, predictor=predictor)
     print(batch_predict.format_summary(summary, options.output_dir))
-    if _STRICT.value and summary.failures:
-        sys.exit(f"--strict: {len(summary.failures)} patient(s) failed")
+    cli.exit_for_failures(len(summary.predicted), len(summary.failures), _STRICT.value, "predicted")
 
 
 def parse_flags(argv):

@@ -35,6 +35,17 @@ def fail(message: object, status: int = USAGE_ERROR) -> NoReturn:
     sys.exit(status)
 
 
+def exit_for_failures(succeeded: int, failed: int, strict: bool, done: str = "processed") -> None:
+    """A many-patient command's exit: 1 when no patient succeeded, or with --strict when any failed.
+
+    A run where every patient failed produced nothing to use, so it must not look like success to a script.
+    """
+    if succeeded == 0:
+        fail(f"no patient {done}" + (f": all {failed} failed" if failed else ""), status=1)
+    if strict and failed:
+        fail(f"--strict: {failed} patient(s) failed ({succeeded} {done})", status=1)
+
+
 def deprecation_warning(old: str, new: str) -> str:
     return f"warning: --{old} is deprecated; use --{new}"
 

@@ -30,6 +30,8 @@ _TRAIN = flags.DEFINE_boolean("train", True, "Train the folds (false: only summa
 _SUMMARIZE = flags.DEFINE_boolean("summarize", True, "Once every fold has a model: score them and choose "
                                   "post-processing.")
 _TTA = flags.DEFINE_enum("tta", "none", inference.TTA_MODES, "Flip test-time augmentation when scoring the folds.")
+_STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any validation patient of a fold could not be "
+                               "scored.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset version directory to train the folds on (sets "
                                 "--config.data_dir).")
 flags.mark_flag_as_required("workdir")
@@ -55,6 +57,7 @@ def main(argv):
     except (training.LaunchError, ValueError, FileNotFoundError) as exc:
         cli.fail(exc)
     print(scoring_folds.format_summary(summary))
+    cli.exit_for_failures(len(summary.rows), len(summary.failures), _STRICT.value, "scored")
 
 
 if __name__ == "__main__":
