@@ -11,7 +11,9 @@ patient is :mod:`serving.prediction`'s job.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import posixpath
 
 from shared import challenges, geometry, storage, trained_run
 from shared.spec import PreprocessingSpec
@@ -140,16 +142,64 @@ def inference_settings(model_path, window: str | None = None, tta: str | None = 
 
     Which window is better depends on the model (a small patch sees little
     context, so the whole crop can score higher), so the run measures it on
-    its validation split rather than the code guessing.
+    its validation split rather than the code guessing.  An ensemble follows
+    its members' records (:func:`ensemble_settings`).
     """
-    recorded = recorded_inference(model_path) if window in (None, "") or tta in (None, "") else None
-    source = "asked"
-    if recorded is not None:
-        source = f"recorded in {recorded.path}"
-    elif window in (None, "") or tta in (None, ""):
-        source = "default"
+    if window not in (None, "") and tta not in (None, ""):
+        return InferenceSettings(window=window, tta=tta, source="asked")
+    members = _members_recorded(model_path)
+    if len(members) > 1:
+        return ensemble_settings(members, window, tta)
+    recorded = members[0][1] if members else None
+    source = f"recorded in {recorded.path}" if recorded is not None else "default"
     return InferenceSettings(window=window or (recorded and recorded.window) or DEFAULT_WINDOW,
                              tta=tta or (recorded and recorded.tta) or DEFAULT_TTA, source=source)
+
+
+def _members_recorded(model_path) -> list[tuple[str, RecordedInference | None]]:
+    """(model path, its run's inference.json) for every model ``--model`` names; [] when they cannot be found."""
+    try:
+        paths = expand_models(model_path)
+    except ModelError:
+        return []
+    return [(path, run.inference if run else None) for path, run in ((p, _run_of(p)) for p in paths)]
+
+
+def ensemble_settings(members: list[tuple[str, RecordedInference | None]], window: str | None = None,
+                      tta: str | None = None) -> InferenceSettings:
+    """An ensemble's window and TTA: what was asked, else what its members recorded.
+
+    Members that agree are followed (folds chosen on their own validation patients usually do); when
+    they differ, the choice of most members wins (the first member's among equals) and the source says
+    what each member recorded, so the user sees the choice was made and can pass --window/--tta.
+    """
+    chosen, notes = {}, []
+    for name, label, asked, default in (("window", "window", window, DEFAULT_WINDOW), ("tta", "TTA", tta, DEFAULT_TTA)):
+        if asked:
+            chosen[name] = asked
+            notes.append(f"{label} asked")
+            continue
+        values = [(path, getattr(rec, name) if rec else None) for path, rec in members]
+        chosen[name], note = _agreed(values, default)
+        notes.append(f"{label} {note}")
+    return InferenceSettings(window=chosen["window"], tta=chosen["tta"], source="; ".join(notes))
+
+
+def _agreed(values: list[tuple[str, str | None]], default: str) -> tuple[str, str]:
+    """The members' common value and why it was taken; see :func:`ensemble_settings`."""
+    recorded = [v for _, v in values if v]
+    if not recorded:
+        return default, "default (no member recorded one)"
+    if len(recorded) == len(values) and len(set(recorded)) == 1:
+        return recorded[0], f"recorded by all {len(values)} members"
+    best = collections.Counter(recorded).most_common(1)[0][0]  # Counter keeps first-seen order among equals
+    each = ", ".join(f"{_member_name(path)} {value or 'none'}" for path, value in values)
+    return best, f"{best}: the members differ ({each}); chose the value most members recorded (the first among equals)"
+
+
+def _member_name(model_path: str) -> str:
+    """fold_0 for runs/cv/fold_0/model.keras: the run folder names the member."""
+    return posixpath.basename(posixpath.dirname(model_path)) or model_path
 
 
 def expand_models(specs) -> list[str]:
