@@ -170,9 +170,34 @@ def _legend_handles(classes: np.ndarray, spacing, challenge: Challenge) -> list[
     per_voxel = voxel_ml(spacing)
     return [
         Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="white",
-              label=f"{name}: {counts[cls] * per_voxel:.1f} mL ({counts[cls]:,} voxels)")
+              label=f"{name}: {counts[cls] * per_voxel:.1f} mL ({plural(int(counts[cls]), 'voxel')})")
         for cls, name, rgb in legend_entries(challenge)
     ]
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 voxel', '2,048 voxels'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _place_legend(fig: Figure, handles: list[Patch], fontsize: float = 10) -> None:
+    """The legend below the slices, in as many columns (3 at most) as fit across the figure.
+
+    GLI 2024's class names are long: three columns of them run off both edges of a 12-inch
+    figure.  Fewer columns make the legend taller, so the slices' bottom margin grows to match.
+    """
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(min(3, len(handles)), 0, -1):
+        legend = fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, labelcolor="white",
+                            fontsize=fontsize, bbox_to_anchor=(0.5, 0.0))
+        box = legend.get_window_extent(renderer)
+        if box.width <= fig.bbox.width * 0.98 or ncol == 1:
+            break
+        legend.remove()
+    if box.width > fig.bbox.width * 0.98 and fontsize > 6:  # even one column is too wide: smaller type
+        legend.remove()
+        return _place_legend(fig, handles, fontsize - 1)
+    fig.subplots_adjust(bottom=min(0.6, box.height / fig.bbox.height + 0.02))
 
 
 def _write(path, data: bytes) -> None:
@@ -184,14 +209,9 @@ def _write(path, data: bytes) -> None:
         handle.write(data)
 
 
-def summary_png(volume: np.ndarray, classes: np.ndarray, challenge: Challenge, spacing=(1.0, 1.0, 1.0), path=None,
-                title: str = "", affine=None, dpi: int = 100) -> bytes:
-    """PNG of the three orthogonal slices through the tumour's centre, with overlay and legend.
-
-    Pixels are drawn at their physical aspect ratio (from ``spacing``), so an
-    anisotropic scan is not squashed.  Returns the PNG bytes; writes them to
-    ``path`` as well when given.
-    """
+def summary_figure(volume: np.ndarray, classes: np.ndarray, challenge: Challenge, spacing=(1.0, 1.0, 1.0),
+                   title: str = "", affine=None, dpi: int = 100) -> Figure:
+    """The figure :func:`summary_png` draws: three slices through the tumour's centre and the legend."""
     volume, classes = np.asarray(volume), np.asarray(classes)
     _check_volumes(volume, classes)
     centre = tumour_centre(classes)
@@ -203,11 +223,22 @@ def summary_png(volume: np.ndarray, classes: np.ndarray, challenge: Challenge, s
         ax.imshow(overlay_rgb(image, cls, challenge), aspect=float(spacing[row]) / float(spacing[col]), interpolation="nearest")
         ax.set_title(f"{view} (slice {centre[fixed]})", color="white", fontsize=11)
         ax.set_axis_off()
-    fig.legend(handles=_legend_handles(classes, spacing, challenge), loc="lower center", ncol=3, frameon=False,
-               labelcolor="white", fontsize=10)
     if title:
         fig.suptitle(title, color="white", fontsize=13)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.12, wspace=0.03)
+    _place_legend(fig, _legend_handles(classes, spacing, challenge))
+    return fig
+
+
+def summary_png(volume: np.ndarray, classes: np.ndarray, challenge: Challenge, spacing=(1.0, 1.0, 1.0), path=None,
+                title: str = "", affine=None, dpi: int = 100) -> bytes:
+    """PNG of the three orthogonal slices through the tumour's centre, with overlay and legend.
+
+    Pixels are drawn at their physical aspect ratio (from ``spacing``), so an
+    anisotropic scan is not squashed.  Returns the PNG bytes; writes them to
+    ``path`` as well when given.
+    """
+    fig = summary_figure(volume, classes, challenge, spacing, title, affine, dpi)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", facecolor=fig.get_facecolor())
     data = buffer.getvalue()

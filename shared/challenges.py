@@ -183,6 +183,14 @@ class Challenge:
         """The canonical image channels the challenge ships, in the project's order."""
         return tuple(m for m in MODALITIES if m in self.naming.tokens)
 
+    def modality_names(self, channels: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The challenge's own names of canonical channels (GLI 2024: t2f, t1n, t1c, t2w), for people to read.
+
+        The code calls channels by their 2020 names whatever the release; a user of a 2023+ cohort
+        knows them by the tokens in the file names, so messages use those.
+        """
+        return tuple(self.naming.tokens.get(c, c) for c in (self.modalities if channels is None else channels))
+
     # -- labels and classes ---------------------------------------------------
     @property
     def num_classes(self) -> int:

@@ -34,10 +34,22 @@ def main(argv):
         cli.fail(exc)
     if outcome.already_finished:
         return  # train_and_evaluate said so; exit 0: the model the command asks for exists
-    dice = ", ".join(f"{name.upper()} {outcome.val_metrics[f'val_dice_{name}']:.3f}"
-                     for name in ("wt", "tc", "et", "mean") if f"val_dice_{name}" in outcome.val_metrics)
+    dice = validation_dice(outcome.val_metrics)
     print(f"Done: {outcome.epochs_run} epoch(s), model in {outcome.model_path}"
           + (f"; validation Dice {dice}" if dice else ""))
+
+
+def validation_dice(val_metrics: dict) -> str:
+    """'WT 0.812, TC 0.701, ET 0.655, RC 0.402, mean 0.723': every region the model was scored on.
+
+    Read from the metrics themselves (``val_dice_<region>``), so a GLI 2024 run shows RC, and a
+    challenge added to the registry shows its own regions, without a list here.
+    """
+    regions = [k for k in val_metrics if k.startswith("val_dice_") and k != "val_dice_mean"]
+    parts = [f"{k[len('val_dice_'):].upper()} {val_metrics[k]:.3f}" for k in regions]
+    if "val_dice_mean" in val_metrics:
+        parts.append(f"mean {val_metrics['val_dice_mean']:.3f}")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":

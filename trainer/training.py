@@ -231,6 +231,16 @@ def _train_input(cfg, info: data.DatasetInfo, aug: augment_lib.AugmentConfig, fi
     return strategy.distribute_datasets_from_function(per_worker)
 
 
+def _validation_steps(info: data.DatasetInfo) -> int | None:
+    """One step per validation patient (batches of one), so Keras stops at the end of the split.
+
+    The split is filtered by patient, so tf.data cannot know its length; without a count Keras reads
+    until the data ends and then warns "Your input ran out of data" though every patient was scored.
+    Under TF_CONFIG each worker reads a share of unknown size: there Keras reads to the end.
+    """
+    return (info.num_val or None) if not runtime.cluster_spec() else None
+
+
 def _save_final(net, workdir: str, chief: bool) -> str:
     """Save the model as .keras and as a SavedModel; every worker must take part.
 
@@ -291,7 +301,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
                           f"{strategy.num_replicas_in_sync} replicas")
     echo(f"Training {cfg['model']['preset']} U-Net on {info.version_id}"
          + (f" fold {info.fold}/{data.num_folds(info)}" if info.fold is not None else "")
-         + f" ({info.num_train} train / {info.num_val} val patients, channels {','.join(info.channels)}), precision {policy}, "
+         + f" ({info.num_train} train / {info.num_val} val patients, channels {','.join(challenges.get(info.challenge).modality_names(info.channels))}), precision {policy}, "
          f"{strategy.num_replicas_in_sync} replica(s)" + (f", resuming at epoch {state.epoch + 1}" if state.epoch else ""))
 
     train_ds = _train_input(cfg, info, augment_lib.AugmentConfig.from_config(cfg), state.epoch, strategy)
@@ -311,7 +321,9 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
     cfg["challenge"] = info.challenge
     resume.trim_history(trained_run.join(scratch, trained_run.HISTORY_FILE), state.epoch)
     history = net.fit(train_ds, epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
-                      validation_data=val_ds, validation_freq=cfg["val_every"], verbose=_verbosity(chief),
+                      shuffle=False,  # the stream shuffles itself (data.epoch_records); True only makes Keras warn
+                      validation_data=val_ds, validation_steps=_validation_steps(info),
+                      validation_freq=cfg["val_every"], verbose=_verbosity(chief),
                       callbacks=_callbacks(cfg, scratch, state, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = _save_final(net, workdir, chief)
