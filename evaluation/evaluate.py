@@ -90,6 +90,9 @@ def _by_model():
              "version_id": predictor.version_id, "split": _SPLIT.value, "tta": settings.tta,
              "window": list(predictor.window), "inference_settings": settings.source, "space": _SPACE.value,
              "postprocessing": list(predictor.postprocessing), "postprocessing_file": predictor.postprocessing_path}
+    if predictor.decoding is not None:  # a region model: say why its numbers differ from training's
+        about["region_decoding"] = predictor.decoding.explain()
+        print(about["region_decoding"])
     if _SPACE.value == "source":
         inputs = scoring.cohort_folders(data_dir, _INPUT.value)
         about["input"] = inputs

@@ -64,6 +64,18 @@ class RegionDecoding:
             classes[probabilities[..., channel] > threshold] = self.writes[channel]
         return classes
 
+    def explain(self) -> str:
+        """Why a region model's training Dice and its decoded evaluation differ, for the report and console.
+
+        Training scores each sigmoid on its own; evaluation first decodes to labels, innermost region
+        last, so a region written late (GLI 2024's RC) takes voxels from the regions written before it.
+        """
+        order = [self.names[i] for i in self.order]
+        return (f"Region model: training's validation Dice scores each region's own output (p > {THRESHOLD}); "
+                f"this evaluation decodes them to labels in the order {', '.join(order)} (a later region "
+                f"overwrites an earlier one), so an inner region predicted over the tumour (here {order[-1]} "
+                "last) lowers the outer regions' Dice: the two can disagree, most for an untrained model.")
+
 
 def decoding(challenge: Challenge) -> RegionDecoding:
     """The challenge's regions as outputs; ValueError if some label could never be predicted."""
