@@ -30,7 +30,12 @@ USAGE_ERROR = 2  # the exit status of a command refusing its input
 
 
 def fail(message: object, status: int = USAGE_ERROR) -> NoReturn:
-    """Exit the command cleanly: ``error: <message>`` on stderr, exit ``status`` (2: bad input)."""
+    """Exit the command cleanly: ``error: <message>`` on stderr, exit ``status`` (2: bad input).
+
+    Called while handling an exception with ``--verbose`` given, the traceback comes first.
+    """
+    if _verbose() and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
 
@@ -146,8 +151,6 @@ def _verbose() -> bool:
 
 def fail_usage(message: object) -> NoReturn:
     """A flag mistake: the error line, the line saying where the flags are listed, exit 2."""
-    if _verbose():
-        traceback.print_exc()
     fail(f"{message}\n{HELP_HINT}")
 
 
