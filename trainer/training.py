@@ -231,6 +231,11 @@ def _train_input(cfg, info: data.DatasetInfo, aug: augment_lib.AugmentConfig, fi
     return strategy.distribute_datasets_from_function(per_worker)
 
 
+def _channel_names(info: data.DatasetInfo) -> str:
+    """'t2f,t1n,t1c,t2w' for a GLI 2024 dataset: the names its user knows from the file names."""
+    return ",".join(challenges.get(info.challenge).modality_names(info.channels))
+
+
 def _validation_steps(info: data.DatasetInfo) -> int | None:
     """One step per validation patient (batches of one), so Keras stops at the end of the split.
 
@@ -301,7 +306,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
                           f"{strategy.num_replicas_in_sync} replicas")
     echo(f"Training {cfg['model']['preset']} U-Net on {info.version_id}"
          + (f" fold {info.fold}/{data.num_folds(info)}" if info.fold is not None else "")
-         + f" ({info.num_train} train / {info.num_val} val patients, channels {','.join(challenges.get(info.challenge).modality_names(info.channels))}), precision {policy}, "
+         + f" ({info.num_train} train / {info.num_val} val patients, channels {_channel_names(info)}), precision {policy}, "
          f"{strategy.num_replicas_in_sync} replica(s)" + (f", resuming at epoch {state.epoch + 1}" if state.epoch else ""))
 
     train_ds = _train_input(cfg, info, augment_lib.AugmentConfig.from_config(cfg), state.epoch, strategy)

@@ -28,3 +28,10 @@ def test_the_done_line_names_every_region_the_model_was_scored_on():
     gli2024 = {"val_loss": 0.9, "val_dice_wt": 0.5, "val_dice_tc": 0.4, "val_dice_et": 0.3, "val_dice_rc": 0.2,
                "val_dice_mean": 0.35}
     assert train.validation_dice(gli2024) == "WT 0.500, TC 0.400, ET 0.300, RC 0.200, mean 0.350"
+
+
+def test_training_names_a_gli_2024_cohorts_channels_by_its_file_tokens():
+    import types
+
+    info = types.SimpleNamespace(challenge="brats2024_gli", channels=("flair", "t1", "t1ce", "t2"))
+    assert training._channel_names(info) == "t2f,t1n,t1c,t2w"
