@@ -91,7 +91,7 @@ def discover(input_dir: str, layout: layouts.Layout, modalities: tuple[str, ...]
     folders = list_patient_folders(input_dir, layout)
     if not folders:
         if problem := storage.folder_problem(input_dir):
-            raise FileNotFoundError(f"--input: {problem}")
+            raise FileNotFoundError(f"--input: no patient folders to read: {problem}")
         raise FileNotFoundError(
             f"no patient folders matching {layout.patient_dir!r} under {input_dir} (layout {layout.name})"
         )
@@ -134,7 +134,7 @@ def layout_of_folder(input_dir: str, wanted: layouts.Layout) -> layouts.Layout:
         if list_patient_folders(input_dir, layout):
             return layout
     if problem := storage.folder_problem(input_dir):
-        raise FileNotFoundError(f"--input: {problem}")
+        raise FileNotFoundError(f"--input: no patient folders to read: {problem}")
     raise FileNotFoundError(
         f"no patient folders under {input_dir} named like {wanted.name} ({wanted.patient_dir!r}) or like a "
         f"challenge with the same labels ({', '.join(c.name for c in candidates[1:]) or 'none'})"
