@@ -1,0 +1,73 @@
+"""Runs the official BraTS 2026 package (brats-evaluation, in .oracle-venv) on a batch of cases; prints JSON.
+
+Run by the tests with the oracle's own Python, never imported by the product
+or by pytest (AGPL; its pins clash with ours):
+
+    .oracle-venv/bin/python tests/evaluation/brats_oracle.py <batch.json>
+
+``batch.json``: ``{"arrays": [{"id", "config", "pred", "ref", "spacing"}],
+"files": [{"id", "config", "ref_dir", "pred_dir", "mets": bool}]}`` where
+``pred``/``ref`` are ``.npy`` label volumes.  ``arrays`` calls
+``Panoptica_Evaluator.evaluate`` on the arrays with the given spacing;
+``files`` runs the ``brats-evaluate`` command and ``brats-parse-metrics seg``
+(and ``mets`` when asked) as a user would, and returns the summary JSON and
+the parsed CSV rows.  One process for the whole batch keeps the tests fast.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from importlib.resources import files
+
+import numpy as np
+from panoptica import Panoptica_Evaluator
+
+
+def _evaluator(config: str, cache: dict):
+    if config not in cache:
+        path = str(files("brats_evaluation").joinpath("configs", f"config_{config}.yaml"))
+        cache[config] = Panoptica_Evaluator.load_from_config(path)
+    return cache[config]
+
+
+def _arrays(case: dict, cache: dict) -> dict:
+    evaluator = _evaluator(case["config"], cache)
+    found = evaluator.evaluate(np.load(case["pred"]), np.load(case["ref"]),
+                               voxelspacing=tuple(case["spacing"]), verbose=False)
+    return {group: result.to_dict(True) for group, result in found.items()}
+
+
+def _rows(path: str) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _files(case: dict) -> dict:
+    bindir = os.path.dirname(sys.executable)
+    out = tempfile.mkdtemp(prefix="oracle_")
+    summary = os.path.join(out, "summary.json")
+    subprocess.run([os.path.join(bindir, "brats-evaluate"), "--config", case["config"], "--ref_path", case["ref_dir"],
+                    "--pred_path", case["pred_dir"], "--summary_json", summary], check=True, capture_output=True)
+    found = {"summary": json.load(open(summary))}
+    parsers = [("seg", [])] + ([("mets", [])] if case.get("mets") else [])
+    for kind, extra in parsers:
+        target = os.path.join(out, f"{kind}.csv")
+        subprocess.run([os.path.join(bindir, "brats-parse-metrics"), kind, "--json_path", summary,
+                        "--output_csv_path", target, *extra], check=True, capture_output=True)
+        found[kind] = _rows(target)
+    return found
+
+
+def main(path: str) -> None:
+    batch = json.load(open(path))
+    cache = {}
+    result = {"arrays": {c["id"]: _arrays(c, cache) for c in batch.get("arrays", [])},
+              "files": {c["id"]: _files(c) for c in batch.get("files", [])}}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
