@@ -38,6 +38,12 @@ from shared import metrics
 UNIT_NSD_TOLERANCE = 0.5
 # What brats-parse-metrics writes for an infinite whole-region HD95 (the SRI24 cube's diameter, rounded).
 PARSER_HD95 = 373.0
+# The whole-region sentence of a 2026 report (the BraTS 2017-2020 one does not hold for its Dice/HD95/NSD).
+CONVENTION = ("BraTS 2026 whole-region rules (brats-evaluation / panoptica): Dice, HD95 (pooled 95th percentile "
+              "of surface distances) and NSD per region; a region empty in both is NaN and left out of means; "
+              "empty in one, or no shared voxel: Dice 0, NSD 0, HD95 inf (the official CSV writes 373); cohort "
+              "means are over finite values and say how many infinite or NaN values they left out; "
+              "sensitivity, specificity and volumes as in every scheme.")
 # How brats-evaluate pairs a prediction with a truth: the prediction's name ends in the truth's id + ".nii.gz".
 OFFICIAL_ID = re.compile(r"(\d{5}(?:-\d{3})?|\d{4}-\d{1,3})")
 

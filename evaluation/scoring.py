@@ -234,7 +234,8 @@ def _score_cohort(pred_dir, layout, folders, pred_convention, chosen, echo, pred
             continue
         pred_paths.append(pred_path)
         try:
-            pred, pred_affine, _ = _load_labels(pred_path, pred_convention)
+            same = pred_convention == layout.label_convention  # then its label 4 also means GLI 2024
+            pred, pred_affine, _ = _load_labels(pred_path, pred_convention, layout.name if same else None)
             row = _score_against_truth(pid, pred, pred_affine, posixpath.basename(pred_path), truth_path, layout,
                                        chosen)
         except geometry.GeometryError as exc:
@@ -438,7 +439,8 @@ def write_report(rows: list[dict], failures: list[dict], output_dir: str, about:
     would not find).
     """
     chosen = scheme if isinstance(scheme, schemes.Scheme) else schemes.resolve(challenge, scheme)
-    sentence = metrics.convention(chosen.hd95_reduction) + " " + schemes.describe(chosen, challenge)
+    prefix = official.CONVENTION if chosen.whole_region == "panoptica" else metrics.convention(chosen.hd95_reduction)
+    sentence = prefix + " " + schemes.describe(chosen, challenge)
     summary = (metrics.summarize(rows, tuple(challenge.regions), convention_text=sentence) if rows
                else {"convention": sentence, "n": 0})
     summary.update(about=about, failed=len(failures), challenge=challenge.name, scheme=chosen.name,
