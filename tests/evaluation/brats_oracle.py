@@ -11,7 +11,8 @@ or by pytest (AGPL; its pins clash with ours):
 ``Panoptica_Evaluator.evaluate`` on the arrays with the given spacing;
 ``files`` runs the ``brats-evaluate`` command and ``brats-parse-metrics seg``
 (and ``mets`` when asked) as a user would, and returns the summary JSON and
-the parsed CSV rows.  One process for the whole batch keeps the tests fast.
+the parsed CSV rows; ``timing`` (same keys as ``arrays``, plus ``repeats``)
+times the library call (benchmarks/bench_lesions.py).  One process for the whole batch keeps the tests fast.
 """
 
 import csv
@@ -61,11 +62,28 @@ def _files(case: dict) -> dict:
     return found
 
 
+def _timing(case: dict, cache: dict) -> dict:
+    """CPU seconds (this process) of the library call on arrays: median of ``repeats`` after one warm-up."""
+    import statistics
+    import time
+
+    evaluator = _evaluator(case["config"], cache)
+    pred, ref = np.load(case["pred"]), np.load(case["ref"])
+    evaluator.evaluate(pred, ref, voxelspacing=tuple(case["spacing"]), verbose=False)
+    cpu = []
+    for _ in range(case.get("repeats", 3)):
+        start = time.process_time()
+        evaluator.evaluate(pred, ref, voxelspacing=tuple(case["spacing"]), verbose=False)
+        cpu.append(time.process_time() - start)
+    return {"cpu_seconds": statistics.median(cpu), "runs": cpu}
+
+
 def main(path: str) -> None:
     batch = json.load(open(path))
     cache = {}
     result = {"arrays": {c["id"]: _arrays(c, cache) for c in batch.get("arrays", [])},
-              "files": {c["id"]: _files(c) for c in batch.get("files", [])}}
+              "files": {c["id"]: _files(c) for c in batch.get("files", [])},
+              "timing": {c["id"]: _timing(c, cache) for c in batch.get("timing", [])}}
     print(json.dumps(result))
 
 
