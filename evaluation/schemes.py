@@ -11,7 +11,9 @@ all three over the years.  A :class:`Scheme` names one complete procedure:
   zone, misses and false positives penalised), ``brats2024`` (the same, with
   predicted components merged by dilation too and predicted lesions at or below
   the volume threshold dropped), or ``matched`` (the 2026 ``brats-evaluation``
-  package built on panoptica: one-to-one Hungarian matching of components);
+  package built on panoptica: one-to-one Hungarian matching of components;
+  ``brats2026`` is its leaderboard, faults included, ``brats2026_corrected``
+  the same rules with the spacing applied correctly, see :mod:`evaluation.official`);
 * the lesion HD95: its surface (``voxel`` or ``surfel``, see
   :data:`evaluation.surface.SURFACES`: the 2023-2025 code takes DeepMind's
   area-weighted surface elements), its reduction, and the empty-region rule.

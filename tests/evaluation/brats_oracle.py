@@ -53,7 +53,7 @@ def _files(case: dict) -> dict:
     subprocess.run([os.path.join(bindir, "brats-evaluate"), "--config", case["config"], "--ref_path", case["ref_dir"],
                     "--pred_path", case["pred_dir"], "--summary_json", summary], check=True, capture_output=True)
     found = {"summary": json.load(open(summary))}
-    parsers = [("seg", [])] + ([("mets", [])] if case.get("mets") else [])
+    parsers = [("mets", [])] if case.get("mets") else [("seg", [])]
     for kind, extra in parsers:
         target = os.path.join(out, f"{kind}.csv")
         subprocess.run([os.path.join(bindir, "brats-parse-metrics"), kind, "--json_path", summary,

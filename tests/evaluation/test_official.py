@@ -123,50 +123,65 @@ def _compare_csv(ours: dict, theirs: dict) -> list:
     return differences
 
 
-def test_brats_evaluate_on_files_equals_our_official_csv(tmp_path):
+def _mets_patients():
+    patients = []
+    for n in range(3):
+        truth, pred = oc.random_case(900 + n, (1, 2, 3, 4))
+        truth[1:3, 1:3, 1:3], pred[30:32, 30:32, 1:3] = 3, 3  # a small lesion missed, a small false positive
+        patients.append((f"BraTS-MET-{n + 1:05d}-000", np.diag([1.0, 1.0, 1.0, 1.0]), truth, pred))
+    return patients
+
+
+@pytest.fixture(scope="module")
+def on_files(tmp_path_factory):
+    """GLI 2024 and METS cohorts on disk and the oracle's answers for both, in one subprocess call."""
+    root = tmp_path_factory.mktemp("official_files")
+    gli, mets = _file_patients(), _mets_patients()
+    gli_dirs, mets_dirs = _write_cohort(root / "gli", gli), _write_cohort(root / "mets", mets)
+    aniso = gli[2]
+    batch = {"files": [{"id": "gli", "config": "gli", "ref_dir": gli_dirs[1], "pred_dir": gli_dirs[2]},
+                       {"id": "mets", "config": "mets", "ref_dir": mets_dirs[1], "pred_dir": mets_dirs[2],
+                        "mets": True}],
+             "arrays": [{"id": "aniso", "config": "gli", "pred": aniso[3], "ref": aniso[2],
+                         "spacing": [1.0, 1.0, 2.5]}]}
+    return {"gli": gli, "gli_dirs": gli_dirs, "mets_dirs": mets_dirs, "root": root,
+            "oracle": oc.run_oracle(batch, root)}
+
+
+def test_brats_evaluate_on_files_equals_our_official_csv(on_files):
     """The command on files (SimpleITK's spacing on reversed axes, whole-region metrics without spacing)
     and `brats-parse-metrics seg` against official_scores.csv of `--scheme=brats2026`, including the
     mean/std/median rows; GLI 2024 found from the labels; the corrected scheme differs on the
     anisotropic case only, where it equals the library call with the true spacing."""
-    patients = _file_patients()
-    truth_dir, ref_dir, pred_dir = _write_cohort(tmp_path, patients)
-    aniso = patients[2]
-    batch = {"files": [{"id": "gli", "config": "gli", "ref_dir": ref_dir, "pred_dir": pred_dir}],
-             "arrays": [{"id": "aniso", "config": "gli", "pred": aniso[3], "ref": aniso[2],
-                         "spacing": [1.0, 1.0, 2.5]}]}
-    found = oc.run_oracle(batch, tmp_path)
+    truth_dir, _, pred_dir = on_files["gli_dirs"]
+    found, aniso = on_files["oracle"], on_files["gli"][2]
     notes: list[str] = []
     rows, failures, challenge = scoring.score_folders(pred_dir, truth_dir, scheme="brats2026", notes=notes,
                                                       echo=lambda _: None)
     assert challenge.name == "brats2024_gli" and not failures and any("detected" in n for n in notes)
-    report = scoring.write_report(rows, failures, str(tmp_path / "out"), {}, challenge, "brats2026")
+    report = scoring.write_report(rows, failures, str(on_files["root"] / "out"), {}, challenge, "brats2026")
     assert not _compare_csv(_read_csv(report.summary["official_csv"]), _read_csv(found["files"]["gli"]["seg"]))
 
     corrected, _, _ = scoring.score_folders(pred_dir, truth_dir, scheme="brats2026_corrected", echo=lambda _: None)
     by_pid = {r["patient"]: r for r in corrected}
     leaderboard = {r["patient"]: r for r in rows}
-    for pid in ("BraTS-GLI-00001-000",):  # 1 mm: the same numbers
+    for pid in ("BraTS-GLI-00001-000",):  # 1 mm: the same lesion numbers
         assert all(_same(leaderboard[pid][k], v) for k, v in by_pid[pid].items() if k.startswith("lesion_"))
     true_spacing = found["arrays"]["aniso"]["wt"]
     assert _same(by_pid[aniso[0]]["lesion_hd95_WT"], true_spacing["sq_hd95"])
     assert not _same(leaderboard[aniso[0]]["lesion_hd95_WT"], true_spacing["sq_hd95"])
 
 
-def test_mets_parser_small_lesion_detection(tmp_path):
+def test_mets_parser_small_lesion_detection(on_files):
     """`brats-parse-metrics mets` (volume 20 mm3, Dice 0.1): small/large detection counts and F1 and the
     large-lesion means, against official_scores.csv of a METS cohort."""
-    patients = []
-    for n in range(3):
-        truth, pred = oc.random_case(900 + n, (1, 2, 3, 4))
-        truth[1:3, 1:3, 1:3], pred[30:32, 30:32, 1:3] = 3, 3  # a small lesion missed, a small false positive
-        patients.append((f"BraTS-MET-{n + 1:05d}-000", np.diag([1.0, 1.0, 1.0, 1.0]), truth, pred))
-    truth_dir, ref_dir, pred_dir = _write_cohort(tmp_path, patients)
-    found = oc.run_oracle({"files": [{"id": "mets", "config": "mets", "ref_dir": ref_dir, "pred_dir": pred_dir,
-                                      "mets": True}]}, tmp_path)
+    truth_dir, _, pred_dir = on_files["mets_dirs"]
     rows, failures, challenge = scoring.score_folders(pred_dir, truth_dir, "brats2025_met", scheme="brats2026",
                                                       echo=lambda _: None)
-    report = scoring.write_report(rows, failures, str(tmp_path / "out"), {}, challenge, "brats2026")
-    assert not _compare_csv(_read_csv(report.summary["official_csv"]), _read_csv(found["files"]["mets"]["mets"]))
+    report = scoring.write_report(rows, failures, str(on_files["root"] / "mets_out"), {}, challenge, "brats2026")
+    theirs = _read_csv(on_files["oracle"]["files"]["mets"]["mets"])
+    assert not _compare_csv(_read_csv(report.summary["official_csv"]), theirs)
+    assert any(float(r["small_instance_fn_et"] or 0) > 0 for r in theirs.values())
 
 
 # ---------------------------------------------------------------- without the oracle ----
