@@ -150,11 +150,16 @@ def _dice_line(row: dict, challenge) -> str:
 
 
 def find_prediction(pred_dir: str, patient_id: str) -> str | None:
-    """The prediction file of a patient, under any of the usual namings."""
+    """The prediction file of a patient, under any of the usual namings, else as the official
+    ``brats-evaluate`` pairs it (a name ending in the patient's ``NNNNN-NNN.nii.gz``)."""
     for pattern in PRED_NAMES:
         path = posixpath.join(pred_dir, pattern.format(pid=patient_id))
         if storage.exists(path):
             return path
+    wanted = official.OFFICIAL_ID.search(patient_id)
+    if wanted and storage.is_dir(pred_dir):
+        suffix = f"{wanted.group(1)}.nii.gz"
+        return next((p for p in storage.list_dir(pred_dir) if posixpath.basename(p).endswith(suffix)), None)
     return None
 
 

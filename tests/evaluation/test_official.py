@@ -250,3 +250,11 @@ def test_pred_dir_scoring_imports_no_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=oc.ROOT, timeout=300)
     assert "TF False" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert os.path.exists(tmp_path / "out" / "official_scores.csv")
+
+
+def test_predictions_named_as_the_official_tool_pairs_them_are_found(tmp_path):
+    """Any name ending in the patient's NNNNN-NNN.nii.gz (how brats-evaluate pairs) is found too."""
+    truth_dir, _, pred_dir = _write_cohort(tmp_path, _file_patients()[:1], pred_name="mymodel_{pid}.nii.gz")
+    assert scoring.find_prediction(pred_dir, "BraTS-GLI-00001-000").endswith("mymodel_BraTS-GLI-00001-000.nii.gz")
+    rows, failures, _ = scoring.score_folders(pred_dir, truth_dir, "brats2024_gli", echo=lambda _: None)
+    assert rows and not failures
