@@ -258,3 +258,13 @@ def test_predictions_named_as_the_official_tool_pairs_them_are_found(tmp_path):
     assert scoring.find_prediction(pred_dir, "BraTS-GLI-00001-000").endswith("mymodel_BraTS-GLI-00001-000.nii.gz")
     rows, failures, _ = scoring.score_folders(pred_dir, truth_dir, "brats2024_gli", echo=lambda _: None)
     assert rows and not failures
+
+
+def test_gli_without_any_resection_cavity_reads_as_2023_and_says_which_flag_changes_it(tmp_path):
+    pid, affine, truth, pred = _file_patients()[0]
+    truth[truth == 4], pred[pred == 4] = 0, 0
+    truth_dir, _, pred_dir = _write_cohort(tmp_path, [(pid, affine, truth, pred)])
+    notes: list[str] = []
+    rows, _, challenge = scoring.score_folders(pred_dir, truth_dir, notes=notes, echo=lambda _: None)
+    assert challenge.name == "brats2023_gli" and rows
+    assert any("--challenge=brats2024_gli" in n for n in notes)
