@@ -43,7 +43,7 @@ if ROOT not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402
-from evaluation import components, lesions, official  # noqa: E402
+from evaluation import components, lesions, schemes, scoring  # noqa: E402
 from shared import challenges, metrics  # noqa: E402
 
 log = common.make_log("bench_lesions")
@@ -126,9 +126,9 @@ def _reference_loop(pred: np.ndarray, truth: np.ndarray, dilation: int) -> None:
 
 
 def _ours_2026(pred, truth, challenge) -> None:
-    """What ``evaluate --scheme=brats2026`` computes per patient beyond volumes: lesions and whole regions."""
-    lesions.score_lesions(pred, truth, challenge, (1.0, 1.0, 1.0), "brats2026")
-    official.whole_region_row(pred, truth, challenge.region_classes(), (1.0, 1.0, 1.0), use_spacing=False)
+    """What ``evaluate --scheme=brats2026`` computes per patient: lesions, whole regions (Dice, HD95, NSD),
+    and the sensitivity, specificity and volumes the official package does not compute."""
+    scoring.score_patient("p", pred, truth, challenge, (1.0, 1.0, 1.0), schemes.get("brats2026"))
 
 
 def _official_2026(truth_tissue, pred_tissue, repeats: int) -> dict:

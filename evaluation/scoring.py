@@ -86,8 +86,10 @@ def score_patient(patient: str, pred: np.ndarray, truth: np.ndarray, challenge: 
     """
     lesion_spacing = official.lesion_spacing(spacing, scheme.lesion_spacing)
     found = lesions.score_lesions(pred, truth, challenge, lesion_spacing, scheme)
-    row = metrics.score_patient(pred, truth, challenge, spacing, hd95_reduction=scheme.hd95_reduction)
-    if scheme.whole_region == "panoptica":
+    panoptica = scheme.whole_region == "panoptica"  # then Dice/HD95 (and NSD) come from evaluation.official
+    row = metrics.score_patient(pred, truth, challenge, spacing,
+                                hd95_reduction=None if panoptica else scheme.hd95_reduction)
+    if panoptica:
         row.update(official.whole_region_row(pred, truth, metrics.structures(challenge), spacing,
                                              scheme.whole_region_spacing))
     return {"patient": patient, **row, **found.row(), LESIONS_KEY: found.lesion_rows(patient)}

@@ -244,24 +244,25 @@ def _tumour_box(pred_classes: np.ndarray, truth_classes: np.ndarray):
 
 
 def _overlap_scores(pred: np.ndarray, truth: np.ndarray, spacing, outside: int,
-                    hd95_reduction: str = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
+                    hd95_reduction: str | None = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
     """Dice, HD95, sensitivity and specificity of masks cut to the tumour box.
 
     ``outside`` voxels beyond the box are background in both, so they only add
-    true negatives.
+    true negatives.  ``hd95_reduction`` None leaves HD95 NaN (a caller that
+    scores it by other rules fills it in, without paying for it twice).
     """
     counts = confusion_counts(pred, truth)
     counts["tn"] += outside
     return {
         "dice": _dice_of(counts),
-        "hd95": hd95(pred, truth, spacing, hd95_reduction),
+        "hd95": hd95(pred, truth, spacing, hd95_reduction) if hd95_reduction else float("nan"),
         "sensitivity": _sensitivity_of(counts),
         "specificity": _specificity_of(counts),
     }
 
 
 def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge: Challenge,
-                  spacing=(1.0, 1.0, 1.0), hd95_reduction: str = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
+                  spacing=(1.0, 1.0, 1.0), hd95_reduction: str | None = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
     """Every per-patient number, as one flat dict (one CSV row).
 
     For each structure S of :func:`structures` (the challenge's regions, then
@@ -271,7 +272,7 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
     is computed inside the box around the tumour voxels of both volumes (a
     full scan takes ~10x longer and gives the same numbers).  ``hd95_reduction``
     is the scheme's (:data:`HD95_REDUCTIONS`); the default keeps the numbers
-    this project always reported.
+    this project always reported; None leaves ``hd95_S`` NaN for the caller to fill.
     """
     pred_classes, truth_classes = np.asarray(pred_classes), np.asarray(truth_classes)
     _check_same_shape(pred_classes, truth_classes, "predicted and true class volumes")
@@ -279,7 +280,8 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
         raise ValueError(f"spacing {tuple(spacing)} does not match a volume of shape {pred_classes.shape}")
     _check_classes(pred_classes, challenge.num_classes)
     _check_classes(truth_classes, challenge.num_classes)
-    _check_reduction(hd95_reduction)
+    if hd95_reduction is not None:
+        _check_reduction(hd95_reduction)
     box = _tumour_box(pred_classes, truth_classes)
     pred_box, truth_box = pred_classes[box], truth_classes[box]
     outside = pred_classes.size - pred_box.size
