@@ -10,7 +10,8 @@ or by pytest (AGPL; its pins clash with ours):
 ``pred``/``ref`` are ``.npy`` label volumes.  ``arrays`` calls
 ``Panoptica_Evaluator.evaluate`` on the arrays with the given spacing;
 ``files`` runs the ``brats-evaluate`` command and ``brats-parse-metrics seg``
-(and ``mets`` when asked) as a user would, and returns the summary JSON and
+(``mets`` instead when asked) as a user would (their console-script entry
+points, in this process), and returns the summary JSON and
 the parsed CSV rows; ``timing`` (same keys as ``arrays``, plus ``repeats``)
 times the library call (benchmarks/bench_lesions.py).  One process for the whole batch keeps the tests fast.
 """
@@ -18,7 +19,6 @@ times the library call (benchmarks/bench_lesions.py).  One process for the whole
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from importlib.resources import files
@@ -46,19 +46,33 @@ def _rows(path: str) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _command(name: str, argv: list[str]) -> None:
+    """Run a console script of the package (``brats-evaluate``, ``brats-parse-metrics``) as the command
+    does: its entry point with ``sys.argv`` set, in this process (one start-up for the whole batch);
+    its printing goes to stderr so stdout carries only the JSON."""
+    from contextlib import redirect_stdout
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == name]
+    saved = sys.argv
+    sys.argv = [name, *argv]
+    try:
+        with redirect_stdout(sys.stderr):
+            script.load()()
+    finally:
+        sys.argv = saved
+
+
 def _files(case: dict) -> dict:
-    bindir = os.path.dirname(sys.executable)
     out = tempfile.mkdtemp(prefix="oracle_")
     summary = os.path.join(out, "summary.json")
-    subprocess.run([os.path.join(bindir, "brats-evaluate"), "--config", case["config"], "--ref_path", case["ref_dir"],
-                    "--pred_path", case["pred_dir"], "--summary_json", summary], check=True, capture_output=True)
+    _command("brats-evaluate", ["--config", case["config"], "--ref_path", case["ref_dir"],
+                                "--pred_path", case["pred_dir"], "--summary_json", summary])
     found = {"summary": json.load(open(summary))}
-    parsers = [("mets", [])] if case.get("mets") else [("seg", [])]
-    for kind, extra in parsers:
-        target = os.path.join(out, f"{kind}.csv")
-        subprocess.run([os.path.join(bindir, "brats-parse-metrics"), kind, "--json_path", summary,
-                        "--output_csv_path", target, *extra], check=True, capture_output=True)
-        found[kind] = _rows(target)
+    kind = "mets" if case.get("mets") else "seg"
+    target = os.path.join(out, f"{kind}.csv")
+    _command("brats-parse-metrics", [kind, "--json_path", summary, "--output_csv_path", target])
+    found[kind] = _rows(target)
     return found
 
 

@@ -95,22 +95,31 @@ def _save(array, affine, path) -> None:
     nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), path)
 
 
-def _write_cohort(root, patients, pred_name="{pid}.nii.gz"):
+def _other_patients(prefix: str, labels, seed: int):
+    """Two patients of another task (PED or MEN-RT) at 1 mm and 1x1x2.5 mm."""
+    out = []
+    for n, affine in enumerate((np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([1.0, 1.0, 2.5, 1.0]))):
+        truth, pred = oc.random_case(seed + n, labels)
+        out.append((prefix.format(n=n + 1), affine, truth, pred))
+    return out
+
+
+def _write_cohort(root, patients, pred_name="{pid}.nii.gz", seg="{pid}-seg.nii.gz"):
     """Our layout (one folder per patient), a flat reference folder for brats-evaluate, and predictions."""
     truth_dir, ref_dir, pred_dir = (os.path.join(str(root), d) for d in ("truth", "ref", "pred"))
     for d in (truth_dir, ref_dir, pred_dir):
         os.makedirs(d, exist_ok=True)
     for pid, affine, truth, pred in patients:
         os.makedirs(os.path.join(truth_dir, pid), exist_ok=True)
-        _save(truth, affine, os.path.join(truth_dir, pid, f"{pid}-seg.nii.gz"))
-        shutil.copy(os.path.join(truth_dir, pid, f"{pid}-seg.nii.gz"), ref_dir)
+        _save(truth, affine, os.path.join(truth_dir, pid, seg.format(pid=pid)))
+        shutil.copy(os.path.join(truth_dir, pid, seg.format(pid=pid)), ref_dir)
         _save(pred, affine, os.path.join(pred_dir, pred_name.format(pid=pid)))
     return truth_dir, ref_dir, pred_dir
 
 
 def _read_csv(text_or_rows):
     rows = text_or_rows if isinstance(text_or_rows, list) else list(csv.DictReader(open(text_or_rows)))
-    return {r["subject_id"].replace("-seg.nii.gz", ""): r for r in rows}
+    return {r["subject_id"].replace("-seg.nii.gz", "").replace("_gtv.nii.gz", ""): r for r in rows}
 
 
 def _compare_csv(ours: dict, theirs: dict) -> list:
@@ -138,13 +147,19 @@ def on_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("official_files")
     gli, mets = _file_patients(), _mets_patients()
     gli_dirs, mets_dirs = _write_cohort(root / "gli", gli), _write_cohort(root / "mets", mets)
+    ped_dirs = _write_cohort(root / "ped", _other_patients("BraTS-PED-{n:05d}-000", (1, 2, 3, 4), 40))
+    men_dirs = _write_cohort(root / "men", _other_patients("BraTS-MEN-RT-{n:04d}-1", (1,), 50),
+                             seg="{pid}_gtv.nii.gz")
     aniso = gli[2]
     batch = {"files": [{"id": "gli", "config": "gli", "ref_dir": gli_dirs[1], "pred_dir": gli_dirs[2]},
                        {"id": "mets", "config": "mets", "ref_dir": mets_dirs[1], "pred_dir": mets_dirs[2],
-                        "mets": True}],
+                        "mets": True},
+                       {"id": "ped", "config": "ped", "ref_dir": ped_dirs[1], "pred_dir": ped_dirs[2]},
+                       {"id": "MenRT", "config": "MenRT", "ref_dir": men_dirs[1], "pred_dir": men_dirs[2]}],
              "arrays": [{"id": "aniso", "config": "gli", "pred": aniso[3], "ref": aniso[2],
                          "spacing": [1.0, 1.0, 2.5]}]}
     return {"gli": gli, "gli_dirs": gli_dirs, "mets_dirs": mets_dirs, "root": root,
+            "ped_dirs": ped_dirs, "men_dirs": men_dirs,
             "oracle": oc.run_oracle(batch, root)}
 
 
@@ -182,6 +197,18 @@ def test_mets_parser_small_lesion_detection(on_files):
     theirs = _read_csv(on_files["oracle"]["files"]["mets"]["mets"])
     assert not _compare_csv(_read_csv(report.summary["official_csv"]), theirs)
     assert any(float(r["small_instance_fn_et"] or 0) > 0 for r in theirs.values())
+
+
+@pytest.mark.parametrize("task,challenge_name", [("ped", "brats2024_ped"), ("MenRT", "brats2024_men_rt")])
+def test_brats_evaluate_on_files_ped_and_men_rt(on_files, task, challenge_name):
+    """PED (every region) and MEN-RT (GTV) at 1 mm and 1x1x2.5 mm through brats-evaluate and the seg parser."""
+    truth_dir, _, pred_dir = on_files["ped_dirs" if task == "ped" else "men_dirs"]
+    rows, failures, challenge = scoring.score_folders(pred_dir, truth_dir, challenge_name, scheme="brats2026",
+                                                      echo=lambda _: None)
+    assert rows and not failures
+    report = scoring.write_report(rows, failures, str(on_files["root"] / f"{task}_out"), {}, challenge, "brats2026")
+    assert not _compare_csv(_read_csv(report.summary["official_csv"]),
+                            _read_csv(on_files["oracle"]["files"][task]["seg"]))
 
 
 # ---------------------------------------------------------------- without the oracle ----
