@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions bench-spatial bench-cv bench-side-by-side clean
+.PHONY: venv oracle test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions bench-spatial bench-cv bench-side-by-side clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -18,10 +18,22 @@ $(STAMP): requirements.txt constraints.txt setup.py
 
 venv: $(STAMP)
 
-test: venv  ## the fast suite (slow tests skipped)
+# The official BraTS 2026 package (brats-evaluation, AGPL-3.0) as a test oracle, in a venv of its own:
+# its pins clash with ours and its licence keeps it out of the product (BUILD_NOTES.md, Pins).
+ORACLE_VENV  := .oracle-venv
+ORACLE_STAMP := $(ORACLE_VENV)/.installed-stamp
+
+$(ORACLE_STAMP): constraints-oracle.txt
+	$(PYTHON) -m venv $(ORACLE_VENV)
+	$(ORACLE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-oracle.txt brats-evaluation
+	touch $(ORACLE_STAMP)
+
+oracle: $(ORACLE_STAMP)  ## the official BraTS 2026 evaluation package in .oracle-venv (tests compare against it)
+
+test: venv oracle  ## the fast suite (slow tests skipped)
 	$(PY) -m pytest -q -m "not slow" --durations=15 tests
 
-test-all: venv browser  ## everything, slow tests included
+test-all: venv oracle browser  ## everything, slow tests included
 	$(PY) -m pytest -q tests
 
 browser:  ## Debian's chromium for the browser test (root; no browser download at test time)
@@ -59,7 +71,7 @@ bench-predict: venv  ## seconds per patient to predict on CPU: preprocessing and
 bench-launch: venv  ## launcher seconds to list and fingerprint 250..2,000 tiny patients, local and gs:// (emulator) (prints JSON)
 	$(PY) benchmarks/bench_launch.py
 
-bench-lesions: venv  ## seconds per 240x240x155 patient for lesion-wise scores, every region of five challenges (prints JSON)
+bench-lesions: venv oracle  ## seconds per 240x240x155 patient for lesion-wise scores, every region of five challenges (prints JSON)
 	$(PY) benchmarks/bench_lesions.py
 
 bench-train: venv  ## step time of the seed and default U-Nets, float32 vs mixed precision (prints JSON)
@@ -75,4 +87,4 @@ bench-side-by-side: venv  ## one 240x240x155 patient preprocessed alone and two 
 	$(PY) benchmarks/bench_side_by_side.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) bench_data .pytest_cache test-artifacts
+	rm -rf $(VENV) $(ORACLE_VENV) $(DEMO) bench_data .pytest_cache test-artifacts

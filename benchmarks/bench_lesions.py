@@ -15,6 +15,11 @@ scored), so every challenge scores all of its regions.
 
 Measured: ``evaluation.lesions.score_lesions`` (the challenge's default scheme,
 and the 2026 matched scheme), median of ``--repeats`` runs after one warm-up.
+``official_brats2026``: the whole 2026 scoring of one GLI 2024 patient
+(every region: matched lesions and whole-region Dice/HD95/NSD) by this
+project against the official package (brats-evaluation 0.0.10 on panoptica,
+``make oracle``: its own venv, called through tests/evaluation/brats_oracle.py),
+CPU seconds of each process, and their ratio (target: at most 0.6).
 ``--reference`` also times a literal transcription of the BraTS 2023 loop (one
 full-volume dilation per lesion, scipy in place of cc3d) once, for the ratio.
 """
@@ -26,7 +31,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -36,7 +43,7 @@ if ROOT not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402
-from evaluation import components, lesions  # noqa: E402
+from evaluation import components, lesions, schemes, scoring  # noqa: E402
 from shared import challenges, metrics  # noqa: E402
 
 log = common.make_log("bench_lesions")
@@ -118,6 +125,36 @@ def _reference_loop(pred: np.ndarray, truth: np.ndarray, dilation: int) -> None:
             metrics.hd95(hit_mask, lesion)
 
 
+def _ours_2026(pred, truth, challenge) -> None:
+    """What ``evaluate --scheme=brats2026`` computes per patient: lesions, whole regions (Dice, HD95, NSD),
+    and the sensitivity, specificity and volumes the official package does not compute."""
+    scoring.score_patient("p", pred, truth, challenge, (1.0, 1.0, 1.0), schemes.get("brats2026"))
+
+
+def _official_2026(truth_tissue, pred_tissue, repeats: int) -> dict:
+    """Ours against the official package, GLI 2024, every region, CPU seconds of each process."""
+    oracle = os.path.join(ROOT, ".oracle-venv", "bin", "python")
+    if not os.path.exists(oracle):
+        return {"skipped": "no .oracle-venv: run `make oracle`"}
+    challenge = challenges.get("brats2024_gli")
+    truth, pred = _classes(truth_tissue, challenge), _classes(pred_tissue, challenge)
+    truth[_ellipsoid((150, 80, 60), (5, 5, 4))] = challenge.class_of(4)  # a resection cavity: RC scored too
+    pred[_ellipsoid((151, 80, 60), (5, 4, 4))] = challenge.class_of(4)
+    _, _, ours_cpu = _median_seconds(lambda: _ours_2026(pred, truth, challenge), repeats)
+    with tempfile.TemporaryDirectory() as work:
+        np.save(os.path.join(work, "pred.npy"), pred)  # classes equal GLI 2024 label values
+        np.save(os.path.join(work, "ref.npy"), truth)
+        batch = {"timing": [{"id": "gli", "config": "gli", "pred": os.path.join(work, "pred.npy"),
+                             "ref": os.path.join(work, "ref.npy"), "spacing": [1.0, 1.0, 1.0], "repeats": repeats}]}
+        with open(os.path.join(work, "batch.json"), "w") as handle:
+            json.dump(batch, handle)
+        done = subprocess.run([oracle, os.path.join(ROOT, "tests", "evaluation", "brats_oracle.py"),
+                               os.path.join(work, "batch.json")], capture_output=True, text=True, check=True)
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])["timing"]["gli"]["cpu_seconds"]
+    return {"challenge": challenge.name, "regions": list(challenge.regions), "ours_cpu_s": ours_cpu,
+            "official_cpu_s": round(theirs, 3), "ratio": round(ours_cpu / theirs, 3), "target_ratio": 0.6}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -143,6 +180,8 @@ def main(argv=None) -> None:
                          "seconds_per_patient_brats2026": matched_s, "cpu_seconds_per_patient_brats2026": matched_cpu}
         log(f"{name}: {default_s:.3f} s wall, {default_cpu:.3f} s CPU ({found.scheme}); "
             f"{matched_s:.3f} s wall, {matched_cpu:.3f} s CPU (brats2026)")
+    results["official_brats2026"] = _official_2026(truth_tissue, pred_tissue, args.repeats)
+    log(f"brats2026 against the official package: {results['official_brats2026']}")
     if args.reference:
         challenge = challenges.get("brats2023_gli")
         truth, pred = _classes(truth_tissue, challenge), _classes(pred_tissue, challenge)

@@ -65,7 +65,9 @@ _SCHEME = flags.DEFINE_enum(
     "scheme", None, list(schemes.SCHEMES),
     "Scoring scheme: brats2020 (whole-region, max-directed HD95), nnunet (whole-region, pooled HD95), brats2023 "
     "/ brats2024 (lesion-wise Dice and HD95 with the challenge's dilation, threshold and penalty), brats2026 "
-    "(one-to-one matched lesions: F1, Dice, HD95, NSD, PQ). Default: the challenge's own.")
+    "(the 2026 leaderboard as the official package computes it: matched lesions' F1, Dice, HD95, NSD, PQ and "
+    "whole-region Dice, HD95, NSD), brats2026_corrected (the same with the voxel spacing applied correctly). "
+    "Default: the challenge's own.")
 _STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any patient could not be scored (a patient of "
                                "--truth_dir without a prediction counts).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Where the reports go (default: <model dir>/eval_<split>, "
@@ -110,9 +112,11 @@ def _by_folders():
             raise FileNotFoundError(f"--{flag}: {problem}")
     output = _OUTPUT.value or os.path.join(_PRED_DIR.value, "evaluation")
     print(f"Scoring the segmentations in {_PRED_DIR.value} against {_TRUTH_DIR.value}")
+    notes: list[str] = []
     rows, failures, challenge = scoring.score_folders(_PRED_DIR.value, _TRUTH_DIR.value, _CHALLENGE.value,
-                                                         _PRED_CONVENTION.value, scheme=_SCHEME.value)
-    return rows, failures, output, {"pred_dir": _PRED_DIR.value, "truth_dir": _TRUTH_DIR.value}, challenge
+                                                         _PRED_CONVENTION.value, scheme=_SCHEME.value, notes=notes)
+    return rows, failures, output, {"pred_dir": _PRED_DIR.value, "truth_dir": _TRUTH_DIR.value,
+                                    "notes": notes}, challenge
 
 
 def main(argv):
@@ -127,7 +131,8 @@ def main(argv):
         rows, failures, output, about, challenge = _by_model() if _MODEL.value else _by_folders()
     except (FileNotFoundError, ValueError, ModelError) as exc:
         cli.fail(exc)
-    report = scoring.write_report(rows, failures, output, about, challenge, _SCHEME.value)
+    report = scoring.write_report(rows, failures, output, about, challenge, _SCHEME.value,
+                                  notes=about.get("notes"))
     print(scoring.format_report(report))
     cli.exit_for_failures(len(rows), len(failures), _STRICT.value, "scored")
 

@@ -19,7 +19,9 @@ and reproducing it, as the 2023-2025 challenges compute their scores:
 
 * per-lesion HD95 on DeepMind's area-weighted surface elements with its
   non-interpolated 95th percentile (:mod:`evaluation.surface`, the scheme's
-  ``lesion_surface``); the 2026 matched scheme keeps panoptica's surface voxels;
+  ``lesion_surface``); the 2026 matched scheme keeps panoptica's surface voxels,
+  its NSD tolerance (the case's smallest spacing) and its PQ (``pq_dsc``),
+  checked against the official package in tests/evaluation/test_official.py;
 * 2024 predicted lesions dropped at or below the threshold counted in voxels
   for every task but MEN-RT (mm³ there: ``lesion_prediction_unit``); true
   lesions always in mm³;

@@ -17,6 +17,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from evaluation.components import bounding_box, clusters, components, lesion_record, numbered, overlap_pairs, union_box
+from evaluation import official
 from evaluation.schemes import Scheme
 from shared import metrics
 
@@ -27,12 +28,6 @@ _NO_MATCH_COST = 1.0 + 1e-6
 def _pair_distances(truth: np.ndarray, pred: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
     """(prediction->truth, truth->prediction) surface distances of two non-empty masks."""
     return metrics.surface_distances(pred, truth, spacing)
-
-
-def _nsd(pred_to_truth: np.ndarray, truth_to_pred: np.ndarray, tolerance_mm: float) -> float:
-    """Normalised surface Dice as panoptica computes it: the mean of the two directions'
-    shares of surface voxels within ``tolerance_mm`` of the other surface."""
-    return float((np.mean(pred_to_truth <= tolerance_mm) + np.mean(truth_to_pred <= tolerance_mm)) / 2.0)
 
 
 def _match(truth_ids, n_truth, pred_ids, n_pred) -> list[tuple[int, int, int]]:
@@ -50,7 +45,11 @@ def _match(truth_ids, n_truth, pred_ids, n_pred) -> list[tuple[int, int, int]]:
 
 
 def _matched_part(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float, reduction: str) -> list[dict]:
-    """Records of one cluster's true lesions (matched or not) and unmatched predicted lesions."""
+    """Records of one cluster's true lesions (matched or not) and unmatched predicted lesions.
+
+    ``tolerance_mm`` None: the smallest voxel spacing of the case (panoptica's default, the official one).
+    """
+    tolerance_mm = min(spacing) if tolerance_mm is None else tolerance_mm
     voxel_mm3 = float(np.prod(spacing))
     (truth_ids, n_truth), (pred_ids, n_pred) = components(truth), components(pred)
     matches = _match(truth_ids, n_truth, pred_ids, n_pred)
@@ -63,7 +62,7 @@ def _matched_part(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: fl
         to_truth, to_pred = _pair_distances(truth_ids[sub] == t, pred_ids[sub] == p, spacing)
         found[t] = dict(dice=2.0 * inter / (t_sizes[t] + p_sizes[p]),
                         hd95=metrics.reduce_hd95(to_truth, to_pred, reduction),
-                        nsd=_nsd(to_truth, to_pred, tolerance_mm), iou=inter / (t_sizes[t] + p_sizes[p] - inter))
+                        nsd=official.nsd(to_truth, to_pred, tolerance_mm), iou=inter / (t_sizes[t] + p_sizes[p] - inter))
     records = [lesion_record("truth", float(t_sizes[t]) * voxel_mm3, True, True, **found[t]) if t in found
                else lesion_record("truth", float(t_sizes[t]) * voxel_mm3, True, False, 0.0, float("nan"), 0.0)
                for t in range(1, n_truth + 1)]
@@ -87,28 +86,35 @@ def _detection(tp: int, n_truth: int, n_pred: int) -> dict[str, float]:
 
 def matched_scores(records: list[dict]) -> dict[str, float]:
     """Detection counts and the means over matched lesions; panoptica's rules where nothing matched:
-    Dice 0, NSD 0, HD95 inf, PQ 0 when there are lesions, NaN everywhere when the region is empty in both."""
+    Dice 0, NSD 0, HD95 inf, PQ 0 when there are lesions, NaN everywhere when the region is empty in both.
+
+    PQ is panoptica's ``pq_dsc`` (mean matched Dice x F1), the only PQ the official ``gli`` configuration
+    yields; the IoU form (mean matched IoU x F1) is kept as ``pq_iou`` for readers of the panoptic-quality
+    literature.
+    """
     matched = [r for r in records if r["matched"]]
     n_truth = sum(1 for r in records if r["kind"] == "truth")
     detection = _detection(len(matched), n_truth, len(matched) + sum(1 for r in records if r["kind"] != "truth"))
     if matched:
         mean = {m: float(np.mean([r[m] for r in matched])) for m in ("dice", "hd95", "nsd", "iou")}
-        quality = {"dice": mean["dice"], "hd95": mean["hd95"], "nsd": mean["nsd"], "pq": mean["iou"] * detection["f1"]}
+        quality = {"dice": mean["dice"], "hd95": mean["hd95"], "nsd": mean["nsd"], "pq": mean["dice"] * detection["f1"],
+                   "pq_iou": mean["iou"] * detection["f1"]}
     elif records:
-        quality = {"dice": 0.0, "hd95": math.inf, "nsd": 0.0, "pq": 0.0}
+        quality = {"dice": 0.0, "hd95": math.inf, "nsd": 0.0, "pq": 0.0, "pq_iou": 0.0}
     else:
-        quality = dict.fromkeys(("dice", "hd95", "nsd", "pq"), float("nan"))
+        quality = dict.fromkeys(("dice", "hd95", "nsd", "pq", "pq_iou"), float("nan"))
     return {**detection, **quality}
 
 
 def matched_region(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), *,
-                   tolerance_mm: float = 1.0, reduction: str = "pooled") -> tuple[dict[str, float], list[dict]]:
+                   tolerance_mm: float | None = None, reduction: str = "pooled") -> tuple[dict[str, float], list[dict]]:
     """BraTS 2026 scores of one binary region: one-to-one matched 26-connected components.
 
     Returns detection (tp, fp, fn, precision, recall, f1), the means over
-    matched lesions of Dice, HD95 and normalised surface Dice, and panoptic
-    quality PQ = mean IoU of the matches x F1; one record per true lesion and
-    per unmatched predicted lesion.
+    matched lesions of Dice, HD95 and normalised surface Dice (tolerance: the
+    smallest spacing unless given), and panoptic quality PQ = mean Dice of the
+    matches x F1 (``pq_dsc``); one record per true lesion and per unmatched
+    predicted lesion.
     """
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     spacing = tuple(float(s) for s in spacing)

@@ -31,12 +31,11 @@ import time
 from typing import Callable, Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from preprocessing.discovery import list_patient_folders
 from shared import failures as failures_lib
 from shared.failures import Failure
-from evaluation import lesions, schemes
+from evaluation import gli_release, lesions, official, parser_csv, schemes
 from shared import challenges, geometry, labels, layouts, manifest as manifest_lib, metrics, schema, volume_ops
 from shared.nifti_io import load_array, parse_nifti
 from shared import storage
@@ -45,6 +44,7 @@ from serving import inference, prediction, predictor as predictor_lib
 from serving.inputs import source_from_folder
 
 SCORES, LESIONS, SUMMARY, ERRORS = "scores.csv", "lesions.csv", "summary.json", failures_lib.ERRORS_NAME
+OFFICIAL = "official_scores.csv"  # brats-parse-metrics columns (2026 schemes)
 # Key under which a patient's row carries its per-lesion records until write_report splits them off.
 LESIONS_KEY = "lesions"
 PRED_NAMES = ("{pid}.nii.gz", "{pid}.nii", "{pid}_seg.nii.gz", "{pid}_seg.nii", "{pid}/{pid}_seg.nii.gz",
@@ -59,12 +59,10 @@ class Report:
     output_dir: str
 
 
-def _spacing(affine) -> tuple[float, float, float]:
-    return volume_ops.voxel_spacing(np.asarray(affine))
-
-
 def records_of_split(data_dir: str, split: str, patients=None) -> Iterator[schema.PatientRecord]:
     """Decoded records of one split, in shard order; only those of ``patients`` when given (a fold)."""
+    import tensorflow as tf  # here only: scoring prediction folders (--pred_dir) needs no TensorFlow
+
     found = manifest_lib.read_manifest(data_dir)
     if split not in found["splits"]:
         raise ValueError(f"{data_dir} has no split {split!r}; it has {sorted(found['splits'])}")
@@ -79,11 +77,22 @@ def records_of_split(data_dir: str, split: str, patients=None) -> Iterator[schem
 
 def score_patient(patient: str, pred: np.ndarray, truth: np.ndarray, challenge: "challenges.Challenge",
                   spacing, scheme: schemes.Scheme) -> dict:
-    """One patient's row: whole-region scores, lesion-wise columns and (under LESIONS_KEY) its lesions."""
-    found = lesions.score_lesions(pred, truth, challenge, spacing, scheme)
-    return {"patient": patient,
-            **metrics.score_patient(pred, truth, challenge, spacing, hd95_reduction=scheme.hd95_reduction),
-            **found.row(), LESIONS_KEY: found.lesion_rows(patient)}
+    """One patient's row: whole-region scores, lesion-wise columns and (under LESIONS_KEY) its lesions.
+
+    ``spacing`` is the file's header zooms (array axis order).  Under the 2026
+    schemes the whole-region Dice/HD95 follow the official rules (with an
+    ``nsd_<R>`` column) and the lesions get the spacing the scheme says
+    (:mod:`evaluation.official`: reversed as the leaderboard reads files, or as is).
+    """
+    lesion_spacing = official.lesion_spacing(spacing, scheme.lesion_spacing)
+    found = lesions.score_lesions(pred, truth, challenge, lesion_spacing, scheme)
+    panoptica = scheme.whole_region == "panoptica"  # then Dice/HD95 (and NSD) come from evaluation.official
+    row = metrics.score_patient(pred, truth, challenge, spacing,
+                                hd95_reduction=None if panoptica else scheme.hd95_reduction)
+    if panoptica:
+        row.update(official.whole_region_row(pred, truth, metrics.structures(challenge), spacing,
+                                             scheme.whole_region_spacing))
+    return {"patient": patient, **row, **found.row(), LESIONS_KEY: found.lesion_rows(patient)}
 
 
 def score_model(predictor: predictor_lib.Predictor, data_dir: str, split: str, tta: str = "none",
@@ -119,7 +128,7 @@ def score_model(predictor: predictor_lib.Predictor, data_dir: str, split: str, t
         truth = np.argmax(record.mask, axis=-1).astype(np.uint8)
         if keep is not None:
             keep(record, pred, truth)
-        row = score_patient(record.patient_id, pred, truth, predictor.challenge, _spacing(record.affine), chosen)
+        row = score_patient(record.patient_id, pred, truth, predictor.challenge, record.spacing, chosen)
         rows.append(row)
         echo(f"  [{n}/{total}] {record.patient_id}: {_dice_line(row, predictor.challenge)} "
              f"({time.perf_counter() - start:.1f} s)")
@@ -143,11 +152,16 @@ def _dice_line(row: dict, challenge) -> str:
 
 
 def find_prediction(pred_dir: str, patient_id: str) -> str | None:
-    """The prediction file of a patient, under any of the usual namings."""
+    """The prediction file of a patient, under any of the usual namings, else as the official
+    ``brats-evaluate`` pairs it (a name ending in the patient's ``NNNNN-NNN.nii.gz``)."""
     for pattern in PRED_NAMES:
         path = posixpath.join(pred_dir, pattern.format(pid=patient_id))
         if storage.exists(path):
             return path
+    wanted = official.OFFICIAL_ID.search(patient_id)
+    if wanted and storage.is_dir(pred_dir):
+        suffix = f"{wanted.group(1)}.nii.gz"
+        return next((p for p in storage.list_dir(pred_dir) if posixpath.basename(p).endswith(suffix)), None)
     return None
 
 
@@ -162,15 +176,21 @@ def _truth_folders(truth_dir: str, layout_name: str | None) -> tuple[layouts.Lay
                             f"(tried layouts {', '.join(l.name for l in candidates)})")
 
 
-def _load_labels(path: str, convention: str) -> tuple[np.ndarray, np.ndarray]:
-    """Classes and affine of a segmentation file in ``convention``; ValueError naming the file."""
+def _load_labels(path: str, convention: str,
+                 layout_name: str | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Classes, affine and header zooms (the spacing every reference tool uses, not the affine's
+    column norms) of a segmentation file in ``convention``; ValueError naming the file.  With
+    ``layout_name`` (a truth file), :class:`evaluation.gli_release.ReleaseMismatch` when its labels
+    belong to the other GLI release."""
     name = posixpath.basename(path)
     image = parse_nifti(read_bytes(path), name)
     stored = load_array(image, name)
     if stored.ndim != 3:
         raise ValueError(f"{name}: expected a 3-D segmentation, got shape {stored.shape}")
+    if layout_name:
+        gli_release.check(stored, layout_name, name)
     try:
-        return labels.to_classes(np.rint(stored), convention), image.affine
+        return labels.to_classes(np.rint(stored), convention), image.affine, volume_ops.header_spacing(image)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
 
@@ -194,9 +214,9 @@ def _score_against_truth(pid: str, pred: np.ndarray, pred_affine, pred_name: str
     :class:`shared.geometry.GeometryError` naming the file; a truth that
     cannot be read, ValueError.
     """
-    truth, affine = _load_labels(truth_path, layout.label_convention)
+    truth, affine, zooms = _load_labels(truth_path, layout.label_convention, layout.name)
     pred = geometry.align_to(pred, pred_affine, affine, truth.shape, what=pred_name)
-    return score_patient(pid, pred, truth, layout.challenge, _spacing(affine), chosen)
+    return score_patient(pid, pred, truth, layout.challenge, zooms, chosen)
 
 
 def _check_numbering(pred_convention: str, layout: layouts.Layout) -> None:
@@ -206,20 +226,8 @@ def _check_numbering(pred_convention: str, layout: layouts.Layout) -> None:
                          "different tissues")
 
 
-def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None, pred_convention: str | None = None,
-                  echo: Callable[[str], None] = print,
-                  scheme: str | None = None) -> tuple[list[dict], list[dict], "challenges.Challenge"]:
-    """Per-patient scores of NIfTI predictions against BraTS ground-truth folders, and the truth's challenge.
-
-    Voxel spacing comes from the ground truth's affine, in the array's axis order.  A prediction stored
-    in another orientation is turned into the truth's (exactly: flips and axis swaps); one on another
-    grid or at another spacing is not scored (stage "geometry", naming both geometries).
-    """
-    layout, folders = _truth_folders(truth_dir, layout_name)
-    challenge = layout.challenge
-    chosen = schemes.resolve(challenge, scheme)
-    pred_convention = pred_convention or layout.label_convention
-    _check_numbering(pred_convention, layout)
+def _score_cohort(pred_dir, layout, folders, pred_convention, chosen, echo, pred_paths):
+    """Rows and failures of every patient under ``layout``; ReleaseMismatch propagates (see score_folders)."""
     rows, failures = [], []
     for n, (pid, paths) in enumerate(folders.items(), 1):
         truth_path, missing = _truth_path(layout, pid, paths)
@@ -231,19 +239,72 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
             failures.append(Failure(pid, "prediction", f"{pid}.nii.gz",
                                     f"no prediction in {pred_dir} (looked for {', '.join(PRED_NAMES)})").to_json())
             continue
+        pred_paths.append(pred_path)
         try:
-            pred, pred_affine = _load_labels(pred_path, pred_convention)
+            same = pred_convention == layout.label_convention  # then its label 4 also means GLI 2024
+            pred, pred_affine, _ = _load_labels(pred_path, pred_convention, layout.name if same else None)
             row = _score_against_truth(pid, pred, pred_affine, posixpath.basename(pred_path), truth_path, layout,
                                        chosen)
         except geometry.GeometryError as exc:
             failures.append(Failure(pid, "geometry", posixpath.basename(pred_path), str(exc)).to_json())
             continue
+        except gli_release.ReleaseMismatch:
+            raise
         except ValueError as exc:
             failures.append(Failure(pid, "load", posixpath.basename(pred_path), str(exc)).to_json())
             continue
         rows.append(row)
-        echo(f"  [{n}/{len(folders)}] {pid}: {_dice_line(row, challenge)}")
-    return rows, failures, challenge
+        echo(f"  [{n}/{len(folders)}] {pid}: {_dice_line(row, layout.challenge)}")
+    return rows, failures
+
+
+def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None, pred_convention: str | None = None,
+                  echo: Callable[[str], None] = print, scheme: str | None = None,
+                  notes: list[str] | None = None) -> tuple[list[dict], list[dict], "challenges.Challenge"]:
+    """Per-patient scores of NIfTI predictions against BraTS ground-truth folders, and the truth's challenge.
+
+    Voxel spacing comes from the ground truth's header zooms, in the array's axis order.  A prediction
+    stored in another orientation is turned into the truth's (exactly: flips and axis swaps); one on
+    another grid or at another spacing is not scored (stage "geometry", naming both geometries).
+    GLI 2023 and 2024 share their names: without ``layout_name`` a truth with label 4 (resection
+    cavity) makes the whole cohort GLI 2024 (:mod:`evaluation.gli_release`); with it, that patient
+    fails with the flag to pass.  ``notes`` (when given) collects lines the report should carry.
+    """
+    layout, folders = _truth_folders(truth_dir, layout_name)
+    notes = [] if notes is None else notes
+    while True:
+        chosen = schemes.resolve(layout.challenge, scheme)
+        convention = pred_convention or layout.label_convention
+        _check_numbering(convention, layout)
+        pred_paths: list[str] = []
+        try:
+            rows, failures = _score_cohort(pred_dir, layout, folders, convention, chosen, echo, pred_paths)
+        except gli_release.ReleaseMismatch as exc:
+            if layout_name:
+                rows, failures = _score_cohort_refusing(pred_dir, layout, folders, convention, chosen, echo)
+                break
+            echo(f"  {exc}: scoring the cohort as {exc.sibling}")
+            notes.append(f"challenge {exc.sibling} detected from the labels (label 4, resection cavity)")
+            layout = layouts.get_layout(exc.sibling)
+            continue
+        note = gli_release.assumed_note(layout.name, bool(layout_name))
+        notes += [n for n in (note, official.name_note(pred_paths)) if n]
+        break
+    return rows, failures, layout.challenge
+
+
+def _score_cohort_refusing(pred_dir, layout, folders, convention, chosen, echo):
+    """``--challenge`` named GLI 2023 and a truth has label 4: that patient fails with the flag to pass."""
+    rows, failures = [], []
+    for pid, paths in folders.items():
+        try:
+            found, lost = _score_cohort(pred_dir, layout, {pid: paths}, convention, chosen, echo, [])
+        except gli_release.ReleaseMismatch as exc:
+            failures.append(Failure(pid, "load", "", str(exc)).to_json())
+            continue
+        rows += found
+        failures += lost
+    return rows, failures
 
 
 # ------------------------------------------------------- a model in source space ----
@@ -365,19 +426,35 @@ def _lesion_regions(rows: list[dict], challenge) -> list[str]:
     return [r for r in challenge.regions if rows and f"lesion_dice_{r}" in rows[0]]
 
 
-def write_report(rows: list[dict], failures: list[dict], output_dir: str, about: dict, challenge,
-                 scheme: str | schemes.Scheme | None = None) -> Report:
-    """scores.csv, lesions.csv, summary.json (with ``about``: what was scored against what) and errors.jsonl.
+def _write_official(rows: list[dict], failures: list[dict], output_dir: str, challenge) -> str:
+    """official_scores.csv: the parser's columns (``mets`` ones for the METS tasks); its path."""
+    missing = [f["patient"] for f in failures if f.get("patient")]
+    text = parser_csv.official_csv(rows, list(challenge.regions), missing, mets="_met" in challenge.name,
+                                   lesions_key=LESIONS_KEY)
+    path = posixpath.join(output_dir, OFFICIAL)
+    write_bytes(path, text.encode())
+    return path
 
-    ``scheme`` must be the one the rows were scored under (default: the challenge's own).
+
+def write_report(rows: list[dict], failures: list[dict], output_dir: str, about: dict, challenge,
+                 scheme: str | schemes.Scheme | None = None, notes: list[str] | None = None) -> Report:
+    """scores.csv, lesions.csv, summary.json (with ``about``: what was scored against what) and errors.jsonl;
+    under the 2026 schemes also official_scores.csv (:mod:`evaluation.parser_csv`).
+
+    ``scheme`` must be the one the rows were scored under (default: the challenge's own); ``notes``
+    are lines the report carries (the challenge detected from labels, predictions the official tool
+    would not find).
     """
     chosen = scheme if isinstance(scheme, schemes.Scheme) else schemes.resolve(challenge, scheme)
-    sentence = metrics.convention(chosen.hd95_reduction) + " " + schemes.describe(chosen, challenge)
+    prefix = official.CONVENTION if chosen.whole_region == "panoptica" else metrics.convention(chosen.hd95_reduction)
+    sentence = prefix + " " + schemes.describe(chosen, challenge)
     summary = (metrics.summarize(rows, tuple(challenge.regions), convention_text=sentence) if rows
                else {"convention": sentence, "n": 0})
     summary.update(about=about, failed=len(failures), challenge=challenge.name, scheme=chosen.name,
                    hd95_reduction=chosen.hd95_reduction, lesion_hd95_reduction=chosen.lesion_hd95_reduction,
-                   lesion_regions=_lesion_regions(rows, challenge))
+                   lesion_regions=_lesion_regions(rows, challenge), notes=list(notes or []))
+    if chosen.lesion_method == "matched":
+        summary["official_csv"] = _write_official(rows, failures, output_dir, challenge)
     write_bytes(posixpath.join(output_dir, SCORES), scores_csv(rows).encode())
     write_bytes(posixpath.join(output_dir, LESIONS), lesions_csv(rows).encode())
     write_bytes(posixpath.join(output_dir, SUMMARY), (json.dumps(summary, indent=2, default=str) + "\n").encode())
@@ -408,8 +485,11 @@ def format_report(report: Report) -> str:
         scheme = schemes.get(report.summary["scheme"])
         lines += [f"Lesion-wise ({scheme.name}; per-patient scores, means over patients, counts summed):",
                   lesions.format_cohort_table(report.summary, lesion_regions, scheme)]
+    lines += [f"Note: {note}" for note in report.summary.get("notes", ())]
     lines += _format_failures(report.failures, report.output_dir)
     lines.append(f"Per-patient scores: {posixpath.join(report.output_dir, SCORES)}; "
                  f"per-lesion: {posixpath.join(report.output_dir, LESIONS)}; "
-                 f"summary: {posixpath.join(report.output_dir, SUMMARY)}")
+                 f"summary: {posixpath.join(report.output_dir, SUMMARY)}"
+                 + (f"; official parser's columns: {report.summary['official_csv']}"
+                    if report.summary.get("official_csv") else ""))
     return "\n".join(lines)

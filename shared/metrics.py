@@ -244,24 +244,25 @@ def _tumour_box(pred_classes: np.ndarray, truth_classes: np.ndarray):
 
 
 def _overlap_scores(pred: np.ndarray, truth: np.ndarray, spacing, outside: int,
-                    hd95_reduction: str = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
+                    hd95_reduction: str | None = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
     """Dice, HD95, sensitivity and specificity of masks cut to the tumour box.
 
     ``outside`` voxels beyond the box are background in both, so they only add
-    true negatives.
+    true negatives.  ``hd95_reduction`` None leaves HD95 NaN (a caller that
+    scores it by other rules fills it in, without paying for it twice).
     """
     counts = confusion_counts(pred, truth)
     counts["tn"] += outside
     return {
         "dice": _dice_of(counts),
-        "hd95": hd95(pred, truth, spacing, hd95_reduction),
+        "hd95": hd95(pred, truth, spacing, hd95_reduction) if hd95_reduction else float("nan"),
         "sensitivity": _sensitivity_of(counts),
         "specificity": _specificity_of(counts),
     }
 
 
 def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge: Challenge,
-                  spacing=(1.0, 1.0, 1.0), hd95_reduction: str = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
+                  spacing=(1.0, 1.0, 1.0), hd95_reduction: str | None = DEFAULT_HD95_REDUCTION) -> dict[str, float]:
     """Every per-patient number, as one flat dict (one CSV row).
 
     For each structure S of :func:`structures` (the challenge's regions, then
@@ -271,7 +272,7 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
     is computed inside the box around the tumour voxels of both volumes (a
     full scan takes ~10x longer and gives the same numbers).  ``hd95_reduction``
     is the scheme's (:data:`HD95_REDUCTIONS`); the default keeps the numbers
-    this project always reported.
+    this project always reported; None leaves ``hd95_S`` NaN for the caller to fill.
     """
     pred_classes, truth_classes = np.asarray(pred_classes), np.asarray(truth_classes)
     _check_same_shape(pred_classes, truth_classes, "predicted and true class volumes")
@@ -279,7 +280,8 @@ def score_patient(pred_classes: np.ndarray, truth_classes: np.ndarray, challenge
         raise ValueError(f"spacing {tuple(spacing)} does not match a volume of shape {pred_classes.shape}")
     _check_classes(pred_classes, challenge.num_classes)
     _check_classes(truth_classes, challenge.num_classes)
-    _check_reduction(hd95_reduction)
+    if hd95_reduction is not None:
+        _check_reduction(hd95_reduction)
     box = _tumour_box(pred_classes, truth_classes)
     pred_box, truth_box = pred_classes[box], truth_classes[box]
     outside = pred_classes.size - pred_box.size
@@ -342,27 +344,52 @@ def _numeric_columns(rows: Iterable[dict], id_key: str) -> list[str]:
 
 
 def describe(values: Sequence[float]) -> dict[str, float]:
-    """mean, std (ddof=0), median, q1, q3, min, max and n of the finite values.
+    """mean, std (ddof=0), median, q1, q3, min, max and n of the finite values, and what was left out.
 
-    NaN (a metric a patient could not be scored on) is left out and not
-    counted in n, so one failure does not turn a whole column into NaN.
+    NaN (undefined: a region empty in both under brats2026, a metric a patient
+    could not be scored on) and infinities (a 2026 HD95 with nothing matched)
+    are left out of every statistic, not hidden: ``n_nan`` and ``n_inf`` count
+    them and ``treatment`` says so in words, so a mean over 17 of 19 patients
+    reads as such.  ``mean_with_inf`` is the mean a tool that keeps
+    infinities reports (inf when any value is +inf, as the official parser's
+    pandas mean).
     """
     array = np.asarray([float(v) for v in values], dtype=np.float64)
-    array = array[np.isfinite(array)]
-    if array.size == 0:
+    n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    finite = array[np.isfinite(array)]
+    left_out = {"n_nan": n_nan, "n_inf": n_inf, "treatment": _treatment(finite.size, n_nan, n_inf),
+                "mean_with_inf": _mean_with_inf(array)}
+    if finite.size == 0:
         nan = float("nan")
-        return {"mean": nan, "std": nan, "median": nan, "q1": nan, "q3": nan, "min": nan, "max": nan, "n": 0}
-    q1, median, q3 = np.percentile(array, [25, 50, 75])
+        return {"mean": nan, "std": nan, "median": nan, "q1": nan, "q3": nan, "min": nan, "max": nan, "n": 0,
+                **left_out}
+    q1, median, q3 = np.percentile(finite, [25, 50, 75])
     return {
-        "mean": float(array.mean()),
-        "std": float(array.std()),
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
         "median": float(median),
         "q1": float(q1),
         "q3": float(q3),
-        "min": float(array.min()),
-        "max": float(array.max()),
-        "n": int(array.size),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "n": int(finite.size),
+        **left_out,
     }
+
+
+def _treatment(n: int, n_nan: int, n_inf: int) -> str:
+    if not n_nan and not n_inf:
+        return f"all {n} values finite"
+    parts = [f"{n_inf} infinite" if n_inf else "", f"{n_nan} NaN" if n_nan else ""]
+    return f"over the {n} finite values of {n + n_nan + n_inf}; left out: " + ", ".join(p for p in parts if p)
+
+
+def _mean_with_inf(array: np.ndarray) -> float:
+    kept = array[~np.isnan(array)]
+    if kept.size == 0:
+        return float("nan")
+    with np.errstate(invalid="ignore"):
+        return float(kept.mean())
 
 
 def _extremes(rows: list[dict], column: str, id_key: str) -> tuple[dict, dict] | None:
@@ -419,6 +446,12 @@ def _who(entry: dict | None) -> str:
     return "-" if not entry else f"{entry['id']} ({entry['dice']:.3f})"
 
 
+def left_out_lines(summary: dict) -> list[str]:
+    """One line per column whose mean left values out (infinite or NaN), saying how many."""
+    return [f"{column}: mean {stats['treatment']}"
+            for column, stats in summary.get("metrics", {}).items() if stats.get("n_nan") or stats.get("n_inf")]
+
+
 def format_table(summary: dict) -> str:
     """The summary as a fixed-width text table, one row per region, plus the convention."""
     metrics = summary.get("metrics", {})
@@ -432,5 +465,6 @@ def format_table(summary: dict) -> str:
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
     text.append(f"n = {summary.get('n', 0)} patients")
+    text += left_out_lines(summary)
     text.append(f"Conventions: {summary.get('convention', CONVENTION)}")
     return "\n".join(text)

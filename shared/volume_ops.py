@@ -117,6 +117,18 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
+def header_spacing(image) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis from a NIfTI header's zooms (pixdim).
+
+    The spacing every reference tool reads (nibabel ``get_zooms``, SimpleITK
+    ``GetSpacing``, the official BraTS package); the affine's column norms
+    (:func:`voxel_spacing`) differ by rounding on oblique affines (1.0000000235
+    where the header says 1.0), enough to move a one-voxel distance past an
+    exact ``<=`` tolerance.
+    """
+    return tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
 def resampled_shape(shape, spacing, target) -> tuple[int, int, int]:
     """Voxels per axis after resampling ``shape`` at ``spacing`` mm to ``target`` mm (at least 1)."""
     return tuple(max(1, int(round(n * float(s) / float(t)))) for n, s, t in zip(shape[:3], spacing, target))

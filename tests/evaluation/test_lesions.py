@@ -118,14 +118,15 @@ def test_a_prediction_that_splits_a_lesion_is_one_hit_lesion_wise():
 def test_a_prediction_that_splits_a_lesion_leaves_one_piece_unmatched_in_2026():
     """One-to-one matching keeps the better piece: Dice 2*45/(81+45) = 5/7 against
     2*27/(81+27) = 1/2.  The other piece is a false positive: TP 1, FP 1, FN 0,
-    precision 1/2, recall 1, F1 = 1/(1 + 1/2) = 2/3; IoU of the match 45/81 = 5/9,
-    so PQ = 5/9 * 2/3 = 10/27."""
+    precision 1/2, recall 1, F1 = 1/(1 + 1/2) = 2/3; PQ is the official pq_dsc,
+    mean matched Dice x F1 = 5/7 * 2/3 = 10/21 (issue 20; it was IoU-based, kept as
+    pq_iou: IoU of the match 45/81 = 5/9, 5/9 * 2/3 = 10/27)."""
     pred, truth = _split_case()
     scores, records = matching.matched_region(pred, truth)
     assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 1, 0)
     assert scores["dice"] == pytest.approx(5 / 7) and scores["f1"] == pytest.approx(2 / 3)
     assert scores["precision"] == 0.5 and scores["recall"] == 1.0
-    assert scores["pq"] == pytest.approx(10 / 27)
+    assert scores["pq"] == pytest.approx(10 / 21) and scores["pq_iou"] == pytest.approx(10 / 27)
     assert [(r["kind"], r["volume_mm3"], r["matched"]) for r in records] == [
         ("truth", 81.0, True), ("false_positive", 27.0, False)]
 
