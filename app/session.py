@@ -199,11 +199,10 @@ def truth_classes(path: str, convention: str, scans: tuple[np.ndarray, Sequence[
     is turned into theirs, one on another grid is refused.
     """
     from shared import geometry
-    from shared.nifti_io import load_array, parse_nifti
-    from shared.storage import read_bytes
+    from shared.nifti_io import load_array, read_file
 
     name = os.path.basename(path)
-    image = parse_nifti(read_bytes(path), name)
+    image, _ = read_file(path)
     seg = load_array(image, name)
     if scans is not None:
         try:

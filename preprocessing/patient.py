@@ -20,8 +20,9 @@ import numpy as np
 from preprocessing import checksums, grid as grid_lib, n4
 from preprocessing.discovery import PatientSource
 from shared import geometry as geometry_lib, labels, layouts, schema, volume_ops
+from shared import nifti_io
 from shared.nifti_io import load_array, parse_nifti
-from shared.storage import read_bytes
+from shared.storage import read_bytes, size as file_size
 
 AFFINE_TOLERANCE = 1e-3
 
@@ -58,12 +59,18 @@ def load(source: PatientSource) -> Loaded:
 
     The headers are kept too: prediction copies the first modality's into
     the segmentation it writes, so nothing downstream reads a file again.
+    Each file goes through the bounded reader (:mod:`shared.nifti_io`): its size
+    and header are checked before a voxel is inflated, so a crafted header is
+    a ``load`` failure naming the file, not a worker out of memory.
     """
     arrays, affines, names, sha256, headers = {}, {}, {}, {}, {}
     for channel, path in source.files.items():
         name = posixpath.basename(path)
         try:
+            nifti_io.check_file_size(file_size(path), name)
             data = read_bytes(path)
+        except nifti_io.NiftiError as exc:
+            raise PatientError("load", str(exc), name) from exc
         except OSError as exc:
             raise PatientError("load", f"cannot read: {exc}", name) from exc
         planned = source.checksums.get(path)

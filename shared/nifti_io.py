@@ -175,6 +175,25 @@ def parse_nifti(data: bytes, name: str, limit_mb: float | None = None) -> nib.Ni
         raise NiftiError(f"cannot parse {name} as NIfTI: {type(exc).__name__}: {exc}") from exc
 
 
+def check_file_size(size: int, name: str, limit_mb: float | None = None) -> None:
+    """Refuse a file larger than any volume under the ceiling could be, before reading it into memory."""
+    bound = max_volume_bytes(limit_mb) + MAX_HEADER_EXTENSIONS
+    if size > bound:
+        raise NiftiError(f"{name}: the file has {size / MB:.0f} MB, more than a volume under the per-volume "
+                         f"ceiling of {max_volume_bytes(limit_mb) / MB:.0f} MB can take (set {MAX_VOLUME_ENV} "
+                         "to raise it)")
+
+
+def read_file(path: str, limit_mb: float | None = None) -> tuple[nib.Nifti1Image, bytes]:
+    """(image, the file's bytes) of a NIfTI file on any storage, its size checked before it is read."""
+    from shared import storage
+
+    name = os.path.basename(path.rstrip("/"))
+    check_file_size(storage.size(path), name, limit_mb)
+    data = storage.read_bytes(path)
+    return parse_nifti(data, name, limit_mb), data
+
+
 def load_array(image: nib.Nifti1Image, name: str, dtype=np.float32) -> np.ndarray:
     """The voxel array (scaled by the header's slope/intercept) as ``dtype``."""
     try:

@@ -44,10 +44,12 @@ def claims_cube(side: int, dtype=np.int16, fill_bytes: int | None = None) -> byt
     return zeros_gz(header_bytes((side, side, side), dtype), need if fill_bytes is None else fill_bytes)
 
 
-def bomb(shape=(8, 8, 8), inflated_bytes: int = 1 << 30) -> bytes:
-    """A small valid volume followed by ``inflated_bytes`` of zeros in the same gzip stream."""
-    head = header_bytes(shape, np.int16)
-    return zeros_gz(head + b"\x00" * (int(np.prod(shape)) * 2), inflated_bytes)
+def bomb(shape=(8, 8, 8), inflated_bytes: int = 1 << 30, volume: bytes | None = None) -> bytes:
+    """A small valid volume (``volume``: an uncompressed .nii's bytes) then ``inflated_bytes`` of zeros,
+    in one gzip stream."""
+    if volume is None:
+        volume = header_bytes(shape, np.int16) + b"\x00" * (int(np.prod(shape)) * 2)
+    return zeros_gz(volume, inflated_bytes)
 
 
 def negative_dims() -> bytes:
