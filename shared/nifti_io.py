@@ -89,7 +89,7 @@ def inflate(data: bytes, limit: int, name: str) -> bytes:
                 break
             rest = stream.unused_data
     except zlib.error as exc:
-        raise NiftiError(f"{name}: corrupt gzip stream ({exc})") from None
+        raise NiftiError(f"{name} is not a readable gzip file (truncated or corrupt: {exc})") from None
     return bytes(out)
 
 
