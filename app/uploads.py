@@ -146,12 +146,13 @@ def expand(uploads: Sequence[Upload], limit_mb: int) -> list[Upload]:
 def nifti_shape(upload: Upload, limit_mb: float | None = None) -> tuple[int, ...]:
     """The image shape from its checked header (:func:`shared.nifti_io.read_header`: dimensions, datatype,
     declared bytes against the file and the per-volume ceiling); InputError if it is not a usable NIfTI.
-    Nothing past the header is inflated, so a 2 MB file claiming 1024³ voxels costs nothing."""
+    The header is checked before anything else is inflated, so a 2 MB file claiming 1024³ voxels costs
+    nothing; then the stream is inflated in small chunks and dropped, to check it holds those voxels."""
     if not is_nifti_name(upload.name):
         raise InputError(f"{upload.name} is not a NIfTI file: upload .nii or .nii.gz scans "
                          "(DICOM series must be converted first, e.g. with dcm2niix).")
     try:
-        shape = nifti_io.read_header(upload.data, upload.name, limit_mb).shape
+        shape = nifti_io.check_complete(upload.data, upload.name, limit_mb).shape
     except nifti_io.NiftiError as exc:
         raise InputError(f"{exc}.") from None
     if len(shape) >= 3:

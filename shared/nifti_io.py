@@ -93,6 +93,26 @@ def inflate(data: bytes, limit: int, name: str) -> bytes:
     return bytes(out)
 
 
+def check_complete(data: bytes, name: str, limit_mb: float | None = None) -> HeaderInfo:
+    """:func:`read_header`, then the whole file inflated chunk by chunk and dropped, to check it holds the
+    voxels its header declares (a truncated copy, a datatype wider than the data) at constant memory."""
+    info = read_header(data, name, limit_mb)
+    held = len(data)
+    if info.gzipped:
+        held, rest, stream = 0, data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            while rest and held < info.end:
+                held += len(stream.decompress(rest, min(info.end - held, 4 * MB)))
+                rest = stream.unconsumed_tail
+        except zlib.error as exc:
+            raise NiftiError(f"{name} is not a readable gzip file (truncated or corrupt: {exc})") from None
+    if held < info.end:
+        raise NiftiError(f"{name}: truncated: header declares {info.end} bytes ({'x'.join(map(str, info.shape))} "
+                         f"{info.dtype}), the file holds {held} (a datatype that does not match the data, or an "
+                         "interrupted copy)")
+    return info
+
+
 def _header_class(head: bytes, name: str):
     """NIfTI-1 or NIfTI-2 by the first field (sizeof_hdr, 348 or 540, either byte order)."""
     for header_class in (nib.Nifti1Header, nib.Nifti2Header):
