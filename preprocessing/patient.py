@@ -110,9 +110,23 @@ def validate(loaded: Loaded, convention: str) -> None:
             raise PatientError(
                 "validate",
                 f"unexpected label values {unexpected} (convention {convention} allows "
-                f"{list(labels.stored_values(convention))})",
+                f"{list(labels.stored_values(convention))})" + _labels_fit_elsewhere(loaded, convention, seg),
                 loaded.names[layouts.SEGMENTATION],
             )
+
+
+def _labels_fit_elsewhere(loaded: Loaded, convention: str, seg: np.ndarray) -> str:
+    """Where the files' names fit several challenges (GLI 2023/2024) and the labels decide another:
+    the flag that selects it, so the message says what to pass rather than blaming the file."""
+    from shared import challenges, detection
+
+    found = detection.by_names(loaded.names.values())
+    others = [n for n in found.candidates if challenges.get(n).label_convention != convention]
+    decided = detection.by_labels(others, np.unique(seg)).decided if others else None
+    if decided is None:
+        return ""
+    return (f"; these labels are {challenges.get(decided).title}'s ({detection.numbering(decided)}), whose files "
+            f"are named alike: pass --config=configs/preprocess/challenge.py:{decided}")
 
 
 def resample_channels(volumes: list[np.ndarray], seg, spacing, target) -> tuple[list, object, tuple, tuple]:
