@@ -1,11 +1,11 @@
 """The web page: upload a patient's MRI (or take the example), segment it, browse and download.
 
     streamlit run app/streamlit_app.py -- --model=demo_data/runs/tiny/model.keras
-    streamlit run app/streamlit_app.py --server.maxUploadSize=600 -- --models_dir=runs --max_upload_mb=600
+    streamlit run app/streamlit_app.py --server.maxUploadSize=500 -- --models_dir=runs --max_upload_mb=500
 
 Arguments after ``--`` (see :func:`app.session.parse_args`): ``--model`` (one
 model; repeatable), ``--models_dir`` (every ``*.keras`` below it; default
-``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 600, capped
+``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 500, capped
 by Streamlit's own ``--server.maxUploadSize``, default 200) and
 ``--data_dir``.  The page only lays widgets out and wires the modules that
 do the work, each testable without a browser: :mod:`app.uploads` (checking
@@ -112,10 +112,8 @@ def collect_inputs(settings: session.Settings, predictor):
         accept_multiple_files=True, max_upload_size=settings.max_upload_mb, key="scans")
     truth = st.file_uploader("Optional: a segmentation to compare with (Dice, HD95)",
                              max_upload_size=settings.max_upload_mb, key="truth")
-    st.caption(f"At most {settings.max_upload_mb} MB for all files together (the uploader's per-file figure is "
-               "the server's), and each volume at most "
-               f"{nifti_io.max_volume_bytes(settings.max_volume_mb) // nifti_io.MB} MB once read. Files are kept "
-               "in a temporary folder only while they are segmented.")
+    st.caption(views.upload_limit_text(settings.max_upload_mb,
+                                       nifti_io.max_volume_bytes(settings.max_volume_mb) // nifti_io.MB))
     for f in list(scans or []) + ([truth] if truth is not None else []):  # each file as it arrives, header first
         problem = uploads.check_upload(uploads.Upload(f.name, f.getvalue()), settings.max_volume_mb)
         if problem:

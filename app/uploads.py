@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 from shared import challenges, detection, layouts, nifti_io
 
 MB = 1 << 20
-DEFAULT_MAX_UPLOAD_MB = 600
+DEFAULT_MAX_UPLOAD_MB = 500  # the uploader rounds a limit over 512 MB up to "1GB per file"
 
 
 class InputError(Exception):

@@ -137,6 +137,14 @@ def inference_defaults(model_path: str) -> tuple[str, str, str]:
         f"per-patient Dice ({scores}).")
 
 
+def upload_limit_text(upload_mb: int, volume_mb: int) -> str:
+    """The caption under the uploaders: one limit, said once (Streamlit's own "per file" text rounds
+    anything over 512 MB up to 1GB, so past that the caption says which figure holds)."""
+    rounded = " (the uploader rounds it up to 1GB per file)" if upload_mb > 512 else ""
+    return (f"At most {upload_mb} MB in all{rounded}, and each volume at most {volume_mb} MB once read. Files are "
+            "kept in a temporary folder only while they are segmented.")
+
+
 def short_model_name(path: str) -> str:
     """``run/model.keras`` (the run folder and file) for the sidebar, which cuts long paths."""
     parts = path.replace("\\", "/").rstrip("/").split("/")

@@ -82,3 +82,38 @@ def test_without_a_segmentation_the_page_says_which_challenge_or_asks():
     with pytest.raises(InputError, match="pick the challenge in the sidebar"):
         prepare(_modern("GLI"), CHANNELS, model=None)
     assert "detected from the file names" in prepare(_modern("SSA"), CHANNELS).challenge_note
+
+
+# ----------------------------------------------------------------- the page (AppTest)
+
+
+def test_page_refuses_a_crafted_upload_as_it_arrives_and_keeps_serving(tiny_model, monkeypatch):
+    from tests.app.test_app import NAMES_2020, _fake_uploader, _page, _uploads
+
+    files = _uploads(NAMES_2020)
+    files[0] = Upload(files[0].name, hostile.claims_cube(1024, fill_bytes=2 << 20))
+    _fake_uploader(monkeypatch, files)
+    at = _page(monkeypatch, f"--model={tiny_model}")
+    at.run()  # before Segment: the file is refused as it arrives, header first
+    assert not at.exception and any("1024x1024x1024" in e.value for e in at.error)
+    at.button(key="segment").click().run()
+    assert not at.exception and "over the per-volume ceiling" in at.error[-1].value
+    at.radio(key="mode").set_value("Example case (synthetic)").run()  # the same server goes on
+    at.button(key="segment").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    result = at.session_state["result"]
+    assert any(note.startswith("Challenge: BraTS 2020") for note in result.notes)
+    assert "the example's true segmentation" in at.markdown[-4].value or any(
+        "the example's true segmentation" in m.value for m in at.markdown)
+
+
+def test_page_refuses_a_ped_upload_to_a_2020_model_naming_both_numberings(tiny_model, monkeypatch):
+    from tests.app.test_app import _fake_uploader, _page
+
+    _fake_uploader(monkeypatch, _modern("PED"))
+    at = _page(monkeypatch, f"--model={tiny_model}")
+    at.run()
+    at.button(key="segment").click().run()
+    assert not at.exception
+    message = at.error[-1].value
+    assert "1 ET, 2 NETC, 3 CC, 4 ED" in message and "1 NCR, 2 ED, 4 ET" in message
