@@ -20,7 +20,6 @@ folder that :func:`app.session.segment` makes and removes.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import os
 import posixpath
