@@ -160,14 +160,19 @@ def nifti_shape(upload: Upload, limit_mb: float | None = None) -> tuple[int, ...
 
 
 def check_upload(upload: Upload, limit_mb: float | None = None) -> str | None:
-    """One file as it arrives: None if usable so far, else the message to show beside the uploader (header
-    first; a zip is checked when the patient is prepared)."""
+    """One file as it arrives: None if its header is usable, else the message to show beside the uploader.
+
+    Header only (a few hundred bytes inflated), as it runs on every rerun of the page; the whole
+    stream is checked when the patient is prepared (:func:`nifti_shape`).  A zip waits for that too.
+    """
     if upload.name.lower().endswith(".zip"):
         return None
+    if not is_nifti_name(upload.name):
+        return f"{upload.name} is not a NIfTI file: upload .nii or .nii.gz scans, or one zip of them."
     try:
-        nifti_shape(upload, limit_mb)
-    except InputError as exc:
-        return str(exc)
+        nifti_io.read_header(upload.data, upload.name, limit_mb)
+    except nifti_io.NiftiError as exc:
+        return f"{exc}."
     return None
 
 
