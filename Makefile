@@ -43,8 +43,8 @@ APP_MODEL ?= $(DEMO)/runs/tiny/model.keras
 
 app: venv  ## the web app (http://localhost:8501) with the demo model; APP_MODEL=runs/exp1/model.keras for another
 	@test -f $(APP_MODEL) || { echo "no model at $(APP_MODEL): run 'make demo' first, or make app APP_MODEL=path/to/model.keras"; exit 1; }
-	$(PY) -m streamlit run app/streamlit_app.py --server.headless=true --server.maxUploadSize=600 \
-	    --browser.gatherUsageStats=false -- --model=$(APP_MODEL) --models_dir=runs --max_upload_mb=600
+	$(PY) -m streamlit run app/streamlit_app.py --server.headless=true --server.maxUploadSize=500 \
+	    --browser.gatherUsageStats=false -- --model=$(APP_MODEL) --models_dir=runs --max_upload_mb=500
 
 demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes of CPU training -> evaluate -> predict
 	rm -rf $(DEMO)

@@ -43,8 +43,9 @@ EXAMPLE_ID = "Synthetic_Example_001"
 EXAMPLE_SEED = 2024  # not the demo cohort's seed 0: the demo model never saw this patient
 EXAMPLE_SHAPE = (96, 96, 80)
 
-# One segmentation at a time per process: sessions share the cached model, and
-# two 240x240x155 patients at once would double the memory for no gain in speed.
+# One segmentation at a time per process unless --max_concurrent says otherwise: sessions share the
+# cached model, and two 240x240x155 patients at once would double the memory for no gain in speed.
+# With the per-volume ceiling (shared.nifti_io) this bounds a server's memory for segmentations.
 _INFERENCE_LOCK = threading.Lock()
 
 
@@ -86,6 +87,8 @@ class Settings:
     models_dirs: list[str]
     max_upload_mb: int
     data_dir: str | None
+    max_volume_mb: float | None = None  # per-volume ceiling (shared.nifti_io); None: its default
+    max_concurrent: int = 1  # segmentations running at once in this server
 
 
 def parse_args(argv: Sequence[str]) -> Settings:
@@ -98,9 +101,22 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--models_dir", action="append", default=[], help="folder searched for *.keras models")
     parser.add_argument("--max_upload_mb", type=int, default=DEFAULT_MAX_UPLOAD_MB)
     parser.add_argument("--data_dir", default=None, help="dataset version the models were trained on")
+    parser.add_argument("--max_volume_mb", type=float, default=None,
+                        help="per-volume memory ceiling; a header declaring more is refused before reading")
+    parser.add_argument("--max_concurrent", type=int, default=1, help="segmentations at once per server")
     args, _ = parser.parse_known_args(list(argv))
+    configure_concurrency(args.max_concurrent)
     dirs = args.models_dir or ([] if args.model else [d for d in DEFAULT_MODELS_DIRS if os.path.isdir(d)])
-    return Settings(args.model, dirs, max(1, args.max_upload_mb), args.data_dir)
+    return Settings(args.model, dirs, max(1, args.max_upload_mb), args.data_dir, args.max_volume_mb,
+                    max(1, args.max_concurrent))
+
+
+def configure_concurrency(slots: int) -> None:
+    """How many segmentations may run at once in this process (``--max_concurrent``, default 1)."""
+    global _INFERENCE_LOCK
+    if slots != getattr(_INFERENCE_LOCK, "slots", 1):
+        _INFERENCE_LOCK = threading.BoundedSemaphore(max(1, slots))
+        _INFERENCE_LOCK.slots = max(1, slots)  # type: ignore[attr-defined]
 
 
 def find_models(settings: Settings) -> list[str]:
@@ -199,11 +215,10 @@ def truth_classes(path: str, convention: str, scans: tuple[np.ndarray, Sequence[
     is turned into theirs, one on another grid is refused.
     """
     from shared import geometry
-    from shared.nifti_io import load_array, parse_nifti
-    from shared.storage import read_bytes
+    from shared.nifti_io import load_array, read_file
 
     name = os.path.basename(path)
-    image = parse_nifti(read_bytes(path), name)
+    image, _ = read_file(path)
     seg = load_array(image, name)
     if scans is not None:
         try:
@@ -257,7 +272,8 @@ def segment(predictor, patient: PatientInput, tta: str = "none",
             raise InputError(_friendly(f"Cannot segment {patient.patient_id}: {exc}", workdir)) from None
         except ValueError as exc:  # a scan nibabel cannot read, labels, shapes
             raise InputError(_friendly(f"Cannot segment {patient.patient_id}: {exc}", workdir)) from None
-    notes = [f"Files not used: {', '.join(patient.ignored)}"] if patient.ignored else []
+    notes = [patient.challenge_note] if patient.challenge_note else []
+    notes += [f"Files not used: {', '.join(patient.ignored)}"] if patient.ignored else []
     notes += [f"Geometry: {note}." for note in pred.notes]
     if not np.any(pred.classes):
         notes.append("The model found no tumour in this scan.")

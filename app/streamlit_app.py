@@ -1,11 +1,11 @@
 """The web page: upload a patient's MRI (or take the example), segment it, browse and download.
 
     streamlit run app/streamlit_app.py -- --model=demo_data/runs/tiny/model.keras
-    streamlit run app/streamlit_app.py --server.maxUploadSize=600 -- --models_dir=runs --max_upload_mb=600
+    streamlit run app/streamlit_app.py --server.maxUploadSize=500 -- --models_dir=runs --max_upload_mb=500
 
 Arguments after ``--`` (see :func:`app.session.parse_args`): ``--model`` (one
 model; repeatable), ``--models_dir`` (every ``*.keras`` below it; default
-``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 600, capped
+``runs/`` and ``demo_data/runs/``), ``--max_upload_mb`` (default 500, capped
 by Streamlit's own ``--server.maxUploadSize``, default 200) and
 ``--data_dir``.  The page only lays widgets out and wires the modules that
 do the work, each testable without a browser: :mod:`app.uploads` (checking
@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app import session, uploads, views  # noqa: E402
+from shared import nifti_io  # noqa: E402
 
 UPLOAD, EXAMPLE = "Upload scans", "Example case (synthetic)"
 TTA = {"none": "none (fastest)", "axes": "mirror each axis (4 passes)", "all": "all mirrors (8 passes)"}
@@ -54,7 +55,9 @@ def choose_model(settings: session.Settings):
         st.sidebar.error(f"No trained model found in {where}. Train one (`make demo`) or start the app with "
                          "`-- --model=path/to/model.keras` or `-- --models_dir=runs`.")
         return None, "none"
-    path = st.sidebar.selectbox("Trained model", models, key="model")
+    path = st.sidebar.selectbox("Trained model", models, key="model", format_func=views.short_model_name,
+                                help="The full path is written under the selection.")
+    st.sidebar.caption(f"`{path}`")
     window, tta = choose_inference(path)
     from serving import predictor as predictor_lib
 
@@ -72,13 +75,14 @@ def choose_challenge(predictor) -> str | None:
     from shared import challenges
 
     options = ["detect"] + list(challenges.CHALLENGES)
-    default = predictor.challenge.name if predictor is not None else "detect"
     pick = st.sidebar.selectbox(
-        "Challenge of the uploads", options, index=options.index(default) if default in options else 0,
+        "Challenge of the uploads", options, index=0,
         format_func=lambda n: "detect from the file names" if n == "detect" else challenges.get(n).title,
         help="Decides the file naming and what each label value means (label 4 is enhancing tumour in "
-             "2020/2021, resection cavity in GLI 2024, oedema in PED 2024). Files of a challenge whose labels "
-             "differ from the model's are refused.", key="challenge")
+             "2020/2021, resection cavity in GLI 2024, oedema in PED 2024). Detection reads the file names; GLI "
+             "2023 and 2024 share names, so the segmentation's labels decide (or the model's own challenge, "
+             "said on the page). Files of a challenge whose labels differ from the model's are refused.",
+        key="challenge")
     return None if pick == "detect" else pick
 
 
@@ -104,14 +108,16 @@ def collect_inputs(settings: session.Settings, predictor):
     scans = st.file_uploader(
         "The patient's modalities (.nii or .nii.gz, any BraTS naming: *_flair, *_t1, *_t1ce, *_t2 or "
         "*-t2f, *-t1n, *-t1c, *-t2w, MEN-RT *_t1c), or one zip of the patient folder. Scans must be "
-        "skull-stripped and co-registered to the challenge's grid, as BraTS distributes them: another "
-        "orientation is reoriented, another grid is refused (or resampled, where the model's preprocessing "
-        "resamples)",
+        "skull-stripped and on the model's grid (see the sidebar).",
         accept_multiple_files=True, max_upload_size=settings.max_upload_mb, key="scans")
     truth = st.file_uploader("Optional: a segmentation to compare with (Dice, HD95)",
                              max_upload_size=settings.max_upload_mb, key="truth")
-    st.caption(f"At most {settings.max_upload_mb} MB in all. Files are kept in a temporary folder only while "
-               "they are segmented.")
+    st.caption(views.upload_limit_text(settings.max_upload_mb,
+                                       nifti_io.max_volume_bytes(settings.max_volume_mb) // nifti_io.MB))
+    for f in list(scans or []) + ([truth] if truth is not None else []):  # each file as it arrives, header first
+        problem = uploads.check_upload(uploads.Upload(f.name, f.getvalue()), settings.max_volume_mb)
+        if problem:
+            st.error(problem)
 
     def uploaded():
         files = [uploads.Upload(f.name, f.getvalue()) for f in scans or []]
@@ -128,7 +134,7 @@ def run_segmentation(settings: session.Settings, predictor, tta: str, get_inputs
     try:
         files, truth = get_inputs()
         patient = uploads.prepare(files, predictor.channels, settings.max_upload_mb, truth,
-                                model=predictor.challenge, pick=pick)
+                                  model=predictor.challenge, pick=pick, volume_mb=settings.max_volume_mb)
 
         def report(stage: str, fraction: float) -> None:
             value, text = session.progress_step(stage, fraction)
@@ -161,9 +167,9 @@ def show_viewer(result: session.Result) -> None:
     with controls[1]:
         st.markdown("Regions shown")
         titles = views.class_titles(pred.challenge)
-        toggles = st.columns(len(titles))
-        show = [cls for col, (cls, title) in zip(toggles, titles.items())
-                if col.checkbox(title, value=True, key=f"show-{cls}-{key}")]
+        toggles = st.columns(min(len(titles), 3))  # at most three a row: longer names are not cut
+        show = [cls for n, (cls, title) in enumerate(titles.items())
+                if toggles[n % len(toggles)].checkbox(title, value=True, key=f"show-{cls}-{key}")]
     alpha = controls[2].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=f"alpha-{key}")
 
     from serving.pictures import VIEWS
@@ -179,7 +185,9 @@ def show_viewer(result: session.Result) -> None:
     st.markdown(views.legend_html(pred.challenge, show), unsafe_allow_html=True)
     st.caption("Radiological convention: the patient's right is on the image's left.")
 
-    st.markdown("**Tumour volumes**" + (" and scores against the uploaded segmentation" if result.scores else ""))
+    against = ("the example's true segmentation" if result.patient_id == session.EXAMPLE_ID
+               else "the uploaded segmentation")
+    st.markdown("**Tumour volumes**" + (f" and scores against {against}" if result.scores else ""))
     table = pd.DataFrame(views.volumes_table(result)).set_index("Region")
     st.table(table.style.format({c: "{:.3f}" if c == "Dice" else "{:.2f}" for c in table.columns}))
     if result.scores is not None:
@@ -206,8 +214,7 @@ def main() -> None:
     # The server refuses any file over server.maxUploadSize (default 200 MB): never promise more.
     settings.max_upload_mb = min(settings.max_upload_mb, int(st.get_option("server.maxUploadSize")))
     st.title("Brain tumour segmentation")
-    st.markdown("Upload one patient's MRI (skull-stripped and co-registered to the challenge's grid, as BraTS "
-                "distributes them) and a 3D "
+    st.markdown("Upload one patient's MRI (skull-stripped, on the grid the sidebar states for the model) and a 3D "
                 "U-Net trained on a BraTS challenge outlines the tumour sub-regions that challenge labels. "
                 "For research only, not for diagnosis.")
     predictor, tta = choose_model(settings)

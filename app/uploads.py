@@ -20,7 +20,6 @@ folder that :func:`app.session.segment` makes and removes.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import os
 import posixpath
@@ -29,10 +28,10 @@ import stat
 import zipfile
 from typing import Iterable, Sequence
 
-from shared import challenges, layouts
+from shared import challenges, detection, layouts, nifti_io
 
 MB = 1 << 20
-DEFAULT_MAX_UPLOAD_MB = 600
+DEFAULT_MAX_UPLOAD_MB = 500  # the uploader rounds a limit over 512 MB up to "1GB per file"
 
 
 class InputError(Exception):
@@ -61,6 +60,7 @@ class PatientInput:
     shape: tuple[int, ...]
     truth: Upload | None = None  # a segmentation to compare with
     ignored: list[str] = dataclasses.field(default_factory=list)  # files that were not used
+    challenge_note: str = ""  # which challenge the files were taken as, and why (shown on the page)
 
 
 # --------------------------------------------------------------------------
@@ -142,32 +142,38 @@ def expand(uploads: Sequence[Upload], limit_mb: int) -> list[Upload]:
     return files
 
 
-def nifti_shape(upload: Upload) -> tuple[int, ...]:
-    """The image shape from a NIfTI-1/2 header (gzipped or not); InputError if it is not NIfTI."""
-    import nibabel as nib
-
-    not_nifti = InputError(f"{upload.name} is not a NIfTI file: upload .nii or .nii.gz scans "
-                           "(DICOM series must be converted first, e.g. with dcm2niix).")
+def nifti_shape(upload: Upload, limit_mb: float | None = None) -> tuple[int, ...]:
+    """The image shape from its checked header (:func:`shared.nifti_io.read_header`: dimensions, datatype,
+    declared bytes against the file and the per-volume ceiling); InputError if it is not a usable NIfTI.
+    The header is checked before anything else is inflated, so a 2 MB file claiming 1024³ voxels costs
+    nothing; then the stream is inflated in small chunks and dropped, to check it holds those voxels."""
     if not is_nifti_name(upload.name):
-        raise not_nifti
+        raise InputError(f"{upload.name} is not a NIfTI file: upload .nii or .nii.gz scans "
+                         "(DICOM series must be converted first, e.g. with dcm2niix).")
     try:
-        head = gzip.GzipFile(fileobj=io.BytesIO(upload.data)).read(544) if upload.data[:2] == b"\x1f\x8b" \
-            else upload.data[:544]
-    except (OSError, EOFError, gzip.BadGzipFile):
-        raise InputError(f"{upload.name} is not a readable gzip file (truncated or not .nii.gz).") from None
-    for header_class in (nib.Nifti1Header, nib.Nifti2Header):
-        size = header_class.sizeof_hdr
-        if len(head) < size or size not in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")):
-            continue
-        try:
-            header = header_class.from_fileobj(io.BytesIO(head[:size]), check=True)
-            shape = tuple(int(s) for s in header.get_data_shape())
-        except Exception:  # nibabel raises several types for a bad header
-            continue
-        if len(shape) >= 3:
-            return shape[:3] if all(s == 1 for s in shape[3:]) else shape
-        raise InputError(f"{upload.name} is a {len(shape)}-D image; a 3-D scan is needed.")
-    raise not_nifti
+        shape = nifti_io.check_complete(upload.data, upload.name, limit_mb).shape
+    except nifti_io.NiftiError as exc:
+        raise InputError(f"{exc}.") from None
+    if len(shape) >= 3:
+        return shape[:3] if all(s == 1 for s in shape[3:]) else shape
+    raise InputError(f"{upload.name} is a {len(shape)}-D image; a 3-D scan is needed.")
+
+
+def check_upload(upload: Upload, limit_mb: float | None = None) -> str | None:
+    """One file as it arrives: None if its header is usable, else the message to show beside the uploader.
+
+    Header only (a few hundred bytes inflated), as it runs on every rerun of the page; the whole
+    stream is checked when the patient is prepared (:func:`nifti_shape`).  A zip waits for that too.
+    """
+    if upload.name.lower().endswith(".zip"):
+        return None
+    if not is_nifti_name(upload.name):
+        return f"{upload.name} is not a NIfTI file: upload .nii or .nii.gz scans, or one zip of them."
+    try:
+        nifti_io.read_header(upload.data, upload.name, limit_mb)
+    except nifti_io.NiftiError as exc:
+        return f"{exc}."
+    return None
 
 
 def _expected_names(channel: str) -> str:
@@ -214,7 +220,8 @@ def detect_modalities(names: Sequence[str], channels: Sequence[str],
         elif len(hit) > 1:
             problems.append(f"{len(hit)} files for modality {channel} ({', '.join(sorted(hit))}); upload one patient")
     got = ", ".join(sorted(names)) or "no files"
-    raise InputError("Cannot use these files: " + "; ".join(problems) + f". Received: {got}.")
+    raise InputError("Cannot use these files: " + "; ".join(problems) + f". Received: {got}. (A file the "
+                     "uploader refused, for its size say, is not among the files received.)")
 
 
 def check_numbering(found: str, model: challenges.Challenge | None) -> None:
@@ -224,8 +231,8 @@ def check_numbering(found: str, model: challenges.Challenge | None) -> None:
     entry = challenges.get(found)
     if not challenges.same_classes(entry.label_convention, model.label_convention):
         raise InputError(
-            f"These files belong to {entry.title} (labels {', '.join(entry.class_keys[1:])}), but the model was "
-            f"trained on {model.title} (labels {', '.join(model.class_keys[1:])}): its label numbering differs, "
+            f"These files belong to {entry.title} (labels {detection.numbering(found)}), but the model was "
+            f"trained on {model.title} (labels {detection.numbering(model.name)}): its label numbering differs, "
             "so its segmentation would be read wrongly. Choose a model trained on this challenge, or pick the "
             "right challenge in the sidebar if the names are misleading.")
 
@@ -237,16 +244,67 @@ def _patient_id(name: str, layout: str, channel: str) -> str:
     return stem or "patient"
 
 
+def truth_labels(truth: Upload, limit_mb: float | None = None) -> list[int]:
+    """The label values present in a segmentation upload, read through the bounded reader."""
+    import numpy as np
+
+    try:
+        image = nifti_io.parse_nifti(truth.data, truth.name, limit_mb)
+        return [int(v) for v in np.unique(np.rint(nifti_io.load_array(image, truth.name)))]
+    except nifti_io.NiftiError as exc:
+        raise InputError(f"{exc}.") from None
+
+
+def choose_challenge(names: Sequence[str], truth: Upload | None, model: challenges.Challenge | None,
+                     pick: str | None, limit_mb: float | None = None) -> tuple[str | None, str]:
+    """(challenge, the sentence saying why) from the names, then a segmentation's labels; never a guess.
+
+    None when the names identify nothing (the caller falls back on modality
+    endings with the model's naming first).  Files named as another challenge
+    than the one picked are refused; names shared by several challenges (GLI
+    2023/2024) are decided by the segmentation's labels, else by the model's
+    own challenge when it is one of them (and the page says so), else the
+    user is asked to pick.
+    """
+    found = detection.by_names(names)
+    if pick:
+        if found.how == "names" and found.candidates and pick not in found.candidates:
+            raise InputError(f"These files are not named as {challenges.get(pick).title} (picked in the sidebar) "
+                             f"names them: they are {found.describe()}. Pick the challenge they come from, or "
+                             "'detect from the file names'.")
+        return pick, f"Challenge: {challenges.get(pick).title}, as picked in the sidebar."
+    if found.how != "names" or not found.candidates:
+        return None, ""
+    if found.decided:
+        return found.decided, f"Challenge: {challenges.get(found.decided).title}, detected from the file names."
+    if truth is not None:
+        values = truth_labels(truth, limit_mb)
+        decided = detection.by_labels(found.candidates, values).decided
+        if decided is None:
+            raise InputError(f"The segmentation {truth.name} has labels {[v for v in values if v]}, which none of "
+                             f"{', '.join(challenges.get(n).title for n in found.candidates)} (the challenges these "
+                             "files are named as) numbers.")
+        return decided, (f"Challenge: {challenges.get(decided).title}, from the file names and the labels of "
+                         f"{truth.name} ({[v for v in values if v]}).")
+    if model is not None and model.name in found.candidates:
+        others = [challenges.get(n).title for n in found.candidates if n != model.name]
+        return model.name, (f"Challenge: {model.title}, the model's own. These names fit {', '.join(others)} "
+                            "too; upload the segmentation, or pick the challenge in the sidebar, to decide.")
+    raise InputError(detection.ambiguity(found.candidates, "pick the challenge in the sidebar ('Challenge of "
+                                         "the uploads'), or upload the patient's segmentation"))
+
+
 def prepare(uploads: Sequence[Upload], channels: Sequence[str], limit_mb: int = DEFAULT_MAX_UPLOAD_MB,
             truth: Upload | None = None, model: challenges.Challenge | None = None,
-            pick: str | None = None) -> PatientInput:
+            pick: str | None = None, volume_mb: float | None = None) -> PatientInput:
     """Check one patient's uploads (files and/or a zip) and sort them by modality.
 
     A segmentation among the files (``_seg.nii.gz``, ``-seg.nii.gz``,
     ``_gtv.nii.gz``) becomes the truth to compare with, unless ``truth`` is
-    given separately.  The challenge comes from the file names (``pick``, the
-    user's choice, or else the ``model``'s own challenge tried first), and
-    files whose labels mean other tissues than the model's are refused.
+    given separately.  The challenge comes from :func:`choose_challenge`;
+    files whose labels mean other tissues than the model's are refused, with
+    both numberings named.  Every header is checked (``volume_mb``: the
+    per-volume ceiling) before anything is inflated.
     """
     if not uploads:
         raise InputError("Upload the patient's scans first: the four modalities as .nii/.nii.gz files, "
@@ -256,29 +314,37 @@ def prepare(uploads: Sequence[Upload], channels: Sequence[str], limit_mb: int = 
     for f in files:
         if not is_nifti_name(f.name):
             raise InputError(f"{f.name} is not a NIfTI file: upload .nii or .nii.gz scans, or one zip of them.")
-    preferred = pick or (model.name if model is not None else None)
-    layout, by_channel, seg_name = detect_modalities([f.name for f in files], channels, preferred)
-    if pick and layout != pick:
-        raise InputError(f"These files are not named as {challenges.get(pick).title} names them "
-                         f"(expected e.g. {layouts.get_layout(pick).expected_name('<case>', channels[0])}).")
-    check_numbering(layout, model)
+        nifti_shape(f, volume_mb)
+    if truth is not None:
+        nifti_shape(truth, volume_mb)
     by_name = {f.name: f for f in files}
+    segs = [f for f in files if any(is_segmentation_name(f.name, n) for n in layouts.LAYOUTS)]
+    chosen_name, note = choose_challenge(list(by_name), truth or (segs[0] if len(segs) == 1 else None), model,
+                                         pick, volume_mb)
+    preferred = chosen_name or (model.name if model is not None else None)
+    layout, by_channel, seg_name = detect_modalities(list(by_name), channels, preferred)
+    if chosen_name and layout != chosen_name:
+        raise InputError(f"These files are not named as {challenges.get(chosen_name).title} names them "
+                         f"(expected e.g. {layouts.get_layout(chosen_name).expected_name('<case>', channels[0])}).")
+    note = note or (f"Challenge: {challenges.get(layout).title}, by the modality endings of the file names "
+                    "(the model's naming first); pick it in the sidebar if that is wrong.")
+    check_numbering(layout, model)
     chosen = {ch: by_name[n] for ch, n in by_channel.items()}
     if truth is None and seg_name is not None:
         truth = by_name[seg_name]
-    shapes = {ch: nifti_shape(f) for ch, f in chosen.items()}
+    shapes = {ch: nifti_shape(f, volume_mb) for ch, f in chosen.items()}
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{ch} {'x'.join(map(str, s))}" for ch, s in shapes.items())
         raise InputError(f"The scans' shapes disagree ({listed}); all modalities of a patient must share one grid.")
     shape = next(iter(shapes.values()))
     if truth is not None:
-        truth_shape = nifti_shape(truth)
+        truth_shape = nifti_shape(truth, volume_mb)
         if truth_shape != shape:
             raise InputError(f"The segmentation {truth.name} is {'x'.join(map(str, truth_shape))}, but the scans "
                              f"are {'x'.join(map(str, shape))}.")
     used = {f.name for f in chosen.values()} | ({truth.name} if truth is not None else set())
     pid = _patient_id(by_channel[channels[0]], layout, channels[0])
-    return PatientInput(pid, layout, chosen, shape, truth, sorted(n for n in by_name if n not in used))
+    return PatientInput(pid, layout, chosen, shape, truth, sorted(n for n in by_name if n not in used), note)
 
 
 def _write_inside(folder: str, name: str, data: bytes) -> str:

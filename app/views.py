@@ -137,6 +137,20 @@ def inference_defaults(model_path: str) -> tuple[str, str, str]:
         f"per-patient Dice ({scores}).")
 
 
+def upload_limit_text(upload_mb: int, volume_mb: int) -> str:
+    """The caption under the uploaders: one limit, said once (Streamlit's own "per file" text rounds
+    anything over 512 MB up to 1GB, so past that the caption says which figure holds)."""
+    rounded = " (the uploader rounds it up to 1GB per file)" if upload_mb > 512 else ""
+    return (f"At most {upload_mb} MB in all{rounded}, and each volume at most {volume_mb} MB once read. Files are "
+            "kept in a temporary folder only while they are segmented.")
+
+
+def short_model_name(path: str) -> str:
+    """``run/model.keras`` (the run folder and file) for the sidebar, which cuts long paths."""
+    parts = path.replace("\\", "/").rstrip("/").split("/")
+    return "/".join(parts[-2:])
+
+
 def model_summary(predictor) -> str:
     """A line on what the model expects, for the sidebar."""
     crop_text = PreprocessingSpec.from_config(predictor.preprocess_cfg).describe_crop()
@@ -151,9 +165,11 @@ def geometry_text(predictor) -> str:
     """What scans the model takes: skull-stripped, co-registered, and the training geometry it checks."""
     expected = predictor.expected
     grid = predictor.challenge.grid
+    if expected.recorded and (expected.grids or expected.resample_mm is not None):  # the model's own grid, once
+        rule = ("another spacing is resampled" if expected.resample_mm is not None else "another grid is refused")
+        return (f"Scans must be skull-stripped and on this model's grid: {expected.describe()} (its training "
+                f"scans); another orientation is reoriented, {rule}.")
     atlas = ("in native space (any grid)" if grid.native
-             else f"co-registered to the {grid.name} grid ({'x'.join(map(str, grid.shape))} at "
+             else f"on the {grid.name} grid ({'x'.join(map(str, grid.shape))} at "
                   f"{'x'.join(f'{s:g}' for s in grid.spacing_mm)} mm)")
-    return (f"Scans must be skull-stripped and {atlas}, as the challenge distributes them. Training scans: "
-            f"{expected.describe()}; another orientation is reoriented, "
-            + ("another spacing resampled." if expected.resample_mm is not None else "another grid refused."))
+    return f"Scans must be skull-stripped and {atlas}, as the challenge distributes them (training grid not recorded)."

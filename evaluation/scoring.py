@@ -37,9 +37,9 @@ from shared import failures as failures_lib
 from shared.failures import Failure
 from evaluation import gli_release, lesions, official, parser_csv, schemes
 from shared import challenges, geometry, labels, layouts, manifest as manifest_lib, metrics, schema, volume_ops
-from shared.nifti_io import load_array, parse_nifti
+from shared.nifti_io import load_array, read_file
 from shared import storage
-from shared.storage import read_bytes, write_bytes
+from shared.storage import write_bytes
 from serving import inference, prediction, predictor as predictor_lib
 from serving.inputs import source_from_folder
 
@@ -183,7 +183,7 @@ def _load_labels(path: str, convention: str,
     ``layout_name`` (a truth file), :class:`evaluation.gli_release.ReleaseMismatch` when its labels
     belong to the other GLI release."""
     name = posixpath.basename(path)
-    image = parse_nifti(read_bytes(path), name)
+    image, _ = read_file(path)  # bounded: header and size checked before any voxel is inflated
     stored = load_array(image, name)
     if stored.ndim != 3:
         raise ValueError(f"{name}: expected a 3-D segmentation, got shape {stored.shape}")

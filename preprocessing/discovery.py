@@ -52,6 +52,17 @@ def list_patient_folders(input_dir: str, layout: layouts.Layout) -> dict[str, li
     return {k: sorted(v) for k, v in sorted(folders.items())}
 
 
+def named_otherwise(input_dir: str) -> str:
+    """'; its folders are named as X: pass --config=configs/preprocess/challenge.py:X' where some other
+    challenge's naming fits the folders (GLI 2023/2024 share names: both are listed), else ''."""
+    names = {posixpath.basename(posixpath.dirname(e.path)) for e in storage.match(join(input_dir, "*", "*"))}
+    fits = [layout.name for layout in layouts.LAYOUTS.values() if any(layout.is_patient_dir(n) for n in names)]
+    if not fits:
+        return ""
+    flags = " or ".join(f"--config=configs/preprocess/challenge.py:{n}" for n in fits)
+    return f"; its folders are named as {', '.join(fits)}: pass {flags}"
+
+
 def read_grades(input_dir: str, layout: layouts.Layout) -> dict[str, str]:
     """Patient id -> grade (HGG/LGG) from the release's table, when it has one."""
     if not layout.grade_table:
@@ -94,6 +105,7 @@ def discover(input_dir: str, layout: layouts.Layout, modalities: tuple[str, ...]
             raise FileNotFoundError(f"--input: no patient folders to read: {problem}")
         raise FileNotFoundError(
             f"no patient folders matching {layout.patient_dir!r} under {input_dir} (layout {layout.name})"
+            + named_otherwise(input_dir)
         )
     grades = read_grades(input_dir, layout)
     channels = tuple(modalities) + ((layouts.SEGMENTATION,) if require_seg else ())

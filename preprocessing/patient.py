@@ -20,8 +20,9 @@ import numpy as np
 from preprocessing import checksums, grid as grid_lib, n4
 from preprocessing.discovery import PatientSource
 from shared import geometry as geometry_lib, labels, layouts, schema, volume_ops
+from shared import nifti_io
 from shared.nifti_io import load_array, parse_nifti
-from shared.storage import read_bytes
+from shared.storage import read_bytes, size as file_size
 
 AFFINE_TOLERANCE = 1e-3
 
@@ -58,12 +59,18 @@ def load(source: PatientSource) -> Loaded:
 
     The headers are kept too: prediction copies the first modality's into
     the segmentation it writes, so nothing downstream reads a file again.
+    Each file goes through the bounded reader (:mod:`shared.nifti_io`): its size
+    and header are checked before a voxel is inflated, so a crafted header is
+    a ``load`` failure naming the file, not a worker out of memory.
     """
     arrays, affines, names, sha256, headers = {}, {}, {}, {}, {}
     for channel, path in source.files.items():
         name = posixpath.basename(path)
         try:
+            nifti_io.check_file_size(file_size(path), name)
             data = read_bytes(path)
+        except nifti_io.NiftiError as exc:
+            raise PatientError("load", str(exc), name) from exc
         except OSError as exc:
             raise PatientError("load", f"cannot read: {exc}", name) from exc
         planned = source.checksums.get(path)
@@ -103,9 +110,23 @@ def validate(loaded: Loaded, convention: str) -> None:
             raise PatientError(
                 "validate",
                 f"unexpected label values {unexpected} (convention {convention} allows "
-                f"{list(labels.stored_values(convention))})",
+                f"{list(labels.stored_values(convention))})" + _labels_fit_elsewhere(loaded, convention, seg),
                 loaded.names[layouts.SEGMENTATION],
             )
+
+
+def _labels_fit_elsewhere(loaded: Loaded, convention: str, seg: np.ndarray) -> str:
+    """Where the files' names fit several challenges (GLI 2023/2024) and the labels decide another:
+    the flag that selects it, so the message says what to pass rather than blaming the file."""
+    from shared import challenges, detection
+
+    found = detection.by_names(loaded.names.values())
+    others = [n for n in found.candidates if challenges.get(n).label_convention != convention]
+    decided = detection.by_labels(others, np.unique(seg)).decided if others else None
+    if decided is None:
+        return ""
+    return (f"; these labels are {challenges.get(decided).title}'s ({detection.numbering(decided)}), whose files "
+            f"are named alike: pass --config=configs/preprocess/challenge.py:{decided}")
 
 
 def resample_channels(volumes: list[np.ndarray], seg, spacing, target) -> tuple[list, object, tuple, tuple]:

@@ -40,6 +40,7 @@ class Options:
     pictures: bool = True
     save_probabilities: bool = False  # also <id>.npz: the (ensemble's) softmax, float16, before post-processing
     postprocessing: str | None = "auto"  # "auto": the models' postprocessing.json if any; "none"; or a path
+    allow_other_challenge: bool = False  # segment files named for a challenge numbered otherwise (issue 21)
 
     def load(self, with_model: bool = True) -> predictor_lib.Predictor:
         return predictor_lib.load_predictor(self.model_path, self.data_dir, self.window, with_model,
@@ -74,7 +75,7 @@ def predict_local(options: Options, folders: list[str], echo: Callable[[str], No
     done, failures = [], []
     for n, folder in enumerate(folders, 1):
         try:
-            source, convention = inputs.source_from_folder(folder, predictor)
+            source, convention = inputs.source_from_folder(folder, predictor, options.allow_other_challenge)
             pred = prediction.predict_patient(predictor, source, convention, options.tta, options.overlap,
                                               probabilities=options.save_probabilities)
             paths = outputs.write_outputs(pred, options.output_dir, predictor, options.pictures)
@@ -165,7 +166,7 @@ def _prepare_fn(options: Options):
     def prepare(folder: str):
         predictor = _loaded(options, with_model=False)  # its preprocessing only; the network runs in Segment
         try:
-            source, convention = inputs.source_from_folder(folder, predictor)
+            source, convention = inputs.source_from_folder(folder, predictor, options.allow_other_challenge)
             return prediction.prepare(predictor, source, convention, threads=1,  # Beam: a patient per core
                                       display=options.pictures)
         except prediction.PATIENT_INPUT_ERRORS as exc:

@@ -23,7 +23,7 @@ Flags this module does not define are handed to Beam's PipelineOptions.
 
 from absl import app, flags
 
-from shared import cli, console
+from shared import cli, console, detection
 from serving import batch_predict, inference, inputs, predictor as predictor_lib
 from serving.models import ModelError
 
@@ -52,6 +52,10 @@ _WINDOW = flags.DEFINE_string(
     "best (inference.json, chosen on its validation split), else 'patch'.")
 _PICTURES = flags.DEFINE_boolean("pictures", True, "Write the PNG summary and the GIF fly-through.")
 _BEAM = flags.DEFINE_boolean("beam", False, "Run on a Beam runner (pass --runner=... and its options).")
+_ALLOW_OTHER = flags.DEFINE_boolean(
+    "allow_other_challenge", False, "Segment folders whose file names identify a challenge whose labels mean "
+    "other tissues than the model's (a PED case for a GLI model), written in the model's numbering; without it "
+    "they are refused, naming both numberings.")
 _STRICT = flags.DEFINE_boolean("strict", False, "Exit non-zero if any patient fails.")
 flags.mark_flags_as_required(["model", "input", "output_dir"])
 
@@ -64,7 +68,8 @@ def main(argv):
         model_path=model_path,
         output_dir=_OUTPUT.value, data_dir=_DATA_DIR.value, window=settings.window,
         tta=settings.tta, overlap=_OVERLAP.value, pictures=_PICTURES.value,
-        save_probabilities=_SAVE_PROBABILITIES.value, postprocessing=_POSTPROCESSING.value)
+        save_probabilities=_SAVE_PROBABILITIES.value, postprocessing=_POSTPROCESSING.value,
+        allow_other_challenge=_ALLOW_OTHER.value)
     try:
         folders = inputs.resolve_inputs(_INPUT.value)
         predictor = options.load()
@@ -76,6 +81,9 @@ def main(argv):
     print(f"Predicting {len(folders)} patient(s) with {models} (dataset version "
           f"{predictor.version_id}, window {'x'.join(map(str, predictor.window))}, TTA {options.tta} "
           f"({settings.source}){rules})")
+    print(f"Challenge: {predictor.challenge.title} (the model's; labels written as "
+          f"{detection.numbering(predictor.challenge.name)} unless a folder's names fix another numbering with the "
+          "same classes)" + (", --allow_other_challenge" if _ALLOW_OTHER.value else ""))
     if _BEAM.value:
         summary = batch_predict.predict_beam(options, folders, argv[1:])
     else:

@@ -208,8 +208,8 @@ def check(scan: ScanGeometry, expected: Expected) -> str | None:
         return None
     wanted = " or ".join(f"{'x'.join(map(str, shape))} voxels of {_mm(spacing)} mm" for shape, spacing in expected.grids)
     raise GeometryError(f"the scan is {scan.describe()} (after reorienting), but the model was trained on {wanted}, "
-                        "and its preprocessing does not resample: co-register the scan to the challenge's grid "
-                        "first (or use a model whose preprocessing resamples, resample.enabled)")
+                        "and its preprocessing does not resample: bring the scan onto that grid first, or use a model "
+                        "trained on this grid or one whose preprocessing resamples (resample.enabled)")
 
 
 def align_to(array: np.ndarray, affine, reference_affine, reference_shape: Sequence[int],

@@ -7,6 +7,7 @@ test (tests/test_app_browser.py, slow) uploads through the real widget.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
@@ -246,8 +247,12 @@ def test_a_corrupt_scan_fails_cleanly_and_leaves_nothing(predictor, tiny_cohort,
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     uploads = [u for u in _cohort_uploads(tiny_cohort) if not u.name.endswith("_seg.nii.gz")]
     t2 = next(i for i, u in enumerate(uploads) if u.name.endswith("_t2.nii.gz"))
+    good = prepare(uploads, predictor.channels)
     uploads[t2] = Upload(uploads[t2].name, uploads[t2].data[: len(uploads[t2].data) // 2])  # header intact
-    patient = prepare(uploads, predictor.channels)
+    with pytest.raises(InputError, match=r"_t2.nii.gz: truncated"):  # issue 21: refused as it is uploaded
+        prepare(uploads, predictor.channels)
+    # past the upload check (a file changed on the way), the segmentation still fails cleanly
+    patient = dataclasses.replace(good, files=dict(good.files, t2=uploads[t2]))
     with pytest.raises(InputError, match=r"Cannot segment BraTS20_Training_002: load: .*_t2.nii.gz") as err:
         session.segment(predictor, patient)
     assert str(tmp_path) not in str(err.value) and "brats-app-" not in str(err.value)

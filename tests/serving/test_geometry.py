@@ -254,8 +254,10 @@ def test_the_app_scores_a_truth_stored_in_another_orientation(scan, tmp_path):
 def test_the_app_says_scans_must_be_skull_stripped_and_co_registered(scan, stub_file, tmp_path):
     predictor = _predictor(tmp_path, stub_file, False, _trained_on(scan, False))
     text = views.model_summary(predictor)
-    assert "skull-stripped and co-registered to the SRI24 grid" in text
-    assert "orientation LPS, 48x48x40 voxels of 1x1x1 mm" in text and "another grid refused" in text
+    # issue 21: the model's own grid, once; no challenge grid that contradicts it
+    assert "skull-stripped and on this model's grid" in text and "SRI24" not in text
+    assert text.count("48x48x40") == 1
+    assert "orientation LPS, 48x48x40 voxels of 1x1x1 mm" in text and "another grid is refused" in text
     # the example case comes on that grid, so the page's example is never refused
     assert session.example_shape(predictor.preprocess_cfg, predictor.expected) == TINY_SHAPE
     assert session.example_spacing(predictor.expected) == (1.0, 1.0, 1.0)
