@@ -3,7 +3,9 @@
 BraTS GLI 2023 (pre-treatment) and GLI 2024/2025 (post-treatment) name their
 patients and files alike (``BraTS-GLI-NNNNN-NNN-seg.nii.gz``), so a cohort
 found without ``--challenge`` is first read as GLI 2023.  Label 4 settles it:
-GLI 2023 has labels 0-3; GLI 2024 adds 4, the resection cavity.  A truth with
+GLI 2023 has labels 0-3; GLI 2024 adds 4, the resection cavity (the rule is
+:func:`shared.detection.by_labels`, which the app and prediction use too;
+this module only turns it into evaluation's re-scoring and messages).  A truth with
 label 4 read as GLI 2023 raises :class:`ReleaseMismatch`, which
 :func:`evaluation.scoring.score_folders` answers by scoring the cohort again as
 GLI 2024 when the challenge was only guessed, or by a failure that names
@@ -16,6 +18,8 @@ says which was assumed and the flag that changes it.
 from __future__ import annotations
 
 import numpy as np
+
+from shared import detection
 
 # The layout a cohort is first read as -> the one with the same names whose labels go further.
 SIBLINGS = {"brats2023_gli": "brats2024_gli"}
@@ -34,7 +38,7 @@ class ReleaseMismatch(ValueError):
 def check(stored: np.ndarray, layout_name: str, name: str) -> None:
     """Raise :class:`ReleaseMismatch` when ``stored`` (a truth's label values) shows the sibling release."""
     sibling = SIBLINGS.get(layout_name)
-    if sibling and np.any(np.rint(stored) == RESECTION_CAVITY):
+    if sibling and detection.by_labels((layout_name, sibling), np.unique(np.rint(stored))).decided == sibling:
         raise ReleaseMismatch(name, layout_name, sibling)
 
 
