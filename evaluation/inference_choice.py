@@ -22,9 +22,11 @@ compared without TTA, TTA is tried on the best window only, the identity
 pass of TTA reuses the no-TTA predictions, and at most ``max_patients``
 validation patients (the first in manifest order) are scored.
 
-The best candidate's predictions then choose the connected-component
-post-processing and nnU-Net's small-ET rule for this single model
-(:func:`shared.postprocessing.choose`), written as the run's
+Each candidate's predictions also choose the connected-component
+post-processing and nnU-Net's small-ET rule (:func:`shared.postprocessing.choose`,
+cheap next to inference), and candidates are ranked by the Dice after their
+rules, as they will be served: a window that leaves specks can win once
+they are removed.  The winner's rules become the run's
 ``postprocessing.json``, which prediction applies by default.
 """
 
@@ -135,34 +137,33 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
             probs = inference.sliding_window(fn, image, sizes[window], overlap=overlap, tta=tta)
             preds.append(prediction.classes_of(predictor, probs))
         rows = [metrics.region_dice(p, t, predictor.challenge, regions) for p, t in zip(preds, truths)]
-        return _candidate(window, sizes[window], tta, rows, regions), preds
+        scored = _candidate(window, sizes[window], tta, rows, regions)
+        if postprocess:  # ranked as it will be served: after the rules chosen for this candidate
+            picked = postprocessing.choose(list(zip(preds, truths)), predictor.challenge)
+            scored.update(postprocessing=picked.rules, rank=round(picked.mean_dice_after, 6))
+        return scored, (preds, picked if postprocess else None)
+
+    def rank(result) -> float:
+        return result[0].get("rank", result[0]["patient_dice_mean"])
 
     results = [run_candidate(window, tta_modes[0]) for window in sizes]
-    window = max(results, key=lambda r: r[0]["patient_dice_mean"])[0]["window"]
+    window = max(results, key=rank)[0]["window"]
     if tta_modes[0] == "none":
         for key in [k for k in reuse if k[0] != window]:
             reuse.pop(key)  # only the best window's identity passes are replayed
     results += [run_candidate(window, tta) for tta in tta_modes[1:]]
     scored = [r[0] for r in results]
-    best, best_preds = max(results, key=lambda r: r[0]["patient_dice_mean"])  # the first of equals: the cheaper
+    best, (_, picked) = max(results, key=rank)  # the first of equals: the cheaper
     seconds = time.perf_counter() - start
     echo(format_choice(scored, best) + f" ({seconds:.1f} s on {len(records)} patient(s))")
     choice = {"window": best["window"], "tta": best["tta"], "patient_dice_mean": best["patient_dice_mean"],
               "metric": METRIC.format(regions=", ".join(regions)), "split": run.validation()[0],
               "patients": len(records), "overlap": overlap, "candidates": scored, "seconds": round(seconds, 2)}
     if postprocess:
-        choice["postprocessing"] = _choose_postprocessing(best_preds, truths, predictor.challenge, echo)
+        choice["postprocessing"] = picked.to_json()
+        echo(f"Post-processing with it: {', '.join(str(r) for r in picked.rules) or 'none'} (mean Dice "
+             f"{picked.mean_dice_before:.4f} -> {picked.mean_dice_after:.4f})")
     return choice
-
-
-def _choose_postprocessing(preds: list, truths: list, challenge, echo) -> dict:
-    """The component and small-ET rules that raise the mean Dice of the chosen window's predictions."""
-    start = time.perf_counter()
-    picked = postprocessing.choose(list(zip(preds, truths)), challenge)
-    rules = ", ".join(str(r) for r in picked.rules) or "none"
-    echo(f"Post-processing on the same patients: {rules} (mean Dice {picked.mean_dice_before:.4f} -> "
-         f"{picked.mean_dice_after:.4f}, {time.perf_counter() - start:.1f} s)")
-    return picked.to_json()
 
 
 def _candidate(window: str, size, tta: str, rows: list[dict], regions) -> dict:
@@ -175,8 +176,9 @@ def format_choice(scored: list[dict], best: dict) -> str:
     lines = ["Inference window and TTA on the validation patients (mean per-patient Dice):"]
     for c in scored:
         mark = "  <- best" if c is best else ""
+        after = f", {c['rank']:.4f} post-processed" if "rank" in c else ""
         lines.append(f"  window {c['window']} ({'x'.join(map(str, c['window_size']))}), TTA {c['tta']}: "
-                     f"{c['patient_dice_mean']:.4f}{mark}")
+                     f"{c['patient_dice_mean']:.4f}{after}{mark}")
     return "\n".join(lines)
 
 

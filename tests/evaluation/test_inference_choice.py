@@ -100,13 +100,16 @@ def test_training_records_the_best_window_and_tta_which_serving_follows(tiny_mod
     recorded = json.loads((run / trained_run.INFERENCE_FILE).read_text())
     pairs = [(c["window"], c["tta"]) for c in recorded["candidates"]]
     assert pairs[:2] == [("patch", "none"), ("volume", "none")]  # windows first, without TTA
-    no_tta = max(recorded["candidates"][:2], key=lambda c: c["patient_dice_mean"])
+    def rank(c):  # the Dice after the candidate's own post-processing: as it will be served
+        return c["rank"]
+
+    no_tta = max(recorded["candidates"][:2], key=rank)
     assert pairs[2:] == [(no_tta["window"], "all")] and recorded["seconds"] > 0  # TTA on the best window only
     assert recorded["split"] == "val" and recorded["patients"] >= 1
-    best = max(c["patient_dice_mean"] for c in recorded["candidates"])
-    assert recorded["patient_dice_mean"] == best
-    assert (recorded["window"], recorded["tta"]) == next(
-        (c["window"], c["tta"]) for c in recorded["candidates"] if c["patient_dice_mean"] == best)
+    best = max(recorded["candidates"], key=rank)
+    assert (recorded["window"], recorded["tta"]) == (best["window"], best["tta"])
+    assert recorded["patient_dice_mean"] == best["patient_dice_mean"] <= best["rank"]
+    assert recorded["postprocessing"]["rules"] == best["postprocessing"]
     assert all({"patient_dice_WT", "patient_dice_TC", "patient_dice_ET", "window_size"} <= set(c)
                for c in recorded["candidates"])
 
