@@ -158,8 +158,13 @@ def brain_mask(volumes: list[np.ndarray], method: str, spacing) -> np.ndarray:
 
 
 def crop_box(mask: np.ndarray, crop_cfg) -> volume_ops.Box:
+    """The box of the record: ``brain`` (default: ``size`` around the brain's bounding box), ``fixed``
+    (``box`` on the source grid, the seeds' 48:192 x 48:192 x 5:149) or ``centered`` (as ``brain``, older
+    datasets' name)."""
     if crop_cfg["mode"] == "fixed":
         return volume_ops.fixed_box(crop_cfg["box"], mask.shape)
+    if crop_cfg["mode"] == "brain":
+        return volume_ops.brain_box(mask, tuple(crop_cfg["size"]))
     if crop_cfg["mode"] == "centered":
         return volume_ops.centered_box(mask, tuple(crop_cfg["size"]))
     raise ValueError(f"unknown crop mode {crop_cfg['mode']!r}")

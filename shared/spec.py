@@ -16,13 +16,18 @@ from shared import challenges
 from shared.manifest import DEFAULT_COMPRESSION, check_compression
 
 
+#: brain: ``size`` around the brain's bounding box (the default); fixed: a box on the source grid (the
+#: seeds' recipe); centered: the same box as brain, under the name datasets made before it had.
+CROP_MODES = ("brain", "fixed", "centered")
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessingSpec:
     """The shape-deciding part of a preprocessing config."""
 
     layout: str
     modalities: tuple[str, ...]
-    crop_mode: str  # "fixed": ``crop_box`` on the source grid; "centered": ``crop_size`` around the brain
+    crop_mode: str  # "fixed": ``crop_box`` on the source grid; "brain"/"centered": ``crop_size`` around the brain
     crop_box: tuple[tuple[int, int], ...] | None
     crop_size_centered: tuple[int, int, int] | None
     compression: str
@@ -30,15 +35,15 @@ class PreprocessingSpec:
     @classmethod
     def from_config(cls, cfg: dict) -> "PreprocessingSpec":
         crop = cfg["crop"]
-        if crop["mode"] not in ("fixed", "centered"):
-            raise ValueError(f"unknown crop mode {crop['mode']!r}; use fixed or centered")
+        if crop["mode"] not in CROP_MODES:
+            raise ValueError(f"unknown crop mode {crop['mode']!r}; use one of {', '.join(CROP_MODES)}")
         challenges.get(cfg["layout"])  # an unknown challenge fails here
         return cls(
             layout=cfg["layout"],
             modalities=tuple(cfg["modalities"]),
             crop_mode=crop["mode"],
             crop_box=tuple((int(a), int(b)) for a, b in crop["box"]) if crop["mode"] == "fixed" else None,
-            crop_size_centered=tuple(int(s) for s in crop["size"]) if crop["mode"] == "centered" else None,
+            crop_size_centered=tuple(int(s) for s in crop["size"]) if crop["mode"] != "fixed" else None,
             compression=check_compression(cfg.get("shards", {}).get("compression", DEFAULT_COMPRESSION)),
         )
 
@@ -57,10 +62,11 @@ class PreprocessingSpec:
         return self.crop_size_centered
 
     def describe_crop(self) -> str:
-        """``box 48:192 x 48:192 x 5:149`` or ``centred 128x128x128``, for people."""
+        """``box 48:192 x 48:192 x 5:149``, ``brain 160x192x160`` or ``centred 128x128x128``, for people."""
         if self.crop_mode == "fixed":
             return "box " + " x ".join(f"{a}:{b}" for a, b in self.crop_box)
-        return "centred " + "x".join(map(str, self.crop_size_centered))
+        word = "brain" if self.crop_mode == "brain" else "centred"
+        return f"{word} " + "x".join(map(str, self.crop_size_centered))
 
     @property
     def channels(self) -> int:

@@ -29,7 +29,7 @@ MODEL_FILE = "model.keras"  # the final model
 LINEAGE_FILE = "lineage.json"  # which data it learnt from (Lineage)
 CONFIG_FILE = "config.json"  # the training config as run
 INFERENCE_FILE = "inference.json"  # the best window and TTA on the validation split (evaluation.inference_choice)
-POSTPROCESSING_FILE = "postprocessing.json"  # rules chosen on cross-validation (shared.postprocessing)
+POSTPROCESSING_FILE = "postprocessing.json"  # rules chosen on cross-validation or a run's validation split (shared.postprocessing)
 HISTORY_FILE = "history.csv"  # one row per epoch (Keras CSVLogger)
 BACKUP_DIR = "backup"  # the resumable state (trainer.resume)
 CHECKPOINTS_DIR = "checkpoints"  # the best model on validation so far
@@ -182,6 +182,14 @@ def write_inference(run_dir: str, choice: dict) -> str:
     """Save evaluation.inference_choice's record beside the lineage; returns its path."""
     path = join(run_dir, INFERENCE_FILE)
     storage.write_bytes(path, (json.dumps(choice, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def write_postprocessing(run_dir: str, choice: dict) -> str:
+    """Save the post-processing a single run chose on its validation split (``shared.postprocessing.Choice``
+    as JSON) where prediction looks for it (:func:`find_postprocessing`); returns its path."""
+    path = join(run_dir, POSTPROCESSING_FILE)
+    storage.write_bytes(path, (json.dumps(choice, indent=2) + "\n").encode())
     return path
 
 

@@ -55,6 +55,21 @@ def centered_box(mask: np.ndarray, size: tuple[int, int, int]) -> Box:
     return tuple(box)  # type: ignore[return-value]
 
 
+def brain_box(mask: np.ndarray, size: tuple[int, int, int]) -> Box:
+    """The ``brain`` crop: a box of ``size`` (the record shape) centred on the brain's bounding box.
+
+    The brain is the non-zero voxels of every channel, so a tumour anywhere
+    in the brain stays in the record as long as the brain's extent fits in
+    ``size``: configs choose ``size`` to hold the brains of their grid with a
+    margin (and as a multiple of the U-Net's downsampling, at least the
+    training patch), as nnU-Net crops to the non-zero region and pads to
+    the patch.  One size for every record keeps batches, whole-volume
+    validation and the serving window shape-static.  Where the volume is
+    smaller the box reaches outside and :func:`crop` pads with zeros.
+    """
+    return centered_box(mask, size)
+
+
 def fixed_box(box, shape: tuple[int, ...]) -> Box:
     """Validate a configured box against a volume shape."""
     box = tuple((int(a), int(b)) for a, b in box)

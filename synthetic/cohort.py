@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -42,6 +43,7 @@ from shared import challenges, layouts, storage
 from shared.storage import write_bytes
 from synthetic.anatomy import (CAVITY, CYST, ENHANCING, NECROSIS, NON_ENHANCING, OEDEMA, TISSUES, make_anatomy,
                                node_counts, random_field, unit_coords)
+from synthetic import hard as hard_profile
 from synthetic.intensities import apply_bias, bias_field, clean_image
 from synthetic.lesion import add_cavity, add_cyst, place_lesion
 
@@ -184,9 +186,10 @@ def make_patient(
     seed: int = 0,
     challenge: str = DEFAULT_CHALLENGE,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    hard: bool = False,
 ) -> SyntheticPatient:
-    """Generate one patient; a pure function of (seed, index, shape, grade, challenge, spacing)."""
-    patient, _ = synthesize(patient_id, index, shape, grade, seed, challenge, spacing)
+    """Generate one patient; a pure function of (seed, index, shape, grade, challenge, spacing, hard)."""
+    patient, _ = synthesize(patient_id, index, shape, grade, seed, challenge, spacing, hard)
     return patient
 
 
@@ -198,11 +201,13 @@ def synthesize(
     seed: int = 0,
     challenge: str = DEFAULT_CHALLENGE,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    hard: bool = False,
 ) -> tuple[SyntheticPatient, dict[str, np.ndarray]]:
     """Like make_patient, also returning the clean (bias-free) float32 images.
 
     The clean images let tests and benchmarks check that each stored image is
-    exactly ``apply_bias(clean, bias, brain)``.
+    exactly ``apply_bias(clean, bias, brain)``.  ``hard``: the hard profile
+    (``synthetic.hard``), drawn from its own stream so default patients keep their bytes.
     """
     shape = validate_shape(shape)
     if grade not in GRADES:
@@ -220,8 +225,10 @@ def synthesize(
     if "CC" in keys:
         add_cyst(lesion)
     extra = bool(keys & {"RC", "CC"})
+    profile = _hard_lesions(seed, index, shape, grade, anatomy, window, lesion, entry.modalities) if hard else None
     tumour = lesion > 0
-    anatomy.tissues[window][tumour] = lesion[tumour]
+    if profile is None:
+        anatomy.tissues[window][tumour] = lesion[tumour]
     box, tissues = anatomy.box, anatomy.tissues
     brain = anatomy.depth < 1
 
@@ -238,13 +245,25 @@ def synthesize(
     seg = seg_lut(entry)[full_tissues]
 
     images, bias_fields, cleans = {}, {}, {}
+    if profile is not None:
+        profile, warp_rng = profile
+        warp = hard_profile.make_warp(warp_rng, shape)
+        full_tissues = warp.labels(full_tissues)
+        full_brain = full_tissues != hard_profile.BG
+        seg = seg_lut(entry)[full_tissues]
     for modality in entry.modalities:
-        clean = clean_image(rng, modality, tissues, brain, texture, window, tumour_texture, extra)
-        bias = bias_field(rng, shape, box, brain)
-        image = np.zeros(shape, dtype=np.int16)
-        image[box] = apply_bias(clean, bias[box], brain)
+        adjust = None
+        if profile is not None and profile.overlap[modality] > 0:
+            adjust = functools.partial(hard_profile.overlap_means, profile.overlap[modality], modality=modality)
+        clean = clean_image(rng, modality, tissues, brain, texture, window, tumour_texture, extra, adjust)
         full_clean = np.zeros(shape, dtype=np.float32)
         full_clean[box] = clean
+        if profile is None:
+            bias = bias_field(rng, shape, box, brain)
+            image = np.zeros(shape, dtype=np.int16)
+            image[box] = apply_bias(clean, bias[box], brain)
+        else:
+            full_clean, bias, image = _hard_image(rng, profile, modality, warp, full_clean, full_brain)
         images[modality], bias_fields[modality], cleans[modality] = image, bias, full_clean
 
     patient = SyntheticPatient(
@@ -259,6 +278,40 @@ def synthesize(
         challenge=challenge,
     )
     return patient, cleans
+
+
+def _hard_lesions(seed, index, shape, grade, anatomy, window, lesion, modalities):
+    """The hard profile's changes to the tissue map (in place), its draws, and the rng of the steps after.
+
+    Ventricles grow, the enhancing rim may turn patchy, and a third of the
+    patients get a second tumour placed like the first.
+    """
+    rng = hard_profile.hard_rng(seed, index)
+    profile = hard_profile.draw_profile(rng, modalities, shape)
+    hard_profile.enlarge_ventricles(anatomy.tissues, anatomy.depth, profile.ventricle_growth)
+    lesions = [(window, lesion)]
+    if profile.multifocal:
+        try:
+            lesions.append(place_lesion(rng, shape, anatomy, "LGG" if grade == "LGG" else grade))
+        except RuntimeError:  # no room for a second tumour in a tiny brain: stays uni-focal
+            pass
+    for where, tissue in lesions:
+        if profile.patchy_enhancing and grade == "HGG":
+            hard_profile.patchy_enhancing(rng, tissue)
+        hard_profile.paste(anatomy.tissues, where, tissue)
+    return profile, rng
+
+
+def _hard_image(rng, profile, modality, warp, full_clean, full_brain):
+    """A modality under the hard profile: warped head, scanner curve, stronger bias; (clean, bias, image)."""
+    clean = warp.image(full_clean)
+    clean = hard_profile.scanner_curve(clean, full_brain, profile.gamma[modality])
+    np.maximum(clean, np.float32(2.0), out=clean, where=full_brain)
+    clean *= full_brain
+    shape = full_clean.shape
+    bias = bias_field(rng, shape, hard_profile.whole_box(shape), full_brain)
+    bias = hard_profile.stronger_bias(bias, profile.bias_power[modality], 2.0**-10)
+    return clean, bias, apply_bias(clean, bias, full_brain)
 
 
 # --------------------------------------------------------------------------
@@ -331,6 +384,7 @@ def write_cohort(
     progress: Callable[[int, int, str], None] | None = None,
     challenge: str = DEFAULT_CHALLENGE,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    hard: bool = False,
 ) -> list[str]:
     """Generate and write patients 1..num_patients (plus name_mapping.csv for BraTS 2020); returns their ids.
 
@@ -343,7 +397,7 @@ def write_cohort(
     ids = []
     for index in range(1, num_patients + 1):
         patient_id = patient_id_for(index, challenge)
-        patient = make_patient(patient_id, index, shape, grades[index - 1], seed, challenge, spacing)
+        patient = make_patient(patient_id, index, shape, grades[index - 1], seed, challenge, spacing, hard)
         write_patient(patient, output_dir, compressed)
         ids.append(patient_id)
         if progress is not None:

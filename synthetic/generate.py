@@ -9,7 +9,7 @@ writes /tmp/synth/BraTS20_Training_001/BraTS20_Training_001_{flair,t1,t1ce,t2,se
 /tmp/synth/bias_fields/.  ``--challenge=brats2024_gli`` writes GLI 2024 names
 and labels (RC included) on its MNI grid; ``--challenge=brats2024_men_rt
 --spacing=1,1,3`` a T1c-only native-space cohort.  ``--output_dir`` may be a
-gs:// path.  All the logic lives in ``synthetic.cohort``.
+gs:// path.  ``--hard`` writes the hard profile (synthetic/hard.py).  All the logic lives in ``synthetic.cohort``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ flags.DEFINE_string("spacing", "1,1,1", "Voxel spacing x,y,z in mm written into 
 flags.DEFINE_integer("seed", 0, "Random seed (>= 0); the same seed gives byte-identical files.")
 flags.DEFINE_float("lgg_fraction", 0.25, "Fraction of LGG patients, in [0, 1].")
 flags.DEFINE_bool("compressed", True, "Write patient files as .nii.gz (true) or .nii (false, like the Kaggle mirror).")
+flags.DEFINE_bool("hard", False, "The hard profile (synthetic/hard.py): varied head anatomy, multi-focal tumours in "
+                  "a third, tumour contrast close to grey matter in some modalities, small enhancing parts, scanner "
+                  "non-linearity and stronger bias fields.  Off: the default cohort, byte for byte.")
 flags.mark_flag_as_required("output_dir")
 
 
@@ -80,6 +83,7 @@ def main(argv: list[str]) -> None:
         progress=progress,
         challenge=FLAGS.challenge,
         spacing=spacing,
+        hard=FLAGS.hard,
     )
     print(f"Wrote {FLAGS.num_patients} patients to {FLAGS.output_dir} in {time.perf_counter() - start:.1f}s")
 

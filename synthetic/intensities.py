@@ -101,13 +101,17 @@ def _tissue_intensities(rng: np.random.Generator, modality: str, extra: bool = F
 
 
 def clean_image(rng, modality, tissues, brain, texture, tumour_window, tumour_texture,
-                 extra: bool = False) -> np.ndarray:
+                 extra: bool = False, adjust=None) -> np.ndarray:
     """Bias-free image on the brain crop: tissue means, partial-volume blur, texture, noise.
 
     Brain voxels are floored at _MIN_CLEAN (dark CSF plus noise must stay
     positive, as in skull-stripped BraTS); background is exactly 0.
+    ``adjust(means)`` changes the drawn tissue means (the hard profile's
+    tumour contrast close to grey matter) without changing any draw.
     """
     means = _tissue_intensities(rng, modality, extra)
+    if adjust is not None:
+        means = adjust(means)
     image = ndimage.gaussian_filter(means[tissues], _PARTIAL_VOLUME_SIGMA, truncate=2.0, mode="constant")
     image *= texture
     image[tumour_window] *= tumour_texture

@@ -6,7 +6,7 @@ r"""Any challenge of the registry (shared/challenges.py), with its own defaults.
 
 The part after the colon names the challenge; it sets the dataset name, the
 naming and label numbering (``layout``), the modalities the challenge ships,
-its default crop (a box on the SRI24 grid, a centred crop elsewhere) and
+its default crop (160x192x160 around the brain; ``--config.crop.mode=fixed`` for the seeds' box) and
 resampling to 1 mm for native-space challenges (MEN-RT).  Several cohorts
 with compatible labels go into one dataset by repeating ``--input``.
 """

@@ -40,10 +40,16 @@ def get_config():
     c.resample.enabled = False
     c.resample.spacing = (1.0, 1.0, 1.0)
 
+    # brain (default): a box of `size` centred on the brain's bounding box (the
+    # non-zero voxels of every channel), as nnU-Net crops to the non-zero
+    # region: 160x192x160 holds a BraTS brain on 240x240x155 with a margin, is a
+    # multiple of 16 (the U-Net's downsampling) and at least every training
+    # patch.  fixed: `box` on the source grid, the seeds' 144^3 box, which cuts
+    # tumour at the brain's edge (--config.crop.mode=fixed reproduces the seeds).
     c.crop = ml_collections.ConfigDict()
-    c.crop.mode = "fixed"  # fixed: the box below; centered: `size` around the brain
-    c.crop.box = ((48, 192), (48, 192), (5, 149))  # the seeds' 144^3 box on 240x240x155
-    c.crop.size = (144, 144, 144)
+    c.crop.mode = "brain"  # brain | fixed | centered (= brain, the older name)
+    c.crop.box = ((48, 192), (48, 192), (5, 149))  # the seeds' 144^3 box on 240x240x155 (mode fixed)
+    c.crop.size = (160, 192, 160)  # the record shape (modes brain and centered)
 
     c.split = ml_collections.ConfigDict()
     c.split.val_fraction = 0.2

@@ -1,4 +1,4 @@
-r"""Small synthetic cohorts (demo and tests): volumes of any size, centred crop.
+r"""Small synthetic cohorts (demo and tests): volumes of any size, a small crop around the brain.
 
     python -m synthetic.generate --output_dir=/tmp/synth --num_patients=8 --shape=64,64,64
     python -m beam_pipeline.preprocess --config=configs/preprocess/synthetic_small.py \
@@ -12,7 +12,7 @@ from configs.preprocess import default
 def get_config():
     c = default.get_config()
     c.name = "synthetic"
-    c.crop.mode = "centered"
+    c.crop.mode = "brain"
     c.crop.size = (48, 48, 48)
     c.min_brain_voxels = 500
     c.n4.shrink_factor = 2  # a 32-64 voxel crop shrunk by 8 leaves too few voxels to fit a field

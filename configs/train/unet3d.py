@@ -44,7 +44,9 @@ def get_config():
     c.inference_choice = ml_collections.ConfigDict()
     c.inference_choice.enabled = True
     c.inference_choice.windows = "patch,volume"
-    c.inference_choice.tta = "none,all"  # of none | axes | all
+    c.inference_choice.tta = "none,all"  # of none | axes | all; TTA is tried on the best window only
+    c.inference_choice.max_patients = 4  # validation patients scored (the first in manifest order)
+    c.inference_choice.postprocessing = True  # choose component / small-ET rules too (postprocessing.json)
 
     c.augment = ml_collections.ConfigDict()
     c.augment.foreground_share = 0.33  # share of patches centred on tumour

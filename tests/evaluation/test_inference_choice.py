@@ -99,12 +99,17 @@ def test_training_records_the_best_window_and_tta_which_serving_follows(tiny_mod
         assert "val_patient_dice_mean" in next(csv.reader(f))
     recorded = json.loads((run / trained_run.INFERENCE_FILE).read_text())
     pairs = [(c["window"], c["tta"]) for c in recorded["candidates"]]
-    assert pairs == [("patch", "none"), ("patch", "all"), ("volume", "none"), ("volume", "all")]
+    assert pairs[:2] == [("patch", "none"), ("volume", "none")]  # windows first, without TTA
+    def rank(c):  # the Dice after the candidate's own post-processing: as it will be served
+        return c["rank"]
+
+    no_tta = max(recorded["candidates"][:2], key=rank)
+    assert pairs[2:] == [(no_tta["window"], "all")] and recorded["seconds"] > 0  # TTA on the best window only
     assert recorded["split"] == "val" and recorded["patients"] >= 1
-    best = max(c["patient_dice_mean"] for c in recorded["candidates"])
-    assert recorded["patient_dice_mean"] == best
-    assert (recorded["window"], recorded["tta"]) == next(
-        (c["window"], c["tta"]) for c in recorded["candidates"] if c["patient_dice_mean"] == best)
+    best = max(recorded["candidates"], key=rank)
+    assert (recorded["window"], recorded["tta"]) == (best["window"], best["tta"])
+    assert recorded["patient_dice_mean"] == best["patient_dice_mean"] <= best["rank"]
+    assert recorded["postprocessing"]["rules"] == best["postprocessing"]
     assert all({"patient_dice_WT", "patient_dice_TC", "patient_dice_ET", "window_size"} <= set(c)
                for c in recorded["candidates"])
 
@@ -120,3 +125,32 @@ def test_training_records_the_best_window_and_tta_which_serving_follows(tiny_mod
 def test_a_model_without_a_recorded_choice_uses_the_patch_window_without_tta(stub_model):
     settings = predictor_lib.inference_settings(str(stub_model))
     assert (settings.window, settings.tta, settings.source) == ("patch", "none", "default")
+
+
+def test_the_run_chose_its_post_processing_and_prediction_applies_it(tiny_model):
+    run = tiny_model.parent
+    chosen = json.loads((run / trained_run.POSTPROCESSING_FILE).read_text())
+    assert chosen["challenge"] == "brats2020" and chosen["patients"] >= 1 and chosen["tried"]
+    predictor = predictor_lib.load_predictor(str(tiny_model))  # postprocessing "auto", the default
+    assert predictor.postprocessing_path == str(run / trained_run.POSTPROCESSING_FILE)
+    assert list(predictor.postprocessing) == chosen["rules"]
+    assert predictor_lib.load_predictor(str(tiny_model), postprocessing="none").postprocessing == ()
+
+
+def test_the_tta_pass_replays_the_identity_predictions_of_the_no_tta_pass():
+    from evaluation.inference_choice import _Reuse
+    from serving import inference
+
+    calls = []
+
+    def predict(batch):
+        calls.append(batch.shape)
+        return np.tanh(batch[..., :2] + np.arange(batch.shape[1])[None, :, None, None, None])
+
+    image = np.random.default_rng(0).standard_normal((12, 10, 8, 1)).astype(np.float32)
+    reuse = _Reuse(predict)
+    inference.sliding_window(reuse, image, (8, 8, 8), tta="none")
+    first = len(calls)
+    replayed = inference.sliding_window(reuse.replay(8), image, (8, 8, 8), tta="all")
+    assert len(calls) - first == 7 * first  # the identity pass came from the no-TTA pass
+    np.testing.assert_allclose(replayed, inference.sliding_window(predict, image, (8, 8, 8), tta="all"), atol=1e-6)

@@ -1,0 +1,194 @@
+r"""The default recipe on a hard synthetic cohort, scored in source space on held-out patients (prints JSON).
+
+    python benchmarks/bench_science.py                       # 24 patients at 240x240x155, 3 seeds (hours)
+    nice python benchmarks/bench_science.py --patients=12 --shape=96,96,80 --seeds=0 --test_patients=4
+
+What a new user gets, through the entry points a user runs, each as a
+subprocess whose CPU time is one phase of the report:
+
+1. ``synthetic.generate --hard``: a training cohort, and a test cohort of
+   other patients (another generator seed), never seen in training or in
+   any choice made at its end;
+2. ``beam_pipeline.preprocess`` with the challenge's default config (the
+   brain crop; ``--crop_size`` overrides the record shape for small grids);
+3. ``trainer.train`` with the demo-sized recipe (``tiny_cpu``; ``--steps``
+   as EPOCHSxSTEPS), one run per seed; its end chooses the window/TTA and
+   the post-processing on the validation split;
+4. ``serving.predict`` on the test cohort with the run's defaults, and
+   ``evaluation.evaluate --pred_dir`` scoring them in source space,
+   whole-region and lesion-wise.
+
+Reported per region: Dice and HD95 (mean, median, worst over test patients
+and seeds) under the challenge's own scheme, lesion-wise F1 for WT under
+BraTS 2026's matched lesions, and the CPU and wall seconds of each phase
+(CPU: of the processes each phase waited for; Beam's worker processes may
+be missed, and other jobs on the machine stretch the wall seconds).  The
+hard cohort's seeds here (``--cohort_seed``) are not the ones anything was
+tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEAM_LOCAL = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+REGIONS = ("WT", "TC", "ET")
+LESION_SCHEME = "brats2026"  # matched lesions (TP/FP/FN, F1); the challenge's own scheme scores whole regions
+
+
+def log(message: str) -> None:
+    print(f"[bench_science {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(phase: str, args: list[str], cpu: dict, wall: dict) -> None:
+    """Run one entry point, adding its CPU and wall seconds to ``phase``; its output goes to stderr."""
+    log(f"{phase}: {' '.join(args[:3])} ...")
+    before, start = children_cpu(), time.perf_counter()
+    subprocess.run([sys.executable, "-m"] + args, cwd=REPO, check=True, stdout=sys.stderr)
+    cpu[phase] = cpu.get(phase, 0.0) + children_cpu() - before
+    wall[phase] = wall.get(phase, 0.0) + time.perf_counter() - start
+
+
+def crop_size(shape: tuple[int, ...], asked: str) -> str | None:
+    """The record shape: asked, or for a grid other than BraTS' the grid rounded up to 16 (it holds the brain)."""
+    if asked:
+        return asked
+    if shape == (240, 240, 155):
+        return None  # the config's default brain crop
+    return ",".join(str(16 * math.ceil(n / 16)) for n in shape)
+
+
+def stats(values: list[float], worst) -> dict:
+    finite = [v for v in values if v == v and math.isfinite(v)]
+    if not finite:
+        return {"n": 0}
+    ordered = sorted(finite)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"n": len(finite), "mean": round(sum(finite) / len(finite), 4), "median": round(median, 4),
+            "worst": round(worst(finite), 4)}
+
+
+def read_scores(eval_dir: str) -> list[dict]:
+    with open(os.path.join(eval_dir, "scores.csv")) as handle:
+        return list(csv.DictReader(handle))
+
+
+def merge_lesion_f1(rows: list[dict], lesion_rows: list[dict]) -> list[dict]:
+    """The challenge scheme's rows with each patient's ``lesion_f1_WT`` from the matched-lesion scheme."""
+    f1 = {r["patient"]: r.get("lesion_f1_WT") for r in lesion_rows}
+    return [dict(r, lesion_f1_WT=f1.get(r["patient"])) for r in rows]
+
+
+def number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def table(rows: list[dict]) -> dict:
+    """Dice and HD95 per region (mean, median, worst) and WT's lesion-wise F1 over every scored patient."""
+    out = {}
+    for region in REGIONS:
+        out[region] = {"dice": stats([number(r.get(f"dice_{region}")) for r in rows], min),
+                       "hd95_mm": stats([number(r.get(f"hd95_{region}")) for r in rows], max)}
+    out["WT"]["lesion_f1"] = stats([number(r.get("lesion_f1_WT")) for r in rows], min)
+    return out
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=24, help="training cohort (train and val splits)")
+    parser.add_argument("--test_patients", type=int, default=6, help="held-out test cohort (another seed)")
+    parser.add_argument("--shape", default="240,240,155")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
+    parser.add_argument("--steps", default="8x25", help="EPOCHSxSTEPS of the tiny_cpu recipe")
+    parser.add_argument("--cohort_seed", type=int, default=2301, help="generator seed (not one anything was tuned on)")
+    parser.add_argument("--crop_size", default="", help="record shape X,Y,Z (default: see crop_size())")
+    parser.add_argument("--challenge", default="brats2020")
+    parser.add_argument("--workdir", default="/tmp/bench_science")
+    return parser.parse_args(argv)
+
+
+def prepare(args, shape, cpu, wall) -> str:
+    """Generate both cohorts and preprocess the training one; returns the dataset version directory."""
+    cohort, test = os.path.join(args.workdir, "cohort"), os.path.join(args.workdir, "test")
+    common = [f"--shape={args.shape}", f"--challenge={args.challenge}", "--hard"]
+    run("generate", ["synthetic.generate", f"--output_dir={cohort}", f"--num_patients={args.patients}",
+                     f"--seed={args.cohort_seed}"] + common, cpu, wall)
+    run("generate", ["synthetic.generate", f"--output_dir={test}", f"--num_patients={args.test_patients}",
+                     f"--seed={args.cohort_seed + 1}"] + common, cpu, wall)
+    config = [f"--config={os.path.join(REPO, 'configs/preprocess/challenge.py')}:{args.challenge}",
+              "--config.n4.shrink_factor=4", "--config.name=hard"]
+    size = crop_size(shape, args.crop_size)
+    if size:
+        config.append(f"--config.crop.size={size}")
+    run("preprocess", ["beam_pipeline.preprocess"] + config + [f"--input={cohort}",
+                       f"--output_dir={os.path.join(args.workdir, 'datasets')}"] + BEAM_LOCAL, cpu, wall)
+    return glob.glob(os.path.join(args.workdir, "datasets", "hard", "*", ""))[0]
+
+
+def one_seed(args, seed: int, data_dir: str, cpu, wall) -> tuple[list[dict], dict]:
+    """Train, predict the test cohort with the run's defaults, score in source space; the per-patient rows."""
+    epochs, steps = (int(v) for v in args.steps.lower().split("x"))
+    run_dir = os.path.join(args.workdir, f"run_{seed}")
+    run("train", ["trainer.train", f"--config={os.path.join(REPO, 'configs/train/tiny_cpu.py')}",
+                  f"--workdir={run_dir}", f"--data_dir={data_dir}", f"--config.seed={seed}",
+                  f"--config.epochs={epochs}", f"--config.steps_per_epoch={steps}"], cpu, wall)
+    preds, scored = os.path.join(args.workdir, f"pred_{seed}"), os.path.join(args.workdir, f"eval_{seed}")
+    run("predict", ["serving.predict", f"--model={run_dir}/model.keras",
+                    f"--input={os.path.join(args.workdir, 'test')}/*", f"--output_dir={preds}"], cpu, wall)
+    truth = f"--truth_dir={os.path.join(args.workdir, 'test')}"
+    run("evaluate", ["evaluation.evaluate", f"--pred_dir={preds}", truth, f"--challenge={args.challenge}",
+                     f"--output_dir={scored}"], cpu, wall)
+    run("evaluate", ["evaluation.evaluate", f"--pred_dir={preds}", truth, f"--challenge={args.challenge}",
+                     f"--scheme={LESION_SCHEME}", f"--output_dir={scored}_lesions"], cpu, wall)
+    with open(os.path.join(run_dir, "inference.json")) as handle:
+        choice = json.load(handle)
+    rows = merge_lesion_f1(read_scores(scored), read_scores(f"{scored}_lesions"))
+    for row in rows:
+        row["seed"] = seed
+    return rows, {"seed": seed, "window": choice["window"], "tta": choice["tta"], "choice_s": choice.get("seconds"),
+                  "postprocessing": (choice.get("postprocessing") or {}).get("rules")}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.replace("x", ",").split(","))
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    cpu: dict[str, float] = {}
+    wall: dict[str, float] = {}
+    data_dir = prepare(args, shape, cpu, wall)
+    rows, runs = [], []
+    for seed in (int(s) for s in args.seeds.split(",") if s):
+        seed_rows, about = one_seed(args, seed, data_dir, cpu, wall)
+        rows += seed_rows
+        runs.append(about)
+    result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+              "patients": args.patients, "test_patients": args.test_patients, "shape": list(shape),
+              "seeds": args.seeds, "steps": args.steps, "cohort_seed": args.cohort_seed,
+              "dataset": os.path.basename(os.path.dirname(data_dir)), "scored": len(rows),
+              "space": "source", "regions": table(rows), "runs": runs,
+              "cpu_s": {k: round(v, 1) for k, v in cpu.items()}, "wall_s": {k: round(v, 1) for k, v in wall.items()}}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
