@@ -41,7 +41,7 @@ def main(beam_args):
     try:
         inputs = _INPUT.value[0] if len(_INPUT.value) == 1 else _INPUT.value
         summary = launch.run(_CONFIG.value.to_dict(), inputs, _OUTPUT.value, beam_args[1:])
-    except (FileNotFoundError, ValueError, launch.NoPatientSucceeded) as exc:  # bad input, config or runner
+    except (FileNotFoundError, ValueError, launch.NoPatientSucceeded, launch.JobNotFinished) as exc:  # bad input, config or runner
         cli.fail(exc)
     print(launch.format_summary(summary))
     if _STRICT.value and summary.failures:
