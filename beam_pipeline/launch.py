@@ -180,6 +180,9 @@ def run(cfg: dict, input_dir, output_dir: str, beam_args: list[str], echo=print)
         try:
             with root:
                 build(root, plan)
+        except Exception as exc:  # the runner gave up (a lost worker, a bug): same error, plus how to resume
+            exc.add_note(_resume_note(plan))
+            raise
         finally:
             _release(getattr(root, "result", None))
     not_run = not_run_reason(options, getattr(root, "result", None))
@@ -188,6 +191,17 @@ def run(cfg: dict, input_dir, output_dir: str, beam_args: list[str], echo=print)
     if not is_complete(plan.dataset_dir):
         raise _unfinished(plan, options)
     return summary_from_manifest(plan.dataset_dir, time.time() - start, False)
+
+
+def _resume_note(plan: Plan) -> str:
+    """What a failed run leaves behind, so the user knows a re-run does not start from scratch."""
+    staging = join(plan.dataset_dir, STAGING)
+    try:
+        staged = sum(e.path.endswith(STAGED_RECORD + ".json") for e in storage.match(join(staging, "*")))
+    except Exception:  # nothing staged (an object store may refuse to list a missing prefix)
+        staged = 0
+    return (f"The job stopped before version {plan.version_id} was complete; {staged} of {len(plan.sources)} "
+            f"patients' records are staged under {staging}. Run the same command again to resume: they are reused.")
 
 
 def not_run_reason(options: PipelineOptions, result) -> str:

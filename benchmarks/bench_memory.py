@@ -13,12 +13,12 @@ subprocess) and off (in the worker itself):
 - ``menrt``: 512x512x200 at 0.5 mm, the MEN-RT challenge config (T1c only,
   native grid), resampled to 1 mm before the centred 144^3 crop.
 
-The parent samples the resident memory of the measured process and all its
-descendants every 20 ms (psutil) and reports the peak of their sum (what the
-worker's machine must hold), the peak of the biggest single process, the
-measured process's own ``ru_maxrss`` (exact, but blind to the forkserver's
-children) and its resident memory after imports, before the job (the
-baseline every worker pays once).  Progress goes to stderr.
+The parent watches the measured process and all its descendants every 20 ms
+and reports each one's peak resident memory as the kernel keeps it (VmHWM,
+exact), their sum (an upper bound on what the worker's machine must hold at
+once), the peak of the sampled summed RSS (a lower bound: a spike shorter than
+20 ms is missed), and the measured process's resident memory after imports,
+before the job (the baseline every worker pays once).  Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -79,25 +79,41 @@ def child(case: str, cohort: str, output: str, isolate: bool) -> None:
                       "n4_s": summary.run.get("stage_seconds", {}).get("n4", {}).get("mean")}))
 
 
-def sample_tree(proc: subprocess.Popen, period: float = 0.02) -> tuple[float, float]:
-    """Until ``proc`` exits: peak MB of the tree's summed RSS and of its largest single process."""
+def high_water_mb(pid: int) -> float:
+    """A process's peak resident memory so far (the kernel's VmHWM), MB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def sample_tree(proc: subprocess.Popen, period: float = 0.02) -> dict:
+    """Until ``proc`` exits: peak MB of the tree's summed RSS (sampled) and each process's VmHWM (exact)."""
     import psutil
 
-    root, peak_sum, peak_one = psutil.Process(proc.pid), 0.0, 0.0
+    root, peak_sum, hwm = psutil.Process(proc.pid), 0.0, {}
     while proc.poll() is None:
         try:
             members = [root] + root.children(recursive=True)
-            sizes = []
-            for p in members:
-                try:
-                    sizes.append(p.memory_info().rss)
-                except psutil.Error:
-                    pass
         except psutil.Error:
             break
-        peak_sum, peak_one = max(peak_sum, sum(sizes) / 2**20), max(peak_one, max(sizes, default=0) / 2**20)
+        total = 0
+        for p in members:
+            try:
+                total += p.memory_info().rss
+                seen = hwm.get(p.pid) or (" ".join(p.cmdline()[1:4])[:80], 0.0)
+                hwm[p.pid] = (seen[0], max(seen[1], high_water_mb(p.pid)))
+            except psutil.Error:
+                pass
+        peak_sum = max(peak_sum, total / 2**20)
         time.sleep(period)
-    return round(peak_sum, 1), round(peak_one, 1)
+    by_process = sorted(((round(mb, 1), what) for what, mb in hwm.values() if mb), reverse=True)
+    return {"peak_tree_rss_sampled_mb": round(peak_sum, 1), "high_water_by_process_mb": by_process,
+            "high_water_sum_mb": round(sum(mb for mb, _ in by_process), 1)}
 
 
 def measure(case: str, workdir: str, isolate: bool) -> dict:
@@ -107,12 +123,12 @@ def measure(case: str, workdir: str, isolate: bool) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", f"--cases={case}", f"--cohort={cohort}",
                f"--output={output}", f"--isolate={int(isolate)}"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    peak_sum, peak_one = sample_tree(proc)
+    peaks = sample_tree(proc)
     out, _ = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{case} isolate={isolate} failed (exit {proc.returncode})")
     report = json.loads(out.strip().splitlines()[-1])
-    return {"isolate": isolate, "peak_tree_mb": peak_sum, "peak_largest_process_mb": peak_one, **report}
+    return {"isolate": isolate, **peaks, **report}
 
 
 def ensure_cohort(case: str, workdir: str) -> str:
