@@ -83,6 +83,8 @@ def run_through_a_kill(cohort, output: pathlib.Path, beam_args: list[str], worke
     if summary is None:
         summary = run_pipeline(cohort, output, beam_args)
         assert summary.run["patients_resumed"] > 0, "the re-run started from scratch"
+    print(f"killed pid {killer.killed} with {killer.staged_at_kill} record(s) staged: "
+          + ("the job completed" if message is None else f"the job failed, the re-run resumed:\n{message}"))
     return summary, message, killer
 
 
