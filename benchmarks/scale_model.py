@@ -31,11 +31,13 @@ def split_timeline(timeline: dict, patients: int, workers: int) -> dict:
 
 
 def line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares intercept and slope of y against x."""
+    """Least-squares intercept and slope of y against x; a serial part never shrinks with N, so a
+    negative slope (noise: other jobs on the machine) becomes 0 and the intercept the mean."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    slope = max(0.0, slope)
     return my - slope * mx, slope
 
 
