@@ -21,7 +21,7 @@ the moment the launcher returned with the manifest written.  From it:
 
 ``--big_shape`` runs a few full-size patients on one worker for the
 per-patient seconds the prediction uses.  The fits (launch and manifest
-against N, start-up against W) and the prediction live in
+against N; start-up and per patient by W) and the prediction live in
 ``benchmarks/scale_model.py``; this script prints both.  Progress on stderr.
 """
 

@@ -48,7 +48,8 @@ def fit(runs: list[dict], big: dict | None) -> dict:
     by_workers = {w: [r for r in runs if r["workers"] == w] for w in sorted({r["workers"] for r in runs})}
     startup = {w: statistics.fmean(r["startup_s"] for r in rs) for w, rs in by_workers.items()}
     per_patient = {w: statistics.fmean(r["per_patient_s"] for r in rs) for w, rs in by_workers.items()}
-    inputs = {"launch_s": [round(launch0, 2), round(launch1, 4)], "manifest_s": [round(manifest0, 2), round(manifest1, 4)],
+    inputs = {"launch_s": [round(launch0, 2), round(launch1, 4)],
+              "manifest_s": [round(manifest0, 2), round(manifest1, 4)],
               "startup_s_by_workers": {str(w): round(s, 2) for w, s in startup.items()},
               "per_patient_s_by_workers": {str(w): round(p, 3) for w, p in per_patient.items()},
               "note": "[a, b]: a + b * N for launch and manifest"}
