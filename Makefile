@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo_data
 BEAM_LOCAL := --runner=FnApiRunner --direct_running_mode=multi_processing --direct_num_workers=0
 
-.PHONY: venv oracle test test-all browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions bench-spatial bench-cv bench-side-by-side clean
+.PHONY: venv oracle test test-all check-dataflow bench-memory bench-scale browser app demo bench-preprocess bench-input bench-train bench-predict bench-launch bench-lesions bench-spatial bench-cv bench-side-by-side clean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -32,6 +32,9 @@ oracle: $(ORACLE_STAMP)  ## the official BraTS 2026 evaluation package in .oracl
 
 test: venv oracle  ## the fast suite (slow tests skipped)
 	$(PY) -m pytest -q -m "not slow" --durations=15 tests
+
+check-dataflow: venv  ## build and stage the Dataflow job offline (template + GCS emulator on 127.0.0.1) and inspect it
+	$(PY) -m pytest -q tests/beam_pipeline/test_dataflow.py
 
 test-all: venv oracle browser  ## everything, slow tests included
 	$(PY) -m pytest -q tests
@@ -61,6 +64,12 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 
 bench-preprocess: venv  ## seed recipe vs this pipeline at 240x240x155 (prints JSON)
 	$(PY) benchmarks/bench_preprocess.py
+
+bench-memory: venv  ## peak resident memory per patient, one worker, isolate on/off: 240x240x155, MNI, MEN-RT 0.5 mm (prints JSON)
+	nice $(PY) benchmarks/bench_memory.py
+
+bench-scale: venv  ## serial parts vs per-patient time at 1-2 workers and 12-48 patients; 1,250-patient prediction (prints JSON)
+	nice $(PY) benchmarks/bench_scale.py
 
 bench-input: venv  ## tf.data vs the seeds' NIfTI generator (prints JSON)
 	$(PY) benchmarks/bench_input.py

@@ -33,7 +33,7 @@ setuptools.setup(
         "google-crc32c>=1.5,<2",  # TFRecord framing in shared/tfrecord.py (the workers import no TensorFlow)
     ],
     extras_require={
-        "gcp": ["apache-beam[gcp]>=2.77,<2.78"],
+        "gcp": ["apache-beam[gcp]>=2.77,<2.78", "build>=1.2"],  # build: the sdist Beam stages for --setup_file
         "dask": ["dask[distributed]>=2024.4.2", "dask-jobqueue"],
         "test": ["pytest>=8"],
     },

@@ -12,7 +12,8 @@ import threading
 import time
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions, TestOptions
+from apache_beam.runners.runner import PipelineState
 
 from beam_pipeline import fingerprint, sharding, splits
 from beam_pipeline.pipeline import STAGED_RECORD, STAGING, Plan, build
@@ -40,6 +41,7 @@ class Summary:
     wall_seconds: float
     already_complete: bool = False
     run: dict = dataclasses.field(default_factory=dict)  # run.json: counts and stage seconds of the run
+    not_run: str = ""  # why the runner returned without running the job (a dry run, a template); "" if it ran
 
     @property
     def failed_patients(self) -> int:
@@ -52,6 +54,13 @@ def fingerprinted_config(cfg: dict) -> dict:
 
 class NoPatientSucceeded(RuntimeError):
     """Every patient failed: the version is not marked complete."""
+
+
+class JobNotFinished(RuntimeError):
+    """The runner returned, nothing failed, yet no manifest was written: said as such, not as failed patients."""
+
+
+DRY_RUN = "dry run: job built, nothing ran"
 
 
 BRAIN_MASKS = ("nonzero", "ants_get_mask")
@@ -171,11 +180,58 @@ def run(cfg: dict, input_dir, output_dir: str, beam_args: list[str], echo=print)
         try:
             with root:
                 build(root, plan)
+        except Exception as exc:  # the runner gave up (a lost worker, a bug): same error, plus how to resume
+            exc.add_note(_resume_note(plan))
+            raise
         finally:
             _release(getattr(root, "result", None))
+    not_run = not_run_reason(options, getattr(root, "result", None))
+    if not_run:
+        return Summary(plan.name, plan.version_id, plan.dataset_dir, {}, [], {}, time.time() - start, not_run=not_run)
     if not is_complete(plan.dataset_dir):
-        raise NoPatientSucceeded(_no_patient_message(plan, failures_lib.read_errors(plan.dataset_dir)))
+        raise _unfinished(plan, options)
     return summary_from_manifest(plan.dataset_dir, time.time() - start, False)
+
+
+def _resume_note(plan: Plan) -> str:
+    """What a failed run leaves behind, so the user knows a re-run does not start from scratch."""
+    staging = join(plan.dataset_dir, STAGING)
+    try:
+        staged = sum(e.path.endswith(STAGED_RECORD + ".json") for e in storage.match(join(staging, "*")))
+    except Exception:  # nothing staged (an object store may refuse to list a missing prefix)
+        staged = 0
+    return (f"The job stopped before version {plan.version_id} was complete; {staged} of {len(plan.sources)} "
+            f"patients' records are staged under {staging}. Run the same command again to resume: they are reused.")
+
+
+def not_run_reason(options: PipelineOptions, result) -> str:
+    """Why the runner returned without running the job, or "" when it ran to an end.
+
+    A dry run (``--dry_run=True``) and a classic template (``--template_location``)
+    only build the job; Dataflow with ``--no_wait_until_finish`` returns while it
+    runs.  None of these is a failure, and none wrote a manifest.
+    """
+    if options.view_as(TestOptions).dry_run:
+        return DRY_RUN
+    template = options.view_as(GoogleCloudOptions).template_location
+    if template:
+        return f"{DRY_RUN} here: the Dataflow template is at {template}, its files under the staging location"
+    state = getattr(result, "state", None)
+    if state is not None and not PipelineState.is_terminal(state):
+        return (f"the job was handed to the runner and is {state}; run the same command again once it has "
+                "finished to read the summary (a complete version is reused)")
+    return ""
+
+
+def _unfinished(plan: Plan, options: PipelineOptions) -> RuntimeError:
+    """The error for a run that left no manifest: failed patients if any were recorded, else the runner's silence."""
+    failures = failures_lib.read_errors(plan.dataset_dir)
+    if failures:
+        return NoPatientSucceeded(_no_patient_message(plan, failures))
+    runner = options.view_as(StandardOptions).runner or "the default runner"
+    return JobNotFinished(f"{runner} returned without an error, but version {plan.version_id} has no manifest "
+                          f"and no patient failure was recorded: nothing says the job ran. Run the same command "
+                          "again to resume (records already staged are reused)")
 
 
 class ProgressReporter:
@@ -228,6 +284,8 @@ def _progress_printer(echo):
 
 
 def format_summary(summary: Summary) -> str:
+    if summary.not_run:
+        return f"{summary.not_run}\n  version {summary.version_id} would go to {summary.dataset_dir} (nothing written)"
     lines = [
         f"Dataset {summary.name} version {summary.version_id}"
         + (" (already complete, reused)" if summary.already_complete else ""),

@@ -40,8 +40,8 @@ def main(beam_args):
     try:
         inputs = _INPUT.value[0] if len(_INPUT.value) == 1 else _INPUT.value
         summary = launch.run(_CONFIG.value.to_dict(), inputs, _OUTPUT.value, beam_args[1:])
-    except (FileNotFoundError, ValueError, launch.NoPatientSucceeded) as exc:  # bad input, config or runner
-        cli.fail(exc)
+    except (FileNotFoundError, ValueError, launch.NoPatientSucceeded, launch.JobNotFinished) as exc:
+        cli.fail(exc)  # bad input, config or runner; or a job that left no manifest and said nothing
     print(launch.format_summary(summary))
     if _STRICT.value and summary.failures:
         raise SystemExit(f"--strict: {summary.failed_patients} patient(s) failed")
