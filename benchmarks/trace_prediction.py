@@ -12,7 +12,9 @@ once (or once per patient); a module entered again and again is one that the
 flow keeps coming back to.
 
 Printed: the project modules in the order first entered, the number of
-entries of each, and how many files the prediction touched.
+entries of each, how many files the prediction touched, and every call that
+*comes back up*: a call into a module that is already on the stack further
+out (a callback, or a method of an object a caller above made).
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ PACKAGES = ("shared", "preprocessing", "synthetic", "beam_pipeline", "trainer", 
 def _project_module(frame) -> str | None:
     name = frame.f_globals.get("__name__", "")
     return name if name.split(".")[0] in PACKAGES else None
+
+
+def _outer_modules(frame) -> set[str]:
+    """The project modules on the stack from ``frame`` outwards: a call into one of them comes back up."""
+    found = set()
+    while frame is not None:
+        module = _project_module(frame)
+        if module:
+            found.add(module)
+        frame = frame.f_back
+    return found
 
 
 def _dataset(root: pathlib.Path) -> tuple[str, pathlib.Path]:
@@ -78,6 +91,7 @@ def trace(argv: list[str]) -> dict:
     flags.FLAGS(["predict", *argv])
     entries: collections.Counter = collections.Counter()
     edges: collections.Counter = collections.Counter()
+    comebacks: collections.Counter = collections.Counter()
     order: list[str] = []
 
     def profile(frame, event, _arg):
@@ -93,6 +107,8 @@ def trace(argv: list[str]) -> dict:
         if caller != callee:
             entries[callee] += 1
             edges[f"{caller} -> {callee}.{frame.f_code.co_name}"] += 1
+            if callee in _outer_modules(back):
+                comebacks[f"{caller} -> {callee}.{frame.f_code.co_name}"] += 1
             if callee not in order:
                 order.append(callee)
 
@@ -105,7 +121,7 @@ def trace(argv: list[str]) -> dict:
     serving = {edge: n for edge, n in edges.items() if edge.split(" -> ")[1].startswith("serving.")}
     return {"order_first_entered": order, "entries": dict(entries), "modules_entered": len(order),
             "serving_entries": {m: n for m, n in entries.items() if m.startswith("serving.")},
-            "calls_into_serving": serving}
+            "calls_into_serving": serving, "calls_back_up": dict(comebacks)}
 
 
 def main() -> None:
