@@ -85,16 +85,36 @@ def _wait_uploaded(sync_api, page, paths) -> None:
         sync_api.expect(chip).to_contain_text("B", timeout=30_000)
 
 
-def test_upload_the_example_and_see_the_segmentation(app_url, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+def _example_case(tiny_model, folder) -> list[str]:
+    """The example patient written as files on the model's own grid (another grid is refused, as it should be)."""
     from app import session
+    from serving import predictor as predictor_lib
 
-    case = tmp_path / "case"
-    case.mkdir()
+    predictor = predictor_lib.load_predictor(str(tiny_model), with_model=False)
+    shape = session.example_shape(predictor.preprocess_cfg, predictor.expected)
+    folder.mkdir()
     paths = []
-    for upload in session.example_uploads():
-        (case / upload.name).write_bytes(upload.data)
-        paths.append(str(case / upload.name))
+    for upload in session.example_uploads(shape):
+        (folder / upload.name).write_bytes(upload.data)
+        paths.append(str(folder / upload.name))
+    return paths
+
+
+def _wait_table(page, timeout_ms: int = 240_000):
+    """The scores table after Segment; on a timeout, what the page said instead (its alerts, any exception)."""
+    table = page.locator("[data-testid='stTable'] table")
+    try:
+        table.wait_for(timeout=timeout_ms)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "app-timeout.png"))
+        said = page.locator("[data-testid='stAlert'], [data-testid='stException']").all_inner_texts()
+        pytest.fail(f"no scores table within {timeout_ms / 1000:.0f} s; the page said: {said}")
+    return table
+
+
+def test_upload_the_example_and_see_the_segmentation(app_url, tiny_model, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    paths = _example_case(tiny_model, tmp_path / "case")
     (tmp_path / "notes.txt").write_text("not a scan")
     ARTIFACTS.mkdir(exist_ok=True)
 
@@ -109,12 +129,11 @@ def test_upload_the_example_and_see_the_segmentation(app_url, tmp_path):
             page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(paths)
             _wait_uploaded(sync_api, page, paths)
             segment.click()
-            table = page.locator("[data-testid='stTable'] table")
-            table.wait_for(timeout=120_000)
+            table = _wait_table(page)
             page.get_by_text("Download the segmentation").wait_for(timeout=30_000)
 
             text = table.inner_text()
-            for expected in ("Whole tumour", "Tumour core", "Necrotic core", "Volume (mL)", "Dice", "HD95"):
+            for expected in ("WT = NCR + ED + ET", "TC = NCR + ET", "Necrotic", "Volume (mL)", "Dice", "HD95"):
                 assert expected in text
             images = page.locator("[data-testid='stImage'] img")
             assert images.count() == 3
@@ -133,10 +152,50 @@ def test_upload_the_example_and_see_the_segmentation(app_url, tmp_path):
             _wait_uploaded(sync_api, page, paths[:3] + ["notes.txt"])
             segment.click()
             alert = page.locator("[data-testid='stAlert']").filter(has_text="is not a NIfTI file")
-            alert.wait_for(timeout=60_000)
-            assert "notes.txt is not a NIfTI file" in alert.inner_text()
+            alert.first.wait_for(timeout=60_000)  # as it arrives, and again when Segment is pressed
+            assert all("notes.txt is not a NIfTI file" in text for text in alert.all_inner_texts())
             assert page.locator("[data-testid='stException']").count() == 0
             page.screenshot(path=str(ARTIFACTS / "app-bad-upload.png"))
         finally:
             browser.close()
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
+
+
+def test_a_crafted_upload_is_a_message_and_the_server_goes_on(app_url, tiny_model, tmp_path):
+    """A 2 MB file whose header claims 1024³ voxels (issue 21): refused as it arrives, the server stays up."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from tests import hostile
+
+    paths = _example_case(tiny_model, tmp_path / "case")
+    crafted = tmp_path / "crafted" / os.path.basename(paths[0])
+    crafted.parent.mkdir()
+    crafted.write_bytes(hostile.claims_cube(1024, fill_bytes=2 << 20))
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(app_url, timeout=60_000)
+            segment = page.get_by_role("button", name="Segment")
+            segment.wait_for(timeout=120_000)
+            bad = [str(crafted)] + paths[1:]
+            page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(bad)
+            _wait_uploaded(sync_api, page, bad)
+            alert = page.locator("[data-testid='stAlert']").filter(has_text="1024x1024x1024")
+            alert.first.wait_for(timeout=60_000)
+            assert page.locator("[data-testid='stException']").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "app-crafted-upload.png"))
+
+            with urllib.request.urlopen(f"{app_url}/_stcore/health", timeout=10) as response:
+                assert response.read().strip() == b"ok"
+            page.goto(app_url, timeout=60_000)  # the next request: the good case segments
+            segment = page.get_by_role("button", name="Segment")
+            segment.wait_for(timeout=60_000)
+            page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(paths)
+            _wait_uploaded(sync_api, page, paths)
+            segment.click()
+            _wait_table(page)
+            assert page.locator("[data-testid='stException']").count() == 0
+        finally:
+            browser.close()
