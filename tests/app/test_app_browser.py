@@ -100,6 +100,21 @@ def _example_case(tiny_model, folder) -> list[str]:
     return paths
 
 
+def _open(browser, app_url):
+    """A page on the app, tall enough for the whole page (Streamlit scrolls inside its own container),
+    and its Segment button once the page is ready."""
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.goto(app_url, timeout=60_000)
+    segment = page.get_by_role("button", name="Segment")
+    segment.wait_for(timeout=120_000)
+    return page, segment
+
+
+def _upload(sync_api, page, paths) -> None:
+    page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(paths)
+    _wait_uploaded(sync_api, page, paths)
+
+
 def _wait_table(page, timeout_ms: int = 240_000):
     """The scores table after Segment; on a timeout, what the page said instead (its alerts, any exception)."""
     table = page.locator("[data-testid='stTable'] table")
@@ -121,13 +136,8 @@ def test_upload_the_example_and_see_the_segmentation(app_url, tiny_model, tmp_pa
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            # Tall enough for the whole page: Streamlit scrolls inside its own container.
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.goto(app_url, timeout=60_000)
-            segment = page.get_by_role("button", name="Segment")
-            segment.wait_for(timeout=120_000)
-            page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(paths)
-            _wait_uploaded(sync_api, page, paths)
+            page, segment = _open(browser, app_url)
+            _upload(sync_api, page, paths)
             segment.click()
             table = _wait_table(page)
             page.get_by_text("Download the segmentation").wait_for(timeout=30_000)
@@ -147,9 +157,7 @@ def test_upload_the_example_and_see_the_segmentation(app_url, tiny_model, tmp_pa
             # A file that is not NIfTI: an error message on the page, no traceback.
             page.goto(app_url, timeout=60_000)
             segment.wait_for(timeout=60_000)
-            page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(
-                paths[:3] + [str(tmp_path / "notes.txt")])
-            _wait_uploaded(sync_api, page, paths[:3] + ["notes.txt"])
+            _upload(sync_api, page, paths[:3] + [str(tmp_path / "notes.txt")])
             segment.click()
             alert = page.locator("[data-testid='stAlert']").filter(has_text="is not a NIfTI file")
             alert.first.wait_for(timeout=60_000)  # as it arrives, and again when Segment is pressed
@@ -175,13 +183,8 @@ def test_a_crafted_upload_is_a_message_and_the_server_goes_on(app_url, tiny_mode
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.goto(app_url, timeout=60_000)
-            segment = page.get_by_role("button", name="Segment")
-            segment.wait_for(timeout=120_000)
-            bad = [str(crafted)] + paths[1:]
-            page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(bad)
-            _wait_uploaded(sync_api, page, bad)
+            page, segment = _open(browser, app_url)
+            _upload(sync_api, page, [str(crafted)] + paths[1:])
             alert = page.locator("[data-testid='stAlert']").filter(has_text="1024x1024x1024")
             alert.first.wait_for(timeout=60_000)
             assert page.locator("[data-testid='stException']").count() == 0
@@ -189,11 +192,8 @@ def test_a_crafted_upload_is_a_message_and_the_server_goes_on(app_url, tiny_mode
 
             with urllib.request.urlopen(f"{app_url}/_stcore/health", timeout=10) as response:
                 assert response.read().strip() == b"ok"
-            page.goto(app_url, timeout=60_000)  # the next request: the good case segments
-            segment = page.get_by_role("button", name="Segment")
-            segment.wait_for(timeout=60_000)
-            page.locator("[data-testid='stFileUploader'] input[type=file]").first.set_input_files(paths)
-            _wait_uploaded(sync_api, page, paths)
+            page, segment = _open(browser, app_url)  # the next request: the good case segments
+            _upload(sync_api, page, paths)
             segment.click()
             _wait_table(page)
             assert page.locator("[data-testid='stException']").count() == 0
