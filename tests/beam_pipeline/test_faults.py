@@ -96,6 +96,8 @@ def _sdk_workers() -> list[int]:
             if "sdk_worker_main" in " ".join(p.cmdline())]
 
 
+# The killed worker's gRPC reader threads die with it, by design of the test: not a finding.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_fnapi_multi_process_survives_a_killed_worker(tiny_cohort, tiny_dataset, tmp_path):
     summary, message, killer = run_through_a_kill(tiny_cohort, tmp_path, MULTI_PROCESS, _sdk_workers)
     assert killer.staged_at_kill < 6, "every patient was done before the kill"
