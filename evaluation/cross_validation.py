@@ -160,7 +160,7 @@ def summarize(workdir: str, tta: str = "none", overlap: float = 0.5, choose_post
     if choose_postprocessing and rows:
         cases = _Cases([storage.join(runs[row["fold"]].validation_dir, f"{row['patient']}.npz") for row in rows])
         choice = postprocessing.choose(cases, challenge)
-        postprocessing.save(storage.join(workdir, trained_run.POSTPROCESSING_FILE), choice)
+        trained_run.write_postprocessing(workdir, choice)
     return Summary(table, rows, failures, out, choice)
 
 

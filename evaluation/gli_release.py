@@ -36,9 +36,9 @@ class ReleaseMismatch(ValueError):
 
 
 def check(stored: np.ndarray, layout_name: str, name: str) -> None:
-    """Raise :class:`ReleaseMismatch` when ``stored`` (a truth's label values) shows the sibling release."""
+    """Raise :class:`ReleaseMismatch` when ``stored`` (a truth's label values, rounded) shows the sibling release."""
     sibling = SIBLINGS.get(layout_name)
-    if sibling and detection.by_labels((layout_name, sibling), np.unique(np.rint(stored))).decided == sibling:
+    if sibling and detection.by_labels((layout_name, sibling), np.unique(stored)).decided == sibling:
         raise ReleaseMismatch(name, layout_name, sibling)
 
 

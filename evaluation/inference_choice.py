@@ -104,11 +104,11 @@ def _labelled_records(predictor, run: TrainedRun, max_patients: int) -> list:
 
 def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequence[str] = TTA_MODES,
            overlap: float = 0.5, data_dir: str | None = None, echo: Callable[[str], None] = print,
-           max_patients: int = MAX_PATIENTS, postprocess: bool = True) -> dict:
-    """Score windows without TTA, then TTA on the best window; the record :func:`shared.trained_run.write_inference` saves.
-
-    With ``postprocess`` the record also holds, under ``postprocessing``,
-    the rules chosen on the best candidate's predictions.  FileNotFoundError
+           max_patients: int = MAX_PATIENTS, postprocess: bool = True
+           ) -> tuple[dict, postprocessing.Choice | None]:
+    """Score windows without TTA, then TTA on the best window: (the record
+    :func:`shared.trained_run.write_inference` saves, the post-processing chosen on the best candidate's
+    predictions when ``postprocess``; the record holds it too, under ``postprocessing``).  FileNotFoundError
     when the run has no lineage.json or validation patients, or its dataset
     is not reachable.
     """
@@ -128,7 +128,7 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
     images = [r.image.astype(np.float32) for r in records]
     reuse = {(w, i): _Reuse(predictor.predict_fn()) for w in sizes for i in range(len(records))}
 
-    def run_candidate(window: str, tta: str) -> tuple[dict, list]:
+    def run_candidate(window: str, tta: str) -> tuple[dict, postprocessing.Choice | None]:
         flips = len(inference.flip_sets(tta))
         preds = []
         for i, image in enumerate(images):
@@ -137,11 +137,11 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
             probs = inference.sliding_window(fn, image, sizes[window], overlap=overlap, tta=tta)
             preds.append(prediction.classes_of(predictor, probs))
         rows = [metrics.region_dice(p, t, predictor.challenge, regions) for p, t in zip(preds, truths)]
-        scored = _candidate(window, sizes[window], tta, rows, regions)
+        scored, picked = _candidate(window, sizes[window], tta, rows, regions), None
         if postprocess:  # ranked as it will be served: after the rules chosen for this candidate
             picked = postprocessing.choose(list(zip(preds, truths)), predictor.challenge)
             scored.update(postprocessing=picked.rules, rank=round(picked.mean_dice_after, 6))
-        return scored, (preds, picked if postprocess else None)
+        return scored, picked
 
     def rank(result) -> float:
         return result[0].get("rank", result[0]["patient_dice_mean"])
@@ -153,7 +153,7 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
             reuse.pop(key)  # only the best window's identity passes are replayed
     results += [run_candidate(window, tta) for tta in tta_modes[1:]]
     scored = [r[0] for r in results]
-    best, (_, picked) = max(results, key=rank)  # the first of equals: the cheaper
+    best, picked = max(results, key=rank)  # the first of equals: the cheaper
     seconds = time.perf_counter() - start
     echo(format_choice(scored, best) + f" ({seconds:.1f} s on {len(records)} patient(s))")
     choice = {"window": best["window"], "tta": best["tta"], "patient_dice_mean": best["patient_dice_mean"],
@@ -163,7 +163,7 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
         choice["postprocessing"] = picked.to_json()
         echo(f"Post-processing with it: {', '.join(str(r) for r in picked.rules) or 'none'} (mean Dice "
              f"{picked.mean_dice_before:.4f} -> {picked.mean_dice_after:.4f})")
-    return choice
+    return choice, picked
 
 
 def _candidate(window: str, size, tta: str, rows: list[dict], regions) -> dict:
@@ -184,10 +184,10 @@ def format_choice(scored: list[dict], best: dict) -> str:
 
 def choose_and_write(model_path: str, echo: Callable[[str], None] = print, **kwargs) -> tuple[str, dict]:
     """:func:`choose` for the model, written into its run folder (with its post-processing); returns (path, choice)."""
-    choice = choose(model_path, echo=echo, **kwargs)
+    choice, picked = choose(model_path, echo=echo, **kwargs)
     run_dir = trained_run.find_run_dir(model_path)
-    if choice.get("postprocessing"):
-        trained_run.write_postprocessing(run_dir, choice["postprocessing"])
+    if picked is not None:
+        trained_run.write_postprocessing(run_dir, picked)
     return trained_run.write_inference(run_dir, choice), choice
 
 

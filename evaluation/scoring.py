@@ -187,10 +187,11 @@ def _load_labels(path: str, convention: str,
     stored = load_array(image, name)
     if stored.ndim != 3:
         raise ValueError(f"{name}: expected a 3-D segmentation, got shape {stored.shape}")
+    stored = np.rint(stored)
     if layout_name:
         gli_release.check(stored, layout_name, name)
     try:
-        return labels.to_classes(np.rint(stored), convention), image.affine, volume_ops.header_spacing(image)
+        return labels.to_classes(stored, convention), image.affine, volume_ops.header_spacing(image)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
 
@@ -226,8 +227,10 @@ def _check_numbering(pred_convention: str, layout: layouts.Layout) -> None:
                          "different tissues")
 
 
-def _score_cohort(pred_dir, layout, folders, pred_convention, chosen, echo, pred_paths):
-    """Rows and failures of every patient under ``layout``; ReleaseMismatch propagates (see score_folders)."""
+def _score_cohort(pred_dir, layout, folders, pred_convention, chosen, echo, pred_paths, refuse_sibling: bool):
+    """Rows and failures of every patient under ``layout``.  A file whose labels show the other GLI release
+    fails its patient when ``refuse_sibling`` (the release was named), else ReleaseMismatch propagates
+    (see score_folders)."""
     rows, failures = [], []
     for n, (pid, paths) in enumerate(folders.items(), 1):
         truth_path, missing = _truth_path(layout, pid, paths)
@@ -248,8 +251,11 @@ def _score_cohort(pred_dir, layout, folders, pred_convention, chosen, echo, pred
         except geometry.GeometryError as exc:
             failures.append(Failure(pid, "geometry", posixpath.basename(pred_path), str(exc)).to_json())
             continue
-        except gli_release.ReleaseMismatch:
-            raise
+        except gli_release.ReleaseMismatch as exc:
+            if not refuse_sibling:
+                raise
+            failures.append(Failure(pid, "load", "", str(exc)).to_json())
+            continue
         except ValueError as exc:
             failures.append(Failure(pid, "load", posixpath.basename(pred_path), str(exc)).to_json())
             continue
@@ -278,11 +284,9 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
         _check_numbering(convention, layout)
         pred_paths: list[str] = []
         try:
-            rows, failures = _score_cohort(pred_dir, layout, folders, convention, chosen, echo, pred_paths)
+            rows, failures = _score_cohort(pred_dir, layout, folders, convention, chosen, echo, pred_paths,
+                                           refuse_sibling=bool(layout_name))
         except gli_release.ReleaseMismatch as exc:
-            if layout_name:
-                rows, failures = _score_cohort_refusing(pred_dir, layout, folders, convention, chosen, echo)
-                break
             echo(f"  {exc}: scoring the cohort as {exc.sibling}")
             notes.append(f"challenge {exc.sibling} detected from the labels (label 4, resection cavity)")
             layout = layouts.get_layout(exc.sibling)
@@ -291,20 +295,6 @@ def score_folders(pred_dir: str, truth_dir: str, layout_name: str | None = None,
         notes += [n for n in (note, official.name_note(pred_paths)) if n]
         break
     return rows, failures, layout.challenge
-
-
-def _score_cohort_refusing(pred_dir, layout, folders, convention, chosen, echo):
-    """``--challenge`` named GLI 2023 and a truth has label 4: that patient fails with the flag to pass."""
-    rows, failures = [], []
-    for pid, paths in folders.items():
-        try:
-            found, lost = _score_cohort(pred_dir, layout, {pid: paths}, convention, chosen, echo, [])
-        except gli_release.ReleaseMismatch as exc:
-            failures.append(Failure(pid, "load", "", str(exc)).to_json())
-            continue
-        rows += found
-        failures += lost
-    return rows, failures
 
 
 # ------------------------------------------------------- a model in source space ----

@@ -94,10 +94,5 @@ def main(argv):
     cli.exit_for_failures(len(summary.predicted), len(summary.failures), _STRICT.value, "predicted")
 
 
-def parse_flags(argv):
-    """absl takes its own flags; the rest go to Beam when --beam is given. Mistakes are one-line error exits."""
-    return cli.parse_flags(argv, known_only=True)
-
-
 if __name__ == "__main__":
     cli.run(main, known_only=True)

@@ -128,12 +128,8 @@ def recorded_inference(model_path) -> RecordedInference | None:
 
     An ensemble has no one run to take it from; its members may disagree.
     """
-    try:
-        paths = expand_models(model_path)
-    except ModelError:
-        return None
-    run = _run_of(paths[0]) if len(paths) == 1 else None
-    return run.inference if run else None
+    members = _members_recorded(model_path)
+    return members[0][1] if len(members) == 1 else None
 
 
 def inference_settings(model_path, window: str | None = None, tta: str | None = None) -> InferenceSettings:

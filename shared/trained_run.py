@@ -22,7 +22,7 @@ import json
 import os
 import posixpath
 
-from shared import geometry, manifest, storage
+from shared import geometry, manifest, postprocessing, storage
 
 # The files and folders of a run folder (training writes them; prediction and evaluation read them).
 MODEL_FILE = "model.keras"  # the final model
@@ -81,7 +81,7 @@ def parent_dir(path: str) -> str:
 def find_run_dir(model_path: str) -> str | None:
     """The run folder of a model file: its folder or that folder's parent, whichever holds a lineage."""
     folder = parent_dir(model_path)
-    for candidate in (folder, os.path.dirname(folder) if "://" not in folder else posixpath.dirname(folder)):
+    for candidate in (folder, parent_dir(folder)):
         if storage.exists(join(candidate, LINEAGE_FILE)):
             return candidate
     return None
@@ -181,15 +181,15 @@ class RecordedInference:
 def write_inference(run_dir: str, choice: dict) -> str:
     """Save evaluation.inference_choice's record beside the lineage; returns its path."""
     path = join(run_dir, INFERENCE_FILE)
-    storage.write_bytes(path, (json.dumps(choice, indent=2, sort_keys=True) + "\n").encode())
+    _write_json(path, choice)
     return path
 
 
-def write_postprocessing(run_dir: str, choice: dict) -> str:
-    """Save the post-processing a single run chose on its validation split (``shared.postprocessing.Choice``
-    as JSON) where prediction looks for it (:func:`find_postprocessing`); returns its path."""
-    path = join(run_dir, POSTPROCESSING_FILE)
-    storage.write_bytes(path, (json.dumps(choice, indent=2) + "\n").encode())
+def write_postprocessing(folder: str, choice: postprocessing.Choice) -> str:
+    """Save post-processing rules where prediction looks for them (:func:`find_postprocessing`): a run
+    folder (chosen on its validation split) or a cross-validation workdir (chosen on its folds)."""
+    path = join(folder, POSTPROCESSING_FILE)
+    postprocessing.save(path, choice)
     return path
 
 
