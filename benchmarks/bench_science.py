@@ -36,6 +36,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -124,11 +125,32 @@ def parse_args(argv=None):
     parser.add_argument("--crop_size", default="", help="record shape X,Y,Z (default: see crop_size())")
     parser.add_argument("--challenge", default="brats2020")
     parser.add_argument("--workdir", default="/tmp/bench_science")
+    parser.add_argument("--train_flags", default="",
+                        help="extra trainer.train flags for a recipe variant, e.g. '--config.target=regions'")
+    parser.add_argument("--label", default="", help="name of this variant's runs under --workdir (default: none)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the cohorts and dataset already in --workdir (same arguments), train again")
     return parser.parse_args(argv)
+
+
+def dataset_dir(workdir: str) -> str | None:
+    found = glob.glob(os.path.join(workdir, "datasets", "hard", "*", "manifest.json"))
+    return os.path.dirname(found[0]) + os.sep if found else None
+
+
+def lost_to_crop(data_dir: str) -> list[str]:
+    """Training patients whose tumour voxels the crop cut (the preprocessing warning)."""
+    with open(os.path.join(data_dir, "manifest.json")) as handle:
+        warnings = json.load(handle).get("warnings") or {}
+    return sorted(p for p, notes in warnings.items() if any("outside the crop box" in n for n in notes))
 
 
 def prepare(args, shape, cpu, wall) -> str:
     """Generate both cohorts and preprocess the training one; returns the dataset version directory."""
+    if args.reuse and dataset_dir(args.workdir):
+        log(f"reusing {dataset_dir(args.workdir)}")
+        return dataset_dir(args.workdir)
+    shutil.rmtree(args.workdir, ignore_errors=True)
     cohort, test = os.path.join(args.workdir, "cohort"), os.path.join(args.workdir, "test")
     common = [f"--shape={args.shape}", f"--challenge={args.challenge}", "--hard"]
     run("generate", ["synthetic.generate", f"--output_dir={cohort}", f"--num_patients={args.patients}",
@@ -142,17 +164,22 @@ def prepare(args, shape, cpu, wall) -> str:
         config.append(f"--config.crop.size={size}")
     run("preprocess", ["beam_pipeline.preprocess"] + config + [f"--input={cohort}",
                        f"--output_dir={os.path.join(args.workdir, 'datasets')}"] + BEAM_LOCAL, cpu, wall)
-    return glob.glob(os.path.join(args.workdir, "datasets", "hard", "*", ""))[0]
+    return dataset_dir(args.workdir)
 
 
 def one_seed(args, seed: int, data_dir: str, cpu, wall) -> tuple[list[dict], dict]:
     """Train, predict the test cohort with the run's defaults, score in source space; the per-patient rows."""
     epochs, steps = (int(v) for v in args.steps.lower().split("x"))
-    run_dir = os.path.join(args.workdir, f"run_{seed}")
+    tag = f"{args.label}_{seed}" if args.label else str(seed)
+    run_dir = os.path.join(args.workdir, f"run_{tag}")
+    for kind in ("run", "pred", "eval"):  # a re-run of this variant and seed starts clean
+        for suffix in ("", "_lesions"):
+            shutil.rmtree(os.path.join(args.workdir, f"{kind}_{tag}{suffix}"), ignore_errors=True)
     run("train", ["trainer.train", f"--config={os.path.join(REPO, 'configs/train/tiny_cpu.py')}",
                   f"--workdir={run_dir}", f"--data_dir={data_dir}", f"--config.seed={seed}",
-                  f"--config.epochs={epochs}", f"--config.steps_per_epoch={steps}"], cpu, wall)
-    preds, scored = os.path.join(args.workdir, f"pred_{seed}"), os.path.join(args.workdir, f"eval_{seed}")
+                  f"--config.epochs={epochs}", f"--config.steps_per_epoch={steps}"]
+        + shlex.split(args.train_flags), cpu, wall)
+    preds, scored = os.path.join(args.workdir, f"pred_{tag}"), os.path.join(args.workdir, f"eval_{tag}")
     run("predict", ["serving.predict", f"--model={run_dir}/model.keras",
                     f"--input={os.path.join(args.workdir, 'test')}/*", f"--output_dir={preds}"], cpu, wall)
     truth = f"--truth_dir={os.path.join(args.workdir, 'test')}"
@@ -172,7 +199,6 @@ def one_seed(args, seed: int, data_dir: str, cpu, wall) -> tuple[list[dict], dic
 def main(argv=None) -> None:
     args = parse_args(argv)
     shape = tuple(int(v) for v in args.shape.replace("x", ",").split(","))
-    shutil.rmtree(args.workdir, ignore_errors=True)
     cpu: dict[str, float] = {}
     wall: dict[str, float] = {}
     data_dir = prepare(args, shape, cpu, wall)
@@ -184,7 +210,8 @@ def main(argv=None) -> None:
     result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
               "patients": args.patients, "test_patients": args.test_patients, "shape": list(shape),
               "seeds": args.seeds, "steps": args.steps, "cohort_seed": args.cohort_seed,
-              "dataset": os.path.basename(os.path.dirname(data_dir)), "scored": len(rows),
+              "train_flags": args.train_flags, "dataset": os.path.basename(os.path.dirname(data_dir)),
+              "lost_to_crop": lost_to_crop(data_dir), "scored": len(rows),
               "space": "source", "regions": table(rows), "runs": runs,
               "cpu_s": {k: round(v, 1) for k, v in cpu.items()}, "wall_s": {k: round(v, 1) for k, v in wall.items()}}
     print(json.dumps(result, indent=2))
