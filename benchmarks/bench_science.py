@@ -128,14 +128,17 @@ def parse_args(argv=None):
     parser.add_argument("--train_flags", default="",
                         help="extra trainer.train flags for a recipe variant, e.g. '--config.target=regions'")
     parser.add_argument("--label", default="", help="name of this variant's runs under --workdir (default: none)")
+    parser.add_argument("--ablate_postprocessing", action="store_true",
+                        help="also predict without the run's post-processing and report that table (not timed)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the cohorts and dataset already in --workdir (same arguments), train again")
     return parser.parse_args(argv)
 
 
-def dataset_dir(workdir: str) -> str | None:
+def dataset_dir(workdir: str) -> str:
+    """The newest dataset version under ``workdir`` (a code change preprocesses into a new one)."""
     found = glob.glob(os.path.join(workdir, "datasets", "hard", "*", "manifest.json"))
-    return os.path.dirname(found[0]) + os.sep if found else None
+    return os.path.dirname(max(found, key=os.path.getmtime)) + os.sep
 
 
 def lost_to_crop(data_dir: str) -> list[str]:
@@ -146,17 +149,23 @@ def lost_to_crop(data_dir: str) -> list[str]:
 
 
 def prepare(args, shape, cpu, wall) -> str:
-    """Generate both cohorts and preprocess the training one; returns the dataset version directory."""
-    if args.reuse and dataset_dir(args.workdir):
-        log(f"reusing {dataset_dir(args.workdir)}")
-        return dataset_dir(args.workdir)
-    shutil.rmtree(args.workdir, ignore_errors=True)
+    """Generate both cohorts and preprocess the training one; returns the dataset version directory.
+
+    ``--reuse`` keeps cohorts already generated there (same count) and lets
+    preprocessing reuse a complete dataset version (the same inputs, code and config).
+    """
+    if not args.reuse:
+        shutil.rmtree(args.workdir, ignore_errors=True)
     cohort, test = os.path.join(args.workdir, "cohort"), os.path.join(args.workdir, "test")
     common = [f"--shape={args.shape}", f"--challenge={args.challenge}", "--hard"]
-    run("generate", ["synthetic.generate", f"--output_dir={cohort}", f"--num_patients={args.patients}",
-                     f"--seed={args.cohort_seed}"] + common, cpu, wall)
-    run("generate", ["synthetic.generate", f"--output_dir={test}", f"--num_patients={args.test_patients}",
-                     f"--seed={args.cohort_seed + 1}"] + common, cpu, wall)
+    for folder, count, seed in ((cohort, args.patients, args.cohort_seed), (test, args.test_patients,
+                                                                           args.cohort_seed + 1)):
+        if args.reuse and os.path.isdir(folder) and len(os.listdir(folder)) == count:
+            log(f"reusing {folder}")
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        run("generate", ["synthetic.generate", f"--output_dir={folder}", f"--num_patients={count}",
+                         f"--seed={seed}"] + common, cpu, wall)
     config = [f"--config={os.path.join(REPO, 'configs/preprocess/challenge.py')}:{args.challenge}",
               "--config.n4.shrink_factor=4", "--config.name=hard"]
     size = crop_size(shape, args.crop_size)
@@ -167,33 +176,49 @@ def prepare(args, shape, cpu, wall) -> str:
     return dataset_dir(args.workdir)
 
 
-def one_seed(args, seed: int, data_dir: str, cpu, wall) -> tuple[list[dict], dict]:
-    """Train, predict the test cohort with the run's defaults, score in source space; the per-patient rows."""
-    epochs, steps = (int(v) for v in args.steps.lower().split("x"))
-    tag = f"{args.label}_{seed}" if args.label else str(seed)
-    run_dir = os.path.join(args.workdir, f"run_{tag}")
-    for kind in ("run", "pred", "eval"):  # a re-run of this variant and seed starts clean
-        for suffix in ("", "_lesions"):
-            shutil.rmtree(os.path.join(args.workdir, f"{kind}_{tag}{suffix}"), ignore_errors=True)
-    run("train", ["trainer.train", f"--config={os.path.join(REPO, 'configs/train/tiny_cpu.py')}",
-                  f"--workdir={run_dir}", f"--data_dir={data_dir}", f"--config.seed={seed}",
-                  f"--config.epochs={epochs}", f"--config.steps_per_epoch={steps}"]
-        + shlex.split(args.train_flags), cpu, wall)
+def test_patients(workdir: str) -> str:
+    """The test cohort's patient folders, comma-separated (not the generator's ``bias_fields`` folder)."""
+    test = os.path.join(workdir, "test")
+    return ",".join(os.path.join(test, name) for name in sorted(os.listdir(test))
+                    if os.path.isdir(os.path.join(test, name)) and name != "bias_fields")
+
+
+def predict_and_score(args, run_dir: str, tag: str, cpu, wall, extra: tuple[str, ...] = ()) -> list[dict]:
+    """Predict the test cohort with the run's defaults (plus ``extra`` predict flags) and score in source space."""
     preds, scored = os.path.join(args.workdir, f"pred_{tag}"), os.path.join(args.workdir, f"eval_{tag}")
-    run("predict", ["serving.predict", f"--model={run_dir}/model.keras",
-                    f"--input={os.path.join(args.workdir, 'test')}/*", f"--output_dir={preds}"], cpu, wall)
+    for old in (preds, scored, f"{scored}_lesions"):  # a re-run of this variant and seed starts clean
+        shutil.rmtree(old, ignore_errors=True)
+    run("predict", ["serving.predict", f"--model={run_dir}/model.keras", f"--input={test_patients(args.workdir)}",
+                    f"--output_dir={preds}", *extra], cpu, wall)
     truth = f"--truth_dir={os.path.join(args.workdir, 'test')}"
     run("evaluate", ["evaluation.evaluate", f"--pred_dir={preds}", truth, f"--challenge={args.challenge}",
                      f"--output_dir={scored}"], cpu, wall)
     run("evaluate", ["evaluation.evaluate", f"--pred_dir={preds}", truth, f"--challenge={args.challenge}",
                      f"--scheme={LESION_SCHEME}", f"--output_dir={scored}_lesions"], cpu, wall)
+    return merge_lesion_f1(read_scores(scored), read_scores(f"{scored}_lesions"))
+
+
+def one_seed(args, seed: int, data_dir: str, cpu, wall) -> tuple[list[dict], list[dict], dict]:
+    """Train, predict the test cohort with the run's defaults, score in source space: the per-patient rows,
+    and the same without post-processing when ``--ablate_postprocessing`` asks (else empty)."""
+    epochs, steps = (int(v) for v in args.steps.lower().split("x"))
+    tag = f"{args.label}_{seed}" if args.label else str(seed)
+    run_dir = os.path.join(args.workdir, f"run_{tag}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run("train", ["trainer.train", f"--config={os.path.join(REPO, 'configs/train/tiny_cpu.py')}",
+                  f"--workdir={run_dir}", f"--data_dir={data_dir}", f"--config.seed={seed}",
+                  f"--config.epochs={epochs}", f"--config.steps_per_epoch={steps}"]
+        + shlex.split(args.train_flags), cpu, wall)
+    rows = predict_and_score(args, run_dir, tag, cpu, wall)
+    raw = (predict_and_score(args, run_dir, f"{tag}_nopost", {}, {}, ("--postprocessing=none",))
+           if args.ablate_postprocessing else [])
     with open(os.path.join(run_dir, "inference.json")) as handle:
         choice = json.load(handle)
-    rows = merge_lesion_f1(read_scores(scored), read_scores(f"{scored}_lesions"))
-    for row in rows:
+    for row in rows + raw:
         row["seed"] = seed
-    return rows, {"seed": seed, "window": choice["window"], "tta": choice["tta"], "choice_s": choice.get("seconds"),
-                  "postprocessing": (choice.get("postprocessing") or {}).get("rules")}
+    return rows, raw, {"seed": seed, "window": choice["window"], "tta": choice["tta"],
+                       "choice_s": choice.get("seconds"),
+                       "postprocessing": (choice.get("postprocessing") or {}).get("rules")}
 
 
 def main(argv=None) -> None:
@@ -202,10 +227,11 @@ def main(argv=None) -> None:
     cpu: dict[str, float] = {}
     wall: dict[str, float] = {}
     data_dir = prepare(args, shape, cpu, wall)
-    rows, runs = [], []
+    rows, raw, runs = [], [], []
     for seed in (int(s) for s in args.seeds.split(",") if s):
-        seed_rows, about = one_seed(args, seed, data_dir, cpu, wall)
+        seed_rows, seed_raw, about = one_seed(args, seed, data_dir, cpu, wall)
         rows += seed_rows
+        raw += seed_raw
         runs.append(about)
     result = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
               "patients": args.patients, "test_patients": args.test_patients, "shape": list(shape),
@@ -213,6 +239,7 @@ def main(argv=None) -> None:
               "train_flags": args.train_flags, "dataset": os.path.basename(os.path.dirname(data_dir)),
               "lost_to_crop": lost_to_crop(data_dir), "scored": len(rows),
               "space": "source", "regions": table(rows), "runs": runs,
+              **({"without_postprocessing": table(raw)} if raw else {}),
               "cpu_s": {k: round(v, 1) for k, v in cpu.items()}, "wall_s": {k: round(v, 1) for k, v in wall.items()}}
     print(json.dumps(result, indent=2))
 
