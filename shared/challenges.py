@@ -126,7 +126,7 @@ class Challenge:
     labels: tuple[Label, ...]  # every non-background label, increasing value
     regions: dict[str, tuple[int, ...]]  # scored region -> its label values
     grid: Grid
-    crop: dict  # default crop: {"mode": "bbox", "margin": ...}, {"mode": "brain", "size": ...} or {"mode": "fixed", "box": ...}
+    crop: dict  # default crop: {"mode": "bbox", "margin": ...}, or "brain" with "size", or "fixed" with "box"
     lesion_rules: dict[str, LesionRule] = dataclasses.field(default_factory=dict)
     lesion_penalty_mm: float | str | None = None  # HD95 of a missed lesion or a false positive (or PENALTY_DIAGONAL)
     # BraTS 2024 code only: the unit its predicted-lesion threshold counts in (the
