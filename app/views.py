@@ -153,11 +153,13 @@ def short_model_name(path: str) -> str:
 
 def model_summary(predictor) -> str:
     """A line on what the model expects, for the sidebar."""
+    from serving import predictor as predictor_lib
+
     crop_text = PreprocessingSpec.from_config(predictor.preprocess_cfg).describe_crop()
     entry = predictor.challenge
     return (f"Trained on {entry.title}: labels {', '.join(entry.class_keys[1:])}. "
             f"Modalities {', '.join(predictor.channels)}; crop {crop_text}; window "
-            f"{'x'.join(map(str, predictor.window))}; trained on dataset {predictor.version_id} "
+            f"{predictor_lib.window_text(predictor.window)}; trained on dataset {predictor.version_id} "
             f"({predictor.layout} naming). {geometry_text(predictor)}")
 
 

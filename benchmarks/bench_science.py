@@ -10,7 +10,8 @@ subprocess whose CPU time is one phase of the report:
    other patients (another generator seed), never seen in training or in
    any choice made at its end;
 2. ``beam_pipeline.preprocess`` with the challenge's default config (the
-   brain crop; ``--crop_size`` overrides the record shape for small grids);
+   brain's bounding box crop; ``--crop_size`` asks for one record shape
+   around the brain instead, ``crop.mode=brain``);
 3. ``trainer.train`` with the demo-sized recipe (``tiny_cpu``; ``--steps``
    as EPOCHSxSTEPS), one run per seed; its end chooses the window/TTA and
    the post-processing on the validation split;
@@ -67,12 +68,9 @@ def run(phase: str, args: list[str], cpu: dict, wall: dict) -> None:
 
 
 def crop_size(shape: tuple[int, ...], asked: str) -> str | None:
-    """The record shape: asked, or for a grid other than BraTS' the grid rounded up to 16 (it holds the brain)."""
-    if asked:
-        return asked
-    if shape == (240, 240, 155):
-        return None  # the config's default brain crop
-    return ",".join(str(16 * math.ceil(n / 16)) for n in shape)
+    """The record shape when asked (``crop.mode=brain``); None: the challenge's default crop (the brain's
+    bounding box, a shape per patient, on any grid)."""
+    return asked or None
 
 
 def stats(values: list[float], worst) -> dict:
@@ -170,7 +168,7 @@ def prepare(args, shape, cpu, wall) -> str:
               "--config.n4.shrink_factor=4", "--config.name=hard"]
     size = crop_size(shape, args.crop_size)
     if size:
-        config.append(f"--config.crop.size={size}")
+        config += ["--config.crop.mode=brain", f"--config.crop.size={size}"]
     run("preprocess", ["beam_pipeline.preprocess"] + config + [f"--input={cohort}",
                        f"--output_dir={os.path.join(args.workdir, 'datasets')}"] + BEAM_LOCAL, cpu, wall)
     return dataset_dir(args.workdir)

@@ -86,7 +86,7 @@ def _by_model():
     output = _OUTPUT.value or scoring.default_output(_MODEL.value, _SPLIT.value)
     print(f"Scoring {predictor.model_path} on the {_SPLIT.value} split of {data_dir}"
           + (f" (ensemble of {len(predictor.model_paths)})" if len(predictor.model_paths) > 1 else "")
-          + f", window {'x'.join(map(str, predictor.window))}, TTA {settings.tta} ({settings.source}), "
+          + f", window {predictor_lib.window_text(predictor.window)}, TTA {settings.tta} ({settings.source}), "
           + ("in each patient's own space" if _SPACE.value == "source" else "on the records' cropped grid"))
     about = {"model": predictor.model_path, "models": list(predictor.model_paths), "data_dir": data_dir,
              "version_id": predictor.version_id, "split": _SPLIT.value, "tta": settings.tta,

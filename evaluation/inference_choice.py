@@ -177,7 +177,7 @@ def format_choice(scored: list[dict], best: dict) -> str:
     for c in scored:
         mark = "  <- best" if c is best else ""
         after = f", {c['rank']:.4f} post-processed" if "rank" in c else ""
-        lines.append(f"  window {c['window']} ({'x'.join(map(str, c['window_size']))}), TTA {c['tta']}: "
+        lines.append(f"  window {c['window']} ({predictor_lib.window_text(c['window_size'])}), TTA {c['tta']}: "
                      f"{c['patient_dice_mean']:.4f}{after}{mark}")
     return "\n".join(lines)
 

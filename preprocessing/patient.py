@@ -22,6 +22,7 @@ from preprocessing.discovery import PatientSource
 from shared import geometry as geometry_lib, labels, layouts, schema, volume_ops
 from shared import nifti_io
 from shared.nifti_io import load_array, parse_nifti
+from shared.spec import bbox_params
 from shared.storage import read_bytes, size as file_size
 
 AFFINE_TOLERANCE = 1e-3
@@ -158,9 +159,12 @@ def brain_mask(volumes: list[np.ndarray], method: str, spacing) -> np.ndarray:
 
 
 def crop_box(mask: np.ndarray, crop_cfg) -> volume_ops.Box:
-    """The box of the record: ``brain`` (default: ``size`` around the brain's bounding box), ``fixed``
-    (``box`` on the source grid, the seeds' 48:192 x 48:192 x 5:149) or ``centered`` (as ``brain``, older
-    datasets' name)."""
+    """The box of the record: ``bbox`` (default: the brain's bounding box with ``margin``, grown to a
+    multiple of ``multiple``; a shape per patient), ``brain`` (``size`` around the brain's bounding box),
+    ``fixed`` (``box`` on the source grid, the seeds' 48:192 x 48:192 x 5:149) or ``centered`` (as
+    ``brain``, older datasets' name)."""
+    if crop_cfg["mode"] == "bbox":
+        return volume_ops.bbox_box(mask, *bbox_params(crop_cfg))
     if crop_cfg["mode"] == "fixed":
         return volume_ops.fixed_box(crop_cfg["box"], mask.shape)
     if crop_cfg["mode"] == "brain":

@@ -104,13 +104,17 @@ def sliding_window(
 ) -> np.ndarray:
     """Class probabilities ``(X, Y, Z, K)`` for a whole ``(X, Y, Z, C)`` image.
 
+    A ``patch`` size None is the image's own size on that axis (the whole
+    record, for records that differ in shape); a window larger than the
+    image pads it with zeros.
+
     ``batch_size`` windows go to the model per call (default: as many as make
     about two 128^3 windows' worth of voxels, so small windows do not pay the
     per-call overhead one by one while big ones stay within memory).
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (X, Y, Z, C), got shape {image.shape}")
-    patch = tuple(int(p) for p in patch)
+    patch = tuple(image.shape[axis] if p is None else int(p) for axis, p in enumerate(patch))  # None: whole axis
     padded, region = _pad_to(image.astype(np.float32, copy=False), patch)
     weights = gaussian_weights(patch)[..., None]
     starts = list(itertools.product(*(window_starts(d, p, overlap) for d, p in zip(padded.shape[:3], patch))))

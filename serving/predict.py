@@ -79,7 +79,7 @@ def main(argv):
               else f"an ensemble of {len(predictor.model_paths)} models ({', '.join(predictor.model_paths)})")
     rules = (f", post-processing {predictor.postprocessing_path}" if predictor.postprocessing else "")
     print(f"Predicting {len(folders)} patient(s) with {models} (dataset version "
-          f"{predictor.version_id}, window {'x'.join(map(str, predictor.window))}, TTA {options.tta} "
+          f"{predictor.version_id}, window {predictor_lib.window_text(predictor.window)}, TTA {options.tta} "
           f"({settings.source}){rules})")
     print(f"Challenge: {predictor.challenge.title} (the model's; labels written as "
           f"{detection.numbering(predictor.challenge.name)} unless a folder's names fix another numbering with the "

@@ -80,20 +80,30 @@ class Predictor:
         return about
 
 
-def window_size(window, patch_size, cfg: dict) -> tuple[int, int, int]:
+#: The ``volume`` window where records differ in shape (crop mode bbox): each record's own whole shape
+#: (``inference.sliding_window`` reads a None size from the image).
+WHOLE_RECORD = (None, None, None)
+
+
+def window_size(window, patch_size, cfg: dict) -> tuple[int, int, int] | tuple[None, None, None]:
     """The sliding window: ``None`` the training patch, ``"volume"`` the whole crop, or X,Y,Z.
 
     The training patch (``patch_size``, the run's; None: not recorded, the
     crop) is nnU-Net's choice (the network sees what it was trained on);
     ``volume`` repeats the trainer's own validation, which runs on whole
-    cropped volumes and, for a small patch, sees more context.
+    cropped volumes and, for a small patch, sees more context.  Where
+    records differ in shape (crop mode bbox) the whole crop is
+    :data:`WHOLE_RECORD`: each record's own shape.
     """
+    crop = PreprocessingSpec.from_config(cfg).crop_shape if window in (None, "", "patch", "volume") else None
     if window in (None, "", "patch"):
-        window = patch_size or PreprocessingSpec.from_config(cfg).crop_shape
+        window = patch_size or crop or WHOLE_RECORD
     elif window == "volume":
-        window = PreprocessingSpec.from_config(cfg).crop_shape
+        window = crop or WHOLE_RECORD
     elif isinstance(window, str):  # X,Y,Z, or XxYxZ as choose_inference and the reports print sizes
         window = window.replace("x", ",").split(",")
+    if tuple(window) == WHOLE_RECORD:
+        return WHOLE_RECORD
     try:
         size = tuple(int(w) for w in window)
     except (TypeError, ValueError):
@@ -102,6 +112,11 @@ def window_size(window, patch_size, cfg: dict) -> tuple[int, int, int]:
         raise ModelError(f"window {window!r} is not 'patch', 'volume' or three positive sizes X,Y,Z "
                          "(or XxYxZ)")
     return size
+
+
+def window_text(size) -> str:
+    """``128x128x128``, or ``whole record`` for :data:`WHOLE_RECORD`, for people."""
+    return "whole record" if None in tuple(size) else "x".join(map(str, size))
 
 
 DEFAULT_WINDOW, DEFAULT_TTA = "patch", "none"

@@ -2,9 +2,10 @@
 
 Boxes are ``((start0, stop0), (start1, stop1), (start2, stop2))`` in voxel
 indices of the source grid.  A box may reach outside the volume (for scans
-smaller than the crop size); cropping pads with zeros there and uncropping
-drops those voxels, so :func:`uncrop` is the exact inverse of :func:`crop`
-on the voxels the box covers.
+smaller than the crop size, or a ``bbox`` margin beyond the scan's edge);
+cropping pads with zeros there and uncropping drops those voxels, so
+:func:`uncrop` is the exact inverse of :func:`crop` on the voxels the box
+covers.
 """
 
 from __future__ import annotations
@@ -68,6 +69,29 @@ def brain_box(mask: np.ndarray, size: tuple[int, int, int]) -> Box:
     smaller the box reaches outside and :func:`crop` pads with zeros.
     """
     return centered_box(mask, size)
+
+
+def bbox_box(mask: np.ndarray, margin: int, multiple: int, min_size: tuple[int, int, int]) -> Box:
+    """The ``bbox`` crop: the brain's bounding box, ``margin`` voxels wider on each side, then grown
+    symmetrically on each axis to at least ``min_size`` and to a multiple of ``multiple``.
+
+    As nnU-Net crops to the non-zero region: every voxel of the brain (so
+    every tumour voxel) stays in the record whatever the head's size or
+    position, and no record carries more air than the margin and the
+    rounding add.  Records then differ in shape per patient; ``multiple``
+    (16 for a U-Net of depth 5) lets the network run on a whole record, and
+    the trainer pads a record smaller than its patch.  The box may reach
+    outside the volume: :func:`crop` pads with zeros there and
+    :func:`uncrop` drops those voxels.
+    """
+    box = []
+    for (lo, hi), least in zip(bounding_box(mask), min_size):
+        lo, hi = lo - int(margin), hi + int(margin)
+        extent = max(hi - lo, int(least))
+        extent = -(-extent // int(multiple)) * int(multiple)
+        lo -= (extent - (hi - lo)) // 2
+        box.append((int(lo), int(lo + extent)))
+    return tuple(box)  # type: ignore[return-value]
 
 
 def fixed_box(box, shape: tuple[int, ...]) -> Box:

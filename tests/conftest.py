@@ -10,7 +10,8 @@ import pathlib
 import pytest
 
 from synthetic import cohort as synthetic_data
-from tests.helpers import TINY_SHAPE, build_stub_model, run_pipeline  # noqa: F401  (ROOT on sys.path first)
+from tests.helpers import (  # noqa: F401  (ROOT on sys.path first)
+    TINY_BBOX, TINY_SHAPE, build_stub_model, run_pipeline, write_mixed_cohort)
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,37 @@ def tiny_dataset(tiny_cohort, tmp_path_factory):
     """The tiny cohort preprocessed once, in-process (shared: never modify it)."""
     out = tmp_path_factory.mktemp("datasets")
     return run_pipeline(tiny_cohort, out)
+
+
+@pytest.fixture(scope="session")
+def bbox_cohort(tmp_path_factory) -> pathlib.Path:
+    """Six patients on grids of different sizes (``MIXED_SHAPES``; shared: never modify it)."""
+    root = tmp_path_factory.mktemp("bbox_cohort")
+    write_mixed_cohort(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bbox_dataset(bbox_cohort, tmp_path_factory):
+    """The mixed cohort preprocessed with crop mode bbox: a record shape per patient (shared: never modify it)."""
+    return run_pipeline(bbox_cohort, tmp_path_factory.mktemp("bbox_datasets"),
+                        **{**TINY_BBOX, "split.val_fraction": 0.34})
+
+
+@pytest.fixture(scope="session")
+def bbox_model(bbox_dataset, tmp_path_factory) -> pathlib.Path:
+    """A tiny U-Net trained a few steps on the bbox dataset with 32^3 patches, its window/TTA chosen (model.keras)."""
+    from configs.train import tiny_cpu
+    from evaluation import inference_choice
+    from trainer import training
+
+    cfg = tiny_cpu.get_config()
+    cfg.data_dir = bbox_dataset.dataset_dir
+    cfg.epochs, cfg.steps_per_epoch = 1, 3
+    workdir = tmp_path_factory.mktemp("bbox_run")
+    outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None,
+                                          after_training=inference_choice.after_training)
+    return pathlib.Path(outcome.model_path)
 
 
 @pytest.fixture(scope="session")

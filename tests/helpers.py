@@ -43,6 +43,29 @@ def run_pipeline(input_dir, output_dir, beam_args=IN_PROCESS, **overrides) -> la
     return launch.run(tiny_config(**overrides), str(input_dir), str(output_dir), list(beam_args), echo=lambda *_: None)
 
 
+# Crop mode bbox shrunk for tiny volumes: records are the brain's box + 2, multiples of 8 (a tiny U-Net of
+# depth 3 needs 4), so patients of different sizes give records of different shapes.
+TINY_BBOX = {"crop.mode": "bbox", "crop.margin": 2, "crop.multiple": 8, "crop.min_size": (8, 8, 8),
+             "n4.enabled": False}
+# Patients' grids of a cohort of mixed sizes: the 32^3 heads' records (24x32x32) are smaller than a 32^3 patch.
+MIXED_SHAPES = ((32, 32, 32), (48, 48, 40), (32, 32, 32), (64, 48, 40), (32, 32, 32), (40, 36, 32))
+
+
+def write_mixed_cohort(root, shapes=MIXED_SHAPES, seed: int = 3) -> list[str]:
+    """A BraTS 2020 cohort whose patients come on grids of ``shapes`` (one each); returns their ids."""
+    from synthetic import cohort as synthetic_data
+
+    ids, grades = [], []
+    for index, shape in enumerate(shapes, 1):
+        grade = "LGG" if index % 3 == 0 else "HGG"
+        patient = synthetic_data.make_patient(synthetic_data.patient_id_for(index), index, shape, grade, seed=seed)
+        synthetic_data.write_patient(patient, str(root))
+        ids.append(patient.patient_id)
+        grades.append(grade)
+    (pathlib.Path(root) / synthetic_data.NAME_MAPPING).write_text(synthetic_data.name_mapping_csv(ids, grades))
+    return ids
+
+
 # ----------------------------------------------------------------------------- a stub model
 #
 # A trained model may leave a class empty, and "labels are a subset of

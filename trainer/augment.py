@@ -51,6 +51,29 @@ def _patch_start(mask, patch, foreground_share, seed):
     return tf.clip_by_value(start, 0, tf.maximum(shape - patch, 0))
 
 
+def pad_to_patch(image, mask, patch):
+    """Zero-pad a volume smaller than ``patch`` on some axis to hold it, centred, as nnU-Net pads to the patch.
+
+    The image gets 0 (the normalised background) and the one-hot mask the
+    background class.  Records of crop mode bbox have a shape each, and a
+    small brain's may be smaller than the patch; a volume whose static shape
+    holds the patch (every record of a fixed-shape dataset) is returned as is.
+    """
+    static = image.shape[:3]
+    if static.is_fully_defined() and all(int(s) >= p for s, p in zip(static, patch)):
+        return image, mask
+    need = tf.maximum(tf.constant(patch, tf.int32) - tf.shape(image)[:3], 0)
+    pads = tf.concat([tf.stack([need // 2, need - need // 2], axis=1), [[0, 0]]], 0)
+
+    def padded():
+        background = tf.pad(mask[..., :1], pads, constant_values=1)
+        return tf.pad(image, pads), tf.concat([background, tf.pad(mask[..., 1:], pads)], -1)
+
+    out_image, out_mask = tf.cond(tf.reduce_any(need > 0), padded, lambda: (image, mask))
+    return (tf.ensure_shape(out_image, [None, None, None, image.shape[-1]]),
+            tf.ensure_shape(out_mask, [None, None, None, mask.shape[-1]]))
+
+
 def _flip_axes(flip):
     """Indices of the spatial axes to mirror, from a boolean [3] vector."""
     return tf.boolean_mask(tf.range(3), flip)
@@ -356,6 +379,8 @@ SCALARS = ("rotate_max_deg", "elastic_magnitude", "noise_std")
 def augment(example, seed, aug: AugmentConfig, mask_dtype=tf.float32):
     """One training sample: patch (+ rotation/scaling/elastic), flips, 90-degree rotation, intensity; returns (float32 image, mask).
 
+    A volume smaller than the patch on some axis is padded to it first (:func:`pad_to_patch`).
+
     ``example["image"]`` may be float16 (as stored) or float32; the random
     draws use ``seed`` (patch), ``seed + 3`` (flips), ``seed + 4`` (rotation)
     and ``seed + 5``/``+ 6`` (intensity scale/shift).  Intensity is applied
@@ -364,8 +389,8 @@ def augment(example, seed, aug: AugmentConfig, mask_dtype=tf.float32):
     ``seed + 25``: spatial ones as part of the patch's resampling, the rest
     (:func:`intensity_transforms`) on the float32 patch.
     """
-    image, mask = example["image"], example["mask"]
     patch = tuple(int(p) for p in aug.patch_size)
+    image, mask = pad_to_patch(example["image"], example["mask"], patch)
     start = _patch_start(mask, patch, aug.foreground_share, seed)
     flip = _flip_coins(seed + 3) if aug.flips else tf.zeros([3], tf.bool)
     channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[-1]

@@ -35,7 +35,7 @@ class DatasetInfo:
     channels: tuple[str, ...]
     num_classes: int
     challenge: str  # registry name (shared/challenges.py): labels, regions, numbering
-    volume_shape: tuple[int, int, int]  # cropped grid of every record
+    volume_shape: tuple[int | None, int | None, int | None]  # cropped grid of every record; None: per record (bbox)
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
     num_train: int
@@ -47,6 +47,8 @@ class DatasetInfo:
     # folds share the training shards, so a fold is a filter on patient id.
     train_patients: tuple[str, ...] = ()
     val_patients: tuple[str, ...] = ()
+    # Where records differ in shape (crop mode bbox): what every record dim is a multiple of; None otherwise.
+    volume_multiple: int | None = None
 
 
 def open_dataset(data_dir: str, verify: bool = True) -> DatasetInfo:
@@ -80,7 +82,8 @@ def open_dataset(data_dir: str, verify: bool = True) -> DatasetInfo:
         channels=tuple(manifest["record"]["channels"]),
         num_classes=len(manifest["record"]["classes"]),
         challenge=preprocessing.challenge.name,
-        volume_shape=tuple(int(s) for s in shape),
+        volume_shape=(None, None, None) if shape is None else tuple(int(s) for s in shape),
+        volume_multiple=preprocessing.shape_multiple,
         train_files=tuple(manifest_lib.shard_paths(data_dir, manifest, "train")),
         val_files=tuple(manifest_lib.shard_paths(data_dir, manifest, "val")),
         num_train=len(splits["train"]["patients"]),
@@ -261,7 +264,8 @@ def epoch_records(info: DatasetInfo, epoch, seed: int = 0, shard: Shard = Shard(
 
 
 def _parse_stored(info: DatasetInfo, serialized):
-    """A record as stored (float16 image, uint8 one-hot mask), with the static shapes of this version."""
+    """A record as stored (float16 image, uint8 one-hot mask), with the static shapes of this version
+    (spatial dims unknown where records differ in shape: crop mode bbox)."""
     example = schema.parse_tf(serialized, image_dtype=tf.float16)
     shape = list(info.volume_shape)
     example["image"] = tf.ensure_shape(example["image"], shape + [len(info.channels)])
@@ -304,7 +308,10 @@ def train_dataset(info: DatasetInfo, batch_size: int, aug: AugmentConfig, seed: 
 
 
 def val_dataset(info: DatasetInfo, batch_size: int = 1) -> tf.data.Dataset:
-    """Whole cropped validation volumes, no augmentation, fixed order (a fold view: its fold's patients)."""
+    """Whole cropped validation volumes, no augmentation, fixed order (a fold view: its fold's patients).
+
+    Records may differ in shape (crop mode bbox): keep ``batch_size`` 1 there, which the trainer does.
+    """
     files = info.val_files or info.train_files
     ds = tf.data.TFRecordDataset(list(files), compression_type=manifest_lib.tf_compression_type(info.compression))
     ds = _only_patients(ds, info.val_patients)
@@ -317,5 +324,20 @@ def _image_mask(example):
 
 
 def check_patch_fits(patch, volume_shape) -> None:
-    if any(p > v for p, v in zip(patch, volume_shape)):
+    """A patch larger than a dataset's one record shape is refused; where records differ in shape (None
+    dims, crop mode bbox) any patch goes: a record smaller than it is padded (``augment.pad_to_patch``)."""
+    if any(v is not None and p > v for p, v in zip(patch, volume_shape)):
         raise DatasetError(f"patch size {tuple(patch)} is larger than the dataset's volumes {tuple(volume_shape)}")
+
+
+def check_whole_volumes(info: DatasetInfo, depth: int) -> None:
+    """Validation runs the U-Net on whole records: each dim must halve ``depth - 1`` times.
+
+    Records of one shape are checked by ``model.check_patch_size``; records of a shape each (bbox) are
+    multiples of ``crop.multiple``, which the U-Net's 2**(depth-1) must divide.
+    """
+    factor = 2 ** (depth - 1)
+    if info.volume_multiple is not None and info.volume_multiple % factor:
+        raise DatasetError(f"{info.data_dir}: records are multiples of {info.volume_multiple} voxels (crop.multiple), "
+                           f"which a U-Net of depth {depth} cannot take whole (it needs multiples of {factor}): "
+                           f"preprocess with --config.crop.multiple={factor} or train a shallower model")

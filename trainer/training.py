@@ -82,6 +82,7 @@ def prepare(cfg, workdir: str):
         model_lib.check_patch_size(cfg["patch_size"], spec.depth)
         data.check_patch_fits(cfg["patch_size"], info.volume_shape)
         model_lib.check_patch_size(info.volume_shape, spec.depth)  # validation runs on whole volumes
+        data.check_whole_volumes(info, spec.depth)  # records of a shape each (bbox)
         losses.get_loss(cfg["loss"])
         runtime.check_devices(cfg["require_gpu"])
         runtime.cluster_spec()  # a malformed TF_CONFIG fails here, not after the dataset is opened

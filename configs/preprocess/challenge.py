@@ -6,7 +6,8 @@ r"""Any challenge of the registry (shared/challenges.py), with its own defaults.
 
 The part after the colon names the challenge; it sets the dataset name, the
 naming and label numbering (``layout``), the modalities the challenge ships,
-its default crop (160x192x160 around the brain; ``--config.crop.mode=fixed`` for the seeds' box) and
+its default crop (the brain's bounding box + 8 voxels, a multiple of 16; ``--config.crop.mode=fixed`` for the
+seeds' box, ``--config.crop.mode=brain`` for one 160x192x160 shape around the brain) and
 resampling to 1 mm for native-space challenges (MEN-RT).  Several cohorts
 with compatible labels go into one dataset by repeating ``--input``.
 """
@@ -21,10 +22,7 @@ def get_config(challenge: str = "brats2020"):
     c.name = entry.name
     c.layout = entry.name
     c.modalities = entry.modalities
-    c.crop.mode = entry.crop["mode"]
-    if entry.crop["mode"] == "fixed":
-        c.crop.box = entry.crop["box"]
-    else:
-        c.crop.size = entry.crop["size"]
+    for field, value in entry.crop.items():  # mode, and its parameters (bbox: margin...; fixed: box; brain: size)
+        c.crop[field] = value
     c.resample.enabled = entry.grid.native
     return c

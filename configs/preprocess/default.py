@@ -40,14 +40,27 @@ def get_config():
     c.resample.enabled = False
     c.resample.spacing = (1.0, 1.0, 1.0)
 
-    # brain (default): a box of `size` centred on the brain's bounding box (the
-    # non-zero voxels of every channel), as nnU-Net crops to the non-zero
-    # region: 160x192x160 holds a BraTS brain on 240x240x155 with a margin, is a
-    # multiple of 16 (the U-Net's downsampling) and at least every training
-    # patch.  fixed: `box` on the source grid, the seeds' 144^3 box, which cuts
-    # tumour at the brain's edge (--config.crop.mode=fixed reproduces the seeds).
+    # bbox (default): the brain's bounding box (the non-zero voxels of every
+    # channel) grown by `margin` voxels on each side, then symmetrically to a
+    # multiple of `multiple` and to at least `min_size`, as nnU-Net crops to the
+    # non-zero region: every tumour voxel in the brain stays in the record
+    # whatever the head's size or position, and records differ in shape per
+    # patient (the trainer pads one smaller than its patch, as nnU-Net does).
+    # margin 8: a tumour voxel at the brain's edge keeps 8 voxels of context
+    # (background) around it.  multiple 16: what a U-Net of depth 5 halves 4
+    # times (the trainer refuses a deeper one), so validation and the "volume"
+    # window run on a whole record.  min_size 64^3: a depth-5 U-Net's bottleneck
+    # still sees 4^3 voxels on the smallest record; BraTS brains (about
+    # 140x170x140) are far larger, so it only applies to partial-coverage scans.
+    # brain: a box of `size` centred on the brain's bounding box, one shape for
+    # every record: 160x192x160 holds a BraTS brain on 240x240x155 with a margin.
+    # fixed: `box` on the source grid, the seeds' 144^3 box, which cuts tumour at
+    # the brain's edge (--config.crop.mode=fixed reproduces the seeds).
     c.crop = ml_collections.ConfigDict()
-    c.crop.mode = "brain"  # brain | fixed | centered (= brain, the older name)
+    c.crop.mode = "bbox"  # bbox | brain | fixed | centered (= brain, the older name)
+    c.crop.margin = 8  # voxels around the brain's bounding box (mode bbox)
+    c.crop.multiple = 16  # every record dim a multiple of it (mode bbox)
+    c.crop.min_size = (64, 64, 64)  # smallest record shape (mode bbox)
     c.crop.box = ((48, 192), (48, 192), (5, 149))  # the seeds' 144^3 box on 240x240x155 (mode fixed)
     c.crop.size = (160, 192, 160)  # the record shape (modes brain and centered)
 

@@ -192,6 +192,7 @@ def test_example_fits_the_model_crop():
     assert session.example_shape(cfg(mode="centered", size=[32, 32, 32])) == session.EXAMPLE_SHAPE
     assert session.example_shape(cfg(mode="centered", size=[128, 128, 128])) == (128, 128, 128)
     assert session.example_shape(cfg(mode="fixed", box=[[48, 192], [48, 192], [5, 149]])) == (240, 240, 155)
+    assert session.example_shape(cfg(mode="bbox", margin=8, multiple=16, min_size=[64, 64, 64])) == session.EXAMPLE_SHAPE
 
 
 def test_progress_bar_moves_forward():

@@ -6,9 +6,29 @@ from configs.preprocess import default, synthetic_small
 from shared.spec import PreprocessingSpec
 
 
+def test_the_default_bbox_crop_has_no_one_shape_and_bounds_the_record_by_the_grid():
+    bbox = PreprocessingSpec.from_config(default.get_config().to_dict())  # the default: the brain's box
+    assert bbox.crop_mode == "bbox" and bbox.crop_shape is None and bbox.shape_multiple == 16
+    assert bbox.describe_crop() == "brain bounding box + 8, multiple of 16 (at least 64x64x64)"
+    assert bbox.min_source_shape == (1, 1, 1)  # the box pads wherever the scan is smaller
+    # 240x240x155 + 2 x 8, rounded up to 16: no brain on the grid makes a larger record
+    assert bbox.max_record_shape() == (256, 256, 176)
+    assert bbox.record_bytes() == 256 * 256 * 176 * (2 * 4 + 4) + 4096
+    native = default.get_config()
+    native.layout = "brats2024_men_rt"
+    assert PreprocessingSpec.from_config(native.to_dict()).max_record_shape() == (272, 272, 272)
+    for field, value in (("margin", -1), ("multiple", 0), ("min_size", (64, 64))):
+        bad = default.get_config()
+        bad.crop[field] = value
+        with pytest.raises(ValueError, match="bbox"):
+            PreprocessingSpec.from_config(bad.to_dict())
+
+
 def test_fixed_and_centred_crops_give_the_record_shape_and_the_grid_they_need():
-    brain = PreprocessingSpec.from_config(default.get_config().to_dict())  # the default: around the brain
-    assert brain.crop_mode == "brain" and brain.crop_shape == (160, 192, 160)
+    named = default.get_config()
+    named.crop.mode = "brain"  # one shape around the brain, by name
+    brain = PreprocessingSpec.from_config(named.to_dict())
+    assert brain.crop_shape == (160, 192, 160) and brain.shape_multiple is None
     seeds = default.get_config()
     seeds.crop.mode = "fixed"  # the seeds' box, by name
     fixed = PreprocessingSpec.from_config(seeds.to_dict())
