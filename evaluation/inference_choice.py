@@ -130,6 +130,7 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
 
     def run_candidate(window: str, tta: str) -> tuple[dict, postprocessing.Choice | None]:
         flips = len(inference.flip_sets(tta))
+        began = time.perf_counter()
         preds = []
         for i, image in enumerate(images):
             fn = reuse[(window, i)]
@@ -141,11 +142,15 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
         if postprocess:  # ranked as it will be served: after the rules chosen for this candidate
             picked = postprocessing.choose(list(zip(preds, truths)), predictor.challenge)
             scored.update(postprocessing=picked.rules, rank=round(picked.mean_dice_after, 6))
+        echo(f"  scored window {window} ({predictor_lib.window_text(sizes[window])}), TTA {tta} on "
+             f"{len(images)} patient(s): {scored['patient_dice_mean']:.4f} ({time.perf_counter() - began:.1f} s)")
         return scored, picked
 
     def rank(result) -> float:
         return result[0].get("rank", result[0]["patient_dice_mean"])
 
+    echo(f"Choosing the inference window and TTA on {len(records)} validation patient(s) "
+         f"({len(sizes)} window(s), then TTA {', '.join(tta_modes[1:]) or 'none'} on the best) ...")
     results = [run_candidate(window, tta_modes[0]) for window in sizes]
     window = max(results, key=rank)[0]["window"]
     if tta_modes[0] == "none":

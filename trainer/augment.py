@@ -27,8 +27,28 @@ from trainer.spatial import elastic_grid, resize3d, rotation_matrix, sample_patc
 # listed only for the patches that are to be centred on one.
 
 
-def _patch_start(mask, patch, foreground_share, seed):
-    """Start corner of a patch; with probability ``foreground_share`` centred on a tumour voxel."""
+FOREGROUND_PICKS = ("voxel", "class")
+
+
+def _tumour_voxels(mask, pick: str, seed):
+    """The voxels a foreground patch may be centred on: every tumour voxel (``voxel``), or those of one
+    tumour class drawn uniformly among the classes present (``class``, as nnU-Net samples), so a small
+    class (ET) is centred on as often as a large one (ED) instead of in proportion to its volume."""
+    if pick == "voxel":
+        return tf.where(mask[..., 0] == 0)  # background class is channel 0
+    present = tf.where(tf.reduce_any(mask[..., 1:] > 0, axis=(0, 1, 2)))[:, 0] + 1
+    count = tf.shape(present)[0]
+
+    def of_one_class():
+        i = tf.random.stateless_uniform([], seed=seed + 7, maxval=count, dtype=tf.int32)
+        return tf.where(tf.gather(mask, present[i], axis=3) > 0)
+
+    return tf.cond(count > 0, of_one_class, lambda: tf.zeros([0, 3], tf.int64))
+
+
+def _patch_start(mask, patch, foreground_share, seed, pick: str = "voxel"):
+    """Start corner of a patch; with probability ``foreground_share`` centred on a tumour voxel
+    (chosen as ``pick`` says: :func:`_tumour_voxels`)."""
     shape = tf.shape(mask)[:3]
     patch = tf.constant(patch, tf.int32)
     coin = tf.random.stateless_uniform([], seed=seed)
@@ -38,14 +58,14 @@ def _patch_start(mask, patch, foreground_share, seed):
         return tf.cast(tf.random.stateless_uniform([3], seed=seed + 2) * tf.cast(high, tf.float32), tf.int32)
 
     def on_tumour():
-        tumour = tf.where(mask[..., 0] == 0)  # background class is channel 0
+        tumour = _tumour_voxels(mask, pick, seed)
         n = tf.shape(tumour)[0]
 
-        def pick():
+        def pick_one():
             i = tf.random.stateless_uniform([], seed=seed + 1, maxval=n, dtype=tf.int32)
             return tf.cast(tumour[i], tf.int32) - patch // 2
 
-        return tf.cond(n > 0, pick, anywhere)
+        return tf.cond(n > 0, pick_one, anywhere)
 
     start = tf.cond(coin < foreground_share, on_tumour, anywhere)
     return tf.clip_by_value(start, 0, tf.maximum(shape - patch, 0))
@@ -314,6 +334,9 @@ def intensity_transforms(image, aug: "AugmentConfig", seed):
 class AugmentConfig:
     patch_size: tuple[int, int, int]
     foreground_share: float = 0.33
+    # what a foreground patch is centred on: any tumour voxel, or a voxel of a tumour class drawn first
+    # (nnU-Net); "voxel" here keeps runs configured before the field sampling as they did
+    foreground_pick: str = "voxel"
     flips: bool = True
     rotation: bool = False
     intensity_scale: float = 0.1
@@ -340,6 +363,9 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
 
     def __post_init__(self):
+        if self.foreground_pick not in FOREGROUND_PICKS:
+            raise ValueError(f"augment.foreground_pick must be one of {list(FOREGROUND_PICKS)}, "
+                             f"got {self.foreground_pick!r}")
         bad = {f: getattr(self, f) for f in PROBABILITIES if not 0.0 <= getattr(self, f) <= 1.0}
         if bad:
             raise ValueError(f"augmentation probabilities must be in [0, 1], got {bad}")
@@ -361,7 +387,8 @@ class AugmentConfig:
         return cls(patch_size=tuple(int(p) for p in cfg["patch_size"]), foreground_share=float(a["foreground_share"]),
                    flips=bool(a["flips"]), rotation=bool(a["rotation"]),
                    intensity_scale=float(a["intensity_scale"]), intensity_shift=float(a["intensity_shift"]),
-                   xla=bool(a.get("xla", True)), **optional)
+                   xla=bool(a.get("xla", True)), foreground_pick=str(a.get("foreground_pick", "voxel")),
+                   **optional)
 
 
 # nnU-Net's default probabilities (its 3d_fullres recipe; elastic off there too): configs/train/unet3d.py
@@ -391,7 +418,7 @@ def augment(example, seed, aug: AugmentConfig, mask_dtype=tf.float32):
     """
     patch = tuple(int(p) for p in aug.patch_size)
     image, mask = pad_to_patch(example["image"], example["mask"], patch)
-    start = _patch_start(mask, patch, aug.foreground_share, seed)
+    start = _patch_start(mask, patch, aug.foreground_share, seed, aug.foreground_pick)
     flip = _flip_coins(seed + 3) if aug.flips else tf.zeros([3], tf.bool)
     channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[-1]
     if aug.intensity_scale or aug.intensity_shift:

@@ -245,3 +245,41 @@ def test_gamma_is_the_power_of_the_rescaled_channel():
             got = augment_lib._fused("gamma", augment_lib._gamma, tf.constant(image), tf.constant(gamma), xla).numpy()
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
             assert np.isfinite(got).all()
+
+
+def _one_small_class(shape=(48, 48, 48)):
+    """Class 2 fills a large block, class 3 one voxel far from it, class 1 is absent."""
+    classes = np.zeros(shape, int)
+    classes[4:28, 4:28, 4:28] = 2
+    classes[40, 40, 40] = 3
+    mask = (classes[..., None] == np.arange(4)).astype(np.uint8)
+    image = np.ones(shape + (1,), np.float16)
+    return {"image": tf.constant(image), "mask": tf.constant(mask)}
+
+
+@pytest.mark.parametrize("pick", ["voxel", "class"])
+def test_foreground_pick_class_centres_on_a_small_class_as_often_as_on_a_large_one(pick):
+    """nnU-Net's sampling (``class``) draws a present tumour class first: the lone class-3 voxel is the centre
+    of about half the foreground patches; drawing any tumour voxel (``voxel``) almost never centres on it."""
+    example = _one_small_class()
+    aug = augment_lib.AugmentConfig(patch_size=(8, 8, 8), foreground_share=1.0, flips=False, foreground_pick=pick,
+                                    **NO_INTENSITY)
+    hits = 0
+    for i in range(60):
+        _, mask = augment_lib.augment(example, tf.constant([3, i]), aug)
+        hits += int(mask.numpy()[..., 3].sum() > 0)
+    if pick == "class":
+        assert 15 <= hits <= 45  # about 30 of 60, never class 1 (absent)
+    else:
+        assert hits <= 2  # 1 voxel of 13,825
+
+
+def test_foreground_pick_is_checked_and_old_configs_keep_voxel():
+    with pytest.raises(ValueError, match="foreground_pick"):
+        augment_lib.AugmentConfig(patch_size=(8, 8, 8), foreground_pick="region")
+    from configs.train import tiny_cpu
+
+    cfg = tiny_cpu.get_config()
+    assert augment_lib.AugmentConfig.from_config(cfg).foreground_pick == "class"
+    del cfg.augment["foreground_pick"]  # a run configured before the field existed samples as it did
+    assert augment_lib.AugmentConfig.from_config(cfg).foreground_pick == "voxel"
