@@ -75,6 +75,9 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
     cfg.data_dir = tiny_dataset.dataset_dir
     cfg.patch_size = (16, 16, 16)
     cfg.epochs, cfg.steps_per_epoch = 1, 2
+    # a softmax over the classes (tiny_cpu trains regions): the serving and evaluation tests read class
+    # probabilities; region models have their own (tests/trainer/test_regions.py, the bbox_model fixture)
+    cfg.target, cfg.deep_supervision = "classes", False
     workdir = tmp_path_factory.mktemp("run")
     outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None,
                                           after_training=inference_choice.after_training)

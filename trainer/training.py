@@ -84,6 +84,7 @@ def prepare(cfg, workdir: str):
         model_lib.check_patch_size(info.volume_shape, spec.depth)  # validation runs on whole volumes
         data.check_whole_volumes(info, spec.depth)  # records of a shape each (bbox)
         losses.get_loss(cfg["loss"])
+        validation_epochs(cfg["val_every"], cfg["epochs"])
         runtime.check_devices(cfg["require_gpu"])
         runtime.cluster_spec()  # a malformed TF_CONFIG fails here, not after the dataset is opened
     except (data.DatasetError, ValueError, runtime.RuntimeConfigError) as exc:
@@ -232,6 +233,19 @@ def _train_input(cfg, info: data.DatasetInfo, aug: augment_lib.AugmentConfig, fi
     return strategy.distribute_datasets_from_function(per_worker)
 
 
+def validation_epochs(val_every: int, epochs: int) -> list[int]:
+    """The epochs (1-based) that validate: every ``val_every``-th, and always the last.
+
+    The last always does, so a run that validates rarely (whole-volume
+    validation can cost more than the epoch's steps on full-size records)
+    still ends with the validation its summary, best checkpoint and
+    ``history.csv`` report.
+    """
+    if val_every < 1:
+        raise ValueError(f"val_every must be >= 1, got {val_every}")
+    return sorted({e for e in range(val_every, epochs + 1, val_every)} | {epochs})
+
+
 def _channel_names(info: data.DatasetInfo) -> str:
     """'t2f,t1n,t1c,t2w' for a GLI 2024 dataset: the names its user knows from the file names."""
     return ",".join(challenges.get(info.challenge).modality_names(info.channels))
@@ -329,7 +343,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
     history = net.fit(train_ds, epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
                       shuffle=False,  # the stream shuffles itself (data.epoch_records); True only makes Keras warn
                       validation_data=val_ds, validation_steps=_validation_steps(info),
-                      validation_freq=cfg["val_every"], verbose=_verbosity(chief),
+                      validation_freq=validation_epochs(cfg["val_every"], cfg["epochs"]), verbose=_verbosity(chief),
                       callbacks=_callbacks(cfg, scratch, state, echo if chief else (lambda *_: None),
                                            extra_callbacks))
     model_path = _save_final(net, workdir, chief)

@@ -50,7 +50,7 @@ def get_config():
 
     c.augment = ml_collections.ConfigDict()
     c.augment.foreground_share = 0.33  # share of patches centred on tumour
-    c.augment.foreground_pick = "class"  # class: a tumour class drawn first, then its voxel (nnU-Net) | voxel: any
+    c.augment.foreground_pick = "voxel"  # voxel: any tumour voxel | class: a tumour class drawn first (nnU-Net); BUILD_NOTES
     c.augment.flips = True
     c.augment.rotation = False  # random 90-degree axial rotations
     c.augment.intensity_scale = 0.1  # per channel, +-

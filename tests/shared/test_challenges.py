@@ -233,6 +233,7 @@ def test_a_gli_2024_model_has_five_outputs_and_records_its_challenge(tmp_path):
     train_cfg.data_dir = summary.dataset_dir
     train_cfg.patch_size = (16, 16, 16)
     train_cfg.epochs, train_cfg.steps_per_epoch = 1, 1
+    train_cfg.target, train_cfg.deep_supervision = "classes", False  # one softmax output per GLI 2024 class
     outcome = training.train_and_evaluate(train_cfg, str(tmp_path / "run"), echo=lambda *_: None)
     lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
     assert lineage["challenge"] == "brats2024_gli" and lineage["num_classes"] == 5

