@@ -159,7 +159,7 @@ def prepare(args, shape, cpu, wall) -> str:
     common = [f"--shape={args.shape}", f"--challenge={args.challenge}", "--hard"]
     for folder, count, seed in ((cohort, args.patients, args.cohort_seed), (test, args.test_patients,
                                                                            args.cohort_seed + 1)):
-        if args.reuse and os.path.isdir(folder) and len(os.listdir(folder)) == count:
+        if args.reuse and os.path.isdir(folder) and len(patient_folders(folder)) == count:
             log(f"reusing {folder}")
             continue
         shutil.rmtree(folder, ignore_errors=True)
@@ -175,11 +175,15 @@ def prepare(args, shape, cpu, wall) -> str:
     return dataset_dir(args.workdir)
 
 
+def patient_folders(cohort: str) -> list[str]:
+    """A generated cohort's patient folders (not its ``bias_fields`` folder or name mapping)."""
+    return [os.path.join(cohort, name) for name in sorted(os.listdir(cohort))
+            if os.path.isdir(os.path.join(cohort, name)) and name != "bias_fields"]
+
+
 def test_patients(workdir: str) -> str:
-    """The test cohort's patient folders, comma-separated (not the generator's ``bias_fields`` folder)."""
-    test = os.path.join(workdir, "test")
-    return ",".join(os.path.join(test, name) for name in sorted(os.listdir(test))
-                    if os.path.isdir(os.path.join(test, name)) and name != "bias_fields")
+    """The test cohort's patient folders, comma-separated."""
+    return ",".join(patient_folders(os.path.join(workdir, "test")))
 
 
 def predict_and_score(args, run_dir: str, tag: str, cpu, wall, extra: tuple[str, ...] = ()) -> list[dict]:
