@@ -11,7 +11,7 @@ import pytest
 
 from synthetic import cohort as synthetic_data
 from tests.helpers import (  # noqa: F401  (ROOT on sys.path first)
-    TINY_BBOX, TINY_SHAPE, build_stub_model, run_pipeline, write_mixed_cohort)
+    TINY_BBOX, TINY_SHAPE, run_pipeline, write_mixed_cohort, write_stub_run)
 
 
 @pytest.fixture(scope="session")
@@ -91,12 +91,4 @@ def stub_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
     Written through the run contract (tests/serving/test_trained_run.py
     checks that a run folder written by hand, as earlier trainers did, loads too).
     """
-    from shared import manifest as manifest_lib, trained_run
-
-    run = tmp_path_factory.mktemp("stub_run")
-    manifest = manifest_lib.read_manifest(str(tiny_dataset.dataset_dir))
-    trained_run.write_lineage(str(run), trained_run.Lineage(
-        version_id=manifest["version_id"], data_dir=str(tiny_dataset.dataset_dir), preprocess=manifest["config"]))
-    trained_run.write_config(str(run), {"patch_size": [16, 16, 16]})
-    build_stub_model().save(trained_run.model_file(str(run)))
-    return pathlib.Path(trained_run.model_file(str(run)))
+    return pathlib.Path(write_stub_run(tmp_path_factory.mktemp("stub_run"), tiny_dataset.dataset_dir))

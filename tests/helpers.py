@@ -39,6 +39,25 @@ def tiny_config(**overrides) -> dict:
     return override(cfg, overrides).to_dict()
 
 
+def preprocess_volumes(folder, pid: str, volumes: dict, affine, **overrides):
+    """Write ``volumes`` (channel -> array, ``seg`` included) as one BraTS 2020 patient in ``folder`` and run
+    the core on it with :func:`tiny_config` (N4 off unless overridden): the core's result."""
+    from preprocessing.discovery import PatientSource
+    from preprocessing.patient import preprocess
+    from shared import layouts
+    from synthetic import cohort as synthetic_data
+
+    layout = layouts.get_layout("brats2020")
+    folder = pathlib.Path(folder) / pid
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for channel, array in volumes.items():
+        path = folder / layout.expected_name(pid, channel)
+        path.write_bytes(synthetic_data.nifti_bytes(array, affine))
+        files[channel] = str(path)
+    return preprocess(PatientSource(pid, "HGG", files, {}), tiny_config(**{"n4.enabled": False, **overrides}))
+
+
 def run_pipeline(input_dir, output_dir, beam_args=IN_PROCESS, **overrides) -> launch.Summary:
     return launch.run(tiny_config(**overrides), str(input_dir), str(output_dir), list(beam_args), echo=lambda *_: None)
 
@@ -112,3 +131,16 @@ def build_stub_model(channels: int = 4):
     model.get_layer("pos_neg").set_weights([first, np.zeros(2, np.float32)])
     model.get_layer("logits").set_weights([second.reshape(1, 1, 1, 2, 4), np.array([2.0, -20.0, 0.0, -20.0], np.float32)])
     return model
+
+
+def write_stub_run(run, dataset_dir) -> str:
+    """A run folder in ``run`` holding the stub as model.keras, trained 'on' ``dataset_dir`` (its lineage) with
+    16^3 patches, written through the run contract; returns the model's path."""
+    from shared import manifest as manifest_lib, trained_run
+
+    manifest = manifest_lib.read_manifest(str(dataset_dir))
+    trained_run.write_lineage(str(run), trained_run.Lineage(
+        version_id=manifest["version_id"], data_dir=str(dataset_dir), preprocess=manifest["config"]))
+    trained_run.write_config(str(run), {"patch_size": [16, 16, 16]})
+    build_stub_model().save(trained_run.model_file(str(run)))
+    return trained_run.model_file(str(run))

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocessing.discovery import PatientSource
-from preprocessing.patient import LOST_TUMOUR, preprocess
-from shared import labels, layouts, volume_ops
+from preprocessing.patient import LOST_TUMOUR
+from shared import labels, volume_ops
 from synthetic import cohort as synthetic_data
-from tests.helpers import tiny_config
+from tests.helpers import preprocess_volumes
 
 PID = "BraTS20_Training_001"
 BBOX = {"crop.mode": "bbox", "crop.margin": 3, "crop.multiple": 8, "crop.min_size": (8, 8, 8)}
@@ -38,15 +37,7 @@ def _edge_tumour_head(shape=(48, 48, 40), roll=6, seed=3):
 
 
 def _run(tmp_path, volumes, affine, **overrides):
-    layout = layouts.get_layout("brats2020")
-    folder = tmp_path / PID
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for channel, array in volumes.items():
-        path = folder / layout.expected_name(PID, channel)
-        path.write_bytes(synthetic_data.nifti_bytes(array, affine))
-        files[channel] = str(path)
-    return preprocess(PatientSource(PID, "HGG", files, {}), tiny_config(**{"n4.enabled": False, **overrides}))
+    return preprocess_volumes(tmp_path, PID, volumes, affine, **overrides)
 
 
 def _expected_shape(volumes, margin=3, multiple=8):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocessing.discovery import PatientSource
-from preprocessing.patient import LOST_TUMOUR, preprocess
-from shared import labels, layouts, volume_ops
+from preprocessing.patient import LOST_TUMOUR
+from shared import labels, volume_ops
 from shared.spec import PreprocessingSpec
 from synthetic import cohort as synthetic_data
-from tests.helpers import tiny_config
+from tests.helpers import preprocess_volumes, tiny_config
 
 PID = "BraTS20_Training_001"
 SHAPE = (48, 48, 40)
@@ -36,15 +35,7 @@ def _shifted_head():
 
 
 def _run(tmp_path, volumes, affine, **overrides):
-    layout = layouts.get_layout("brats2020")
-    folder = tmp_path / PID
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for channel, array in volumes.items():
-        path = folder / layout.expected_name(PID, channel)
-        path.write_bytes(synthetic_data.nifti_bytes(array, affine))
-        files[channel] = str(path)
-    return preprocess(PatientSource(PID, "HGG", files, {}), tiny_config(**{"n4.enabled": False, **overrides}))
+    return preprocess_volumes(tmp_path, PID, volumes, affine, **overrides)
 
 
 def test_the_brain_crop_keeps_a_tumour_at_the_edge_and_inverts(tmp_path):

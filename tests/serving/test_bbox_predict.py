@@ -14,20 +14,14 @@ import numpy as np
 import pytest
 
 from serving import inputs, prediction, predictor as predictor_lib
-from shared import manifest as manifest_lib, trained_run, volume_ops
-from tests.helpers import MIXED_SHAPES, build_stub_model, stub_classes
+from shared import volume_ops
+from tests.helpers import MIXED_SHAPES, stub_classes, write_stub_run
 
 
 @pytest.fixture(scope="module")
 def bbox_stub(bbox_dataset, tmp_path_factory):
     """The stub model as a run trained 'on' the bbox dataset with 16^3 patches."""
-    run = tmp_path_factory.mktemp("bbox_stub_run")
-    manifest = manifest_lib.read_manifest(str(bbox_dataset.dataset_dir))
-    trained_run.write_lineage(str(run), trained_run.Lineage(
-        version_id=manifest["version_id"], data_dir=str(bbox_dataset.dataset_dir), preprocess=manifest["config"]))
-    trained_run.write_config(str(run), {"patch_size": [16, 16, 16]})
-    build_stub_model().save(trained_run.model_file(str(run)))
-    return trained_run.model_file(str(run))
+    return write_stub_run(tmp_path_factory.mktemp("bbox_stub_run"), bbox_dataset.dataset_dir)
 
 
 def _patients(cohort):
