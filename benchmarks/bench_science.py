@@ -118,7 +118,7 @@ def parse_args(argv=None):
     parser.add_argument("--test_patients", type=int, default=6, help="held-out test cohort (another seed)")
     parser.add_argument("--shape", default="240,240,155")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
-    parser.add_argument("--steps", default="8x25", help="EPOCHSxSTEPS of the tiny_cpu recipe")
+    parser.add_argument("--steps", default="8x100", help="EPOCHSxSTEPS of the tiny_cpu recipe (its own default)")
     parser.add_argument("--cohort_seed", type=int, default=2301, help="generator seed (not one anything was tuned on)")
     parser.add_argument("--crop_size", default="", help="record shape X,Y,Z (default: see crop_size())")
     parser.add_argument("--challenge", default="brats2020")
