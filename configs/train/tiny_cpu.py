@@ -4,7 +4,7 @@ r"""A tiny U-Net that trains on CPU in minutes (demo, tests and benchmarks/bench
         --config.data_dir=demo_data/datasets/synthetic/<version_id>
 
 The recipe was chosen on a hard synthetic cohort at 240x240x155 (BUILD_NOTES.md,
-"A recipe that holds on hard cases"), within the CPU time the earlier recipe
+"A recipe for hard cases"), within the CPU time the earlier recipe
 (softmax classes, 8x25 steps, whole-volume validation every epoch) took there:
 nnU-Net's region targets (WT/TC/ET sigmoids) with deep supervision, and the
 time whole-volume validation took every epoch spent on 4x the steps instead
