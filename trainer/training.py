@@ -303,7 +303,7 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
     info, spec = prepare(cfg, workdir)
     chief = runtime.is_chief()
     scratch = _scratch(workdir, chief)
-    tf.io.gfile.makedirs(workdir)
+    tf.io.gfile.makedirs(scratch)  # the workdir, or a worker's own folder: its history.csv opens in on_train_begin
     lineage = _check_lineage(workdir, info, cfg)
     state = _resume_point(cfg, workdir, scratch, echo if chief else (lambda *_: None))
     if state is None:
