@@ -257,7 +257,7 @@ BRAIN_BOX = {"mode": "brain", "size": (160, 192, 160)}
 # Every challenge's default: the brain's bounding box + 8 voxels, each axis a multiple of 16, a shape per
 # patient, as nnU-Net crops (keeps every tumour voxel in the brain; the seeds' box cut tumour at the brain's
 # edge in about half of a hard cohort's patients).  configs/preprocess/default.py says why these numbers.
-_BBOX = {"mode": "bbox", "margin": 8, "multiple": 16, "min_size": (64, 64, 64)}
+BBOX_CROP = {"mode": "bbox", "margin": 8, "multiple": 16, "min_size": (64, 64, 64)}
 
 
 def _lesions(dilation: int, min_volume_mm3: float, regions) -> dict[str, LesionRule]:
@@ -280,7 +280,7 @@ _ENTRIES = (
                       misnamed_seg_globs=("*_Segm.nii", "*_Segm.nii.gz", "*seg*.nii*")),
         label_convention="brats2020", labels=_GLIOMA_2020,
         regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
-        grid=SRI24, crop=_BBOX,
+        grid=SRI24, crop=BBOX_CROP,
     ),
     Challenge(
         name="brats2021", title="BraTS 2021 (adult glioma)",
@@ -288,19 +288,19 @@ _ENTRIES = (
                       id_format="BraTS2021_{index:05d}"),
         label_convention="brats2020", labels=_GLIOMA_2020,
         regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
-        grid=SRI24, crop=_BBOX,
+        grid=SRI24, crop=BBOX_CROP,
     ),
     Challenge(
         name="brats2023_gli", title="BraTS 2023 GLI (adult glioma, pre-treatment)",
         naming=_modern("GLI"), label_convention="brats2023", labels=_GLIOMA_2023,
-        regions=_WT_TC_ET_2023, grid=SRI24, crop=_BBOX,
+        regions=_WT_TC_ET_2023, grid=SRI24, crop=BBOX_CROP,
         lesion_rules=_lesions(3, 50, ("WT", "TC", "ET")), lesion_penalty_mm=374,
     ),
     Challenge(
         name="brats2024_gli", title="BraTS 2024/2025 GLI (adult glioma, post-treatment)",
         naming=_modern("GLI", "100"), label_convention="brats2024_post", labels=_POST_TREATMENT,
         regions={**_WT_TC_ET_2023, "NETC": (1,), "SNFH": (2,), "RC": (4,)},
-        grid=MNI152, crop=_BBOX,
+        grid=MNI152, crop=BBOX_CROP,
         lesion_rules={**_lesions(3, 20, ("WT", "TC", "SNFH")), "ET": LesionRule(3, 10),
                       **_lesions(5, 20, ("NETC", "RC"))},
         lesion_penalty_mm=337,
@@ -311,14 +311,14 @@ _ENTRIES = (
     Challenge(
         name="brats2024_ssa", title="BraTS-Africa (SSA, adult glioma)",
         naming=_modern("SSA"), label_convention="brats2023", labels=_GLIOMA_2023,
-        regions=_WT_TC_ET_2023, grid=SRI24, crop=_BBOX,
+        regions=_WT_TC_ET_2023, grid=SRI24, crop=BBOX_CROP,
         lesion_rules=_lesions(3, 50, ("WT", "TC", "ET")), lesion_penalty_mm=374,
         lesion_joins=(LesionJoin("ET", ("NETC",), LesionRule(3, 50)),),
     ),
     Challenge(
         name="brats2023_men", title="BraTS MEN (pre-operative meningioma)",
         naming=_modern("MEN"), label_convention="brats2023", labels=_GLIOMA_2023,
-        regions=_WT_TC_ET_2023, grid=SRI24, crop=_BBOX,
+        regions=_WT_TC_ET_2023, grid=SRI24, crop=BBOX_CROP,
         lesion_rules=_lesions(1, 50, ("WT", "TC", "ET")), lesion_penalty_mm=374,
     ),
     Challenge(
@@ -326,7 +326,7 @@ _ENTRIES = (
         naming=Naming(patient_dir=r"BraTS-MEN-RT-\d{4}-\d", separator="_", tokens={"t1ce": "t1c", "seg": "gtv"},
                       id_format="BraTS-MEN-RT-{index:04d}-1"),
         label_convention="brats_gtv", labels=_GTV, regions={"GTV": (1,)},
-        grid=NATIVE, crop=_BBOX,
+        grid=NATIVE, crop=BBOX_CROP,
         lesion_rules=_lesions(1, 50, ("GTV",)), lesion_penalty_mm=PENALTY_DIAGONAL, lesion_prediction_unit="mm3",
         notes="native space: scans of any shape and spacing; preprocess with resample on. Lesion penalty: "
               "the volume's diagonal in voxels (BraTS-2024-Metrics metrics_MEN_RT.py, July 2024)",
@@ -334,14 +334,14 @@ _ENTRIES = (
     Challenge(
         name="brats2024_met", title="BraTS 2023/2024 MET (brain metastases)",
         naming=_modern("MET"), label_convention="brats2023", labels=_GLIOMA_2023,
-        regions=_WT_TC_ET_2023, grid=SRI24, crop=_BBOX,
+        regions=_WT_TC_ET_2023, grid=SRI24, crop=BBOX_CROP,
         lesion_rules=_lesions(1, 2, ("WT", "TC", "ET")), lesion_penalty_mm=374,
         lesion_joins=(LesionJoin("ET", ("NETC",), LesionRule(1, 2)),),
     ),
     Challenge(
         name="brats2025_met", title="BraTS 2025 MET (brain metastases, with resection cavity)",
         naming=_modern("MET"), label_convention="brats2024_post", labels=_POST_TREATMENT,
-        regions={**_WT_TC_ET_2023, "RC": (4,)}, grid=SRI24, crop=_BBOX,
+        regions={**_WT_TC_ET_2023, "RC": (4,)}, grid=SRI24, crop=BBOX_CROP,
         lesion_rules=_lesions(1, 2, ("WT", "TC", "ET", "RC")), lesion_penalty_mm=PENALTY_DIAGONAL,
         lesion_joins=(LesionJoin("ET", ("NETC",), LesionRule(1, 2)),),
         notes="2025 additions are in native space co-registered to T1c: preprocess those with resample on. "
@@ -351,13 +351,13 @@ _ENTRIES = (
         name="brats2024_ped", title="BraTS 2024 PED (paediatric tumours)",
         naming=_modern("PED"), label_convention="brats2024_ped", labels=_PED_2024,
         regions={"WT": (1, 2, 3, 4), "TC": (1, 2, 3), "ET": (1,), "NETC": (2,), "CC": (3,), "ED": (4,)},
-        grid=SRI24, crop=_BBOX,
+        grid=SRI24, crop=BBOX_CROP,
         lesion_rules=_lesions(5, 10, ("WT", "TC", "ET", "NETC", "CC", "ED")), lesion_penalty_mm=374,
     ),
     Challenge(
         name="brats2024_goat", title="BraTS GoAT (generalisability across tumours)",
         naming=_modern("GoAT"), label_convention="brats2023", labels=_GLIOMA_2023,
-        regions=_WT_TC_ET_2023, grid=SRI24, crop=_BBOX,
+        regions=_WT_TC_ET_2023, grid=SRI24, crop=BBOX_CROP,
         lesion_rules=_lesions(3, 50, ("WT", "TC", "ET")), lesion_penalty_mm=374,
     ),
 )

@@ -21,8 +21,9 @@ from shared.manifest import DEFAULT_COMPRESSION, check_compression
 #: recipe); centered: the same box as brain, under the name datasets made before it had.
 CROP_MODES = ("bbox", "brain", "fixed", "centered")
 
-#: ``bbox`` fields a config made before they existed lacks (configs/preprocess/default.py says why these).
-BBOX_DEFAULTS = {"margin": 8, "multiple": 16, "min_size": (64, 64, 64)}
+#: ``bbox`` fields a hand-written config may leave out: the registry's default crop (configs/preprocess/default.py
+#: says why these values).
+BBOX_DEFAULTS = {k: v for k, v in challenges.BBOX_CROP.items() if k != "mode"}
 #: Bound of a native-space (resampled to 1 mm) scan's extent per axis, for the record-size estimate: a
 #: head fits in 256 mm.
 NATIVE_EXTENT = (256, 256, 256)

@@ -5,6 +5,7 @@ Fixtures are in ``tests/conftest.py``; tests import these names from here.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import sys
 
@@ -144,3 +145,20 @@ def write_stub_run(run, dataset_dir) -> str:
     trained_run.write_config(str(run), {"patch_size": [16, 16, 16]})
     build_stub_model().save(trained_run.model_file(str(run)))
     return trained_run.model_file(str(run))
+
+
+@contextlib.contextmanager
+def local_dask_client():
+    """A fresh 2-worker Dask LocalCluster on 127.0.0.1 (skips without ``distributed``), always closed."""
+    import pytest
+
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -10,6 +10,8 @@ Every field except ``runtime`` enters the dataset's version id.
 
 import ml_collections
 
+from shared import challenges
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -57,12 +59,13 @@ def get_config():
     # fixed: `box` on the source grid, the seeds' 144^3 box, which cuts tumour at
     # the brain's edge (--config.crop.mode=fixed reproduces the seeds).
     c.crop = ml_collections.ConfigDict()
+    # The values are the registry's (shared/challenges.py), defined there once.
     c.crop.mode = "bbox"  # bbox | brain | fixed | centered (= brain, the older name)
-    c.crop.margin = 8  # voxels around the brain's bounding box (mode bbox)
-    c.crop.multiple = 16  # every record dim a multiple of it (mode bbox)
-    c.crop.min_size = (64, 64, 64)  # smallest record shape (mode bbox)
-    c.crop.box = ((48, 192), (48, 192), (5, 149))  # the seeds' 144^3 box on 240x240x155 (mode fixed)
-    c.crop.size = (160, 192, 160)  # the record shape (modes brain and centered)
+    c.crop.margin = challenges.BBOX_CROP["margin"]  # 8 voxels around the brain's bounding box (mode bbox)
+    c.crop.multiple = challenges.BBOX_CROP["multiple"]  # 16: every record dim a multiple of it (mode bbox)
+    c.crop.min_size = challenges.BBOX_CROP["min_size"]  # 64^3: smallest record shape (mode bbox)
+    c.crop.box = challenges.SEED_BOX["box"]  # the seeds' 48:192 x 48:192 x 5:149 on 240x240x155 (mode fixed)
+    c.crop.size = challenges.BRAIN_BOX["size"]  # 160x192x160: the record shape (modes brain and centered)
 
     c.split = ml_collections.ConfigDict()
     c.split.val_fraction = 0.2

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.helpers import MULTI_PROCESS, run_pipeline
+from tests.helpers import MULTI_PROCESS, local_dask_client, run_pipeline
 
 OUTPUTS = ("manifest.json", "errors.jsonl")
 
@@ -108,16 +108,8 @@ def test_fnapi_multi_process_survives_a_killed_worker(tiny_cohort, tiny_dataset,
 @pytest.fixture
 def dask_cluster():
     """A fresh 2-worker LocalCluster on 127.0.0.1 for one test, always closed."""
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
-    client = distributed.Client(cluster)
-    try:
+    with local_dask_client() as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def test_dask_survives_a_killed_worker(tiny_cohort, tiny_dataset, dask_cluster, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from beam_pipeline import launch
 from synthetic import cohort as synthetic_data
-from tests.helpers import IN_PROCESS, MULTI_PROCESS, TINY_SHAPE, run_pipeline
+from tests.helpers import IN_PROCESS, MULTI_PROCESS, TINY_SHAPE, local_dask_client, run_pipeline
 
 OUTPUTS = ("manifest.json", "errors.jsonl")
 
@@ -44,16 +44,8 @@ def reference(mixed_cohort, tmp_path_factory) -> launch.Summary:
 
 @pytest.fixture(scope="module")
 def dask_address():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
-    client = distributed.Client(cluster)
-    try:
+    with local_dask_client() as client:
         yield client.scheduler.address
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _files(dataset_dir: str) -> dict[str, bytes]:
