@@ -7,6 +7,8 @@ and uint8 masks from the TFRecords must not be multiplied as integers.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
@@ -20,7 +22,29 @@ def _as_float32(y_true, y_pred):
     return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
 
 
+def _zero_for_an_empty_batch(loss):
+    """``loss``, or 0 where the batch is empty, without looking at the predictions.
+
+    Under MultiWorkerMirroredStrategy a replica with no validation patient
+    left scores an empty batch.  TensorFlow's CPU conv3d returns its input
+    for an empty batch, so the U-Net's "probabilities" there have the last
+    hidden layer's channel count, and any loss of them fails on shapes
+    (or is NaN: a mean over nothing).  Nothing was seen, so nothing is lost.
+    """
+
+    @functools.wraps(loss)
+    def guarded(y_true, y_pred, *args, **kwargs):
+        batch = ops.shape(y_true)[0]
+        if isinstance(batch, int):  # a static batch size (JAX, eager): decide here
+            return loss(y_true, y_pred, *args, **kwargs) if batch else ops.zeros((), "float32")
+        return ops.cond(batch > 0, lambda: ops.cast(loss(y_true, y_pred, *args, **kwargs), "float32"),
+                        lambda: ops.zeros((), "float32"))
+
+    return guarded
+
+
 @_serializable
+@_zero_for_an_empty_batch
 def soft_dice_loss(y_true, y_pred, smooth: float = 1e-5, include_background: bool = False):
     """1 - mean over classes of the soft Dice, pooled over batch and space.
 
@@ -39,6 +63,7 @@ def soft_dice_loss(y_true, y_pred, smooth: float = 1e-5, include_background: boo
 
 
 @_serializable
+@_zero_for_an_empty_batch
 def cross_entropy_loss(y_true, y_pred):
     """Categorical cross-entropy on probabilities, mean over voxels.
 
@@ -51,6 +76,7 @@ def cross_entropy_loss(y_true, y_pred):
 
 
 @_serializable
+@_zero_for_an_empty_batch
 def dice_ce_loss(y_true, y_pred):
     """Dice + CE (the default): Dice handles imbalance, CE gives smooth early gradients."""
     return soft_dice_loss(y_true, y_pred) + cross_entropy_loss(y_true, y_pred)
@@ -86,6 +112,9 @@ class RegionLoss(keras.losses.Loss):
         self.dice, self.bce = bool(dice), bool(bce)
 
     def call(self, y_true, y_pred):
+        return _zero_for_an_empty_batch(self._region_loss)(y_true, y_pred)
+
+    def _region_loss(self, y_true, y_pred):
         y_true, y_pred = _as_float32(y_true, y_pred)
         targets = _region_targets(y_true, self.membership)
         total = 0.0

@@ -8,6 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs.train import tiny_cpu
 from evaluation import scoring
@@ -55,6 +56,22 @@ def test_region_loss_is_low_for_the_truths_regions_and_high_for_their_complement
     assert float(loss(y, 1.0 - right)) > 2.0
     with pytest.raises(ValueError, match="unknown loss"):
         losses.region_loss("focal", d.membership().tolist())
+
+
+@pytest.mark.parametrize("name", ["class_dice_ce", "class_ce", "class_dice", "region_dice_ce"])
+def test_every_loss_of_an_empty_batch_is_zero(name):
+    # A replica whose share of the validation split ran out (MultiWorkerMirroredStrategy) scores an empty
+    # batch, and TensorFlow's CPU conv3d returns its input there: the U-Net's output has the last hidden
+    # layer's 8 channels.  The loss must be 0, not a shape error or a NaN that poisons the epoch's val_loss.
+    membership = regions.decoding(challenges.get("brats2020")).membership().tolist()
+    loss = (losses.region_loss("dice_ce", membership) if name.startswith("region")
+            else losses.get_loss(name.removeprefix("class_")))
+    run = tf.function(lambda y, p: loss(y, p), input_signature=[tf.TensorSpec([None, None, None, None, 4]),
+                                                                tf.TensorSpec([None, None, None, None, None])])
+    assert float(run(tf.zeros((0, 40, 48, 48, 4)), tf.zeros((0, 40, 48, 48, 8)))) == 0.0
+    y = _one_hot(np.random.default_rng(2).integers(0, 4, size=(1, 8, 8, 8)), 4)
+    right = regions.decoding(challenges.get("brats2020")).to_regions(y.argmax(-1)) if name.startswith("region") else y
+    assert 0.0 <= float(run(y, right.astype(np.float32))) < 1e-3  # a batch with a patient is scored as before
 
 
 def test_sigmoid_region_dice_thresholds_each_channel():

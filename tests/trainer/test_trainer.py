@@ -44,6 +44,16 @@ def test_validation_stream_parses_the_records_the_pipeline_wrote(tiny_dataset):
     np.testing.assert_array_equal(mask[0].numpy(), record.mask.astype(np.float32))
 
 
+def test_validation_batches_state_their_channels_and_classes(tiny_dataset):
+    # Under MultiWorkerMirroredStrategy a worker whose share of the split has run out gets an empty batch
+    # built from this spec, unknown dims as 0: an unknown class count made it (0, 0, 0, 0, 0) and the
+    # region loss's class->region product failed on the other worker's shapes.
+    info = data.open_dataset(tiny_dataset.dataset_dir)
+    image_spec, mask_spec = data.val_dataset(info).element_spec
+    assert image_spec.shape[-1] == len(info.channels) and mask_spec.shape[-1] == info.num_classes
+    assert image_spec.dtype == mask_spec.dtype == tf.float32
+
+
 def test_augmentation_keeps_image_and_mask_aligned():
     rng = np.random.default_rng(0)
     classes = rng.integers(0, 4, size=(24, 20, 28))
