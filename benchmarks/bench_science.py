@@ -118,7 +118,7 @@ def parse_args(argv=None):
     parser.add_argument("--test_patients", type=int, default=6, help="held-out test cohort (another seed)")
     parser.add_argument("--shape", default="240,240,155")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
-    parser.add_argument("--steps", default="8x100", help="EPOCHSxSTEPS of the tiny_cpu recipe (its own default)")
+    parser.add_argument("--steps", default="", help="EPOCHSxSTEPS for the tiny_cpu recipe (default: its own)")
     parser.add_argument("--cohort_seed", type=int, default=2301, help="generator seed (not one anything was tuned on)")
     parser.add_argument("--crop_size", default="", help="record shape X,Y,Z (default: see crop_size())")
     parser.add_argument("--challenge", default="brats2020")
@@ -201,17 +201,23 @@ def predict_and_score(args, run_dir: str, tag: str, cpu, wall, extra: tuple[str,
     return merge_lesion_f1(read_scores(scored), read_scores(f"{scored}_lesions"))
 
 
+def _steps_flags(steps: str) -> list[str]:
+    """``--steps=EPOCHSxSTEPS`` as trainer flags; none (the recipe's own) when empty."""
+    if not steps:
+        return []
+    epochs, per_epoch = (int(v) for v in steps.lower().split("x"))
+    return [f"--config.epochs={epochs}", f"--config.steps_per_epoch={per_epoch}"]
+
+
 def one_seed(args, seed: int, data_dir: str, cpu, wall) -> tuple[list[dict], list[dict], dict]:
     """Train, predict the test cohort with the run's defaults, score in source space: the per-patient rows,
     and the same without post-processing when ``--ablate_postprocessing`` asks (else empty)."""
-    epochs, steps = (int(v) for v in args.steps.lower().split("x"))
     tag = f"{args.label}_{seed}" if args.label else str(seed)
     run_dir = os.path.join(args.workdir, f"run_{tag}")
     shutil.rmtree(run_dir, ignore_errors=True)
     run("train", ["trainer.train", f"--config={os.path.join(REPO, 'configs/train/tiny_cpu.py')}",
-                  f"--workdir={run_dir}", f"--data_dir={data_dir}", f"--config.seed={seed}",
-                  f"--config.epochs={epochs}", f"--config.steps_per_epoch={steps}"]
-        + shlex.split(args.train_flags), cpu, wall)
+                  f"--workdir={run_dir}", f"--data_dir={data_dir}", f"--config.seed={seed}"]
+        + _steps_flags(args.steps) + shlex.split(args.train_flags), cpu, wall)
     rows = predict_and_score(args, run_dir, tag, cpu, wall)
     first = seed == int(args.seeds.split(",")[0])
     raw = (predict_and_score(args, run_dir, f"{tag}_nopost", {}, {}, ("--postprocessing=none",))

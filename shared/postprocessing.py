@@ -1,6 +1,6 @@
 """Post-processing of predicted class volumes, chosen on cross-validation folds as nnU-Net does.
 
-Two kinds of rule, each a small JSON-able dict so a run can store the ones
+Three kinds of rule, each a small JSON-able dict so a run can store the ones
 it chose (``postprocessing.json``, :data:`shared.trained_run.POSTPROCESSING_FILE`) and prediction
 can repeat them:
 
@@ -15,6 +15,11 @@ can repeat them:
   component of the region (the rest becomes background);
   ``{"rule": "drop_small", "region": "WT", "min_voxels": N}`` drops its
   components below N voxels.  Against false positives far from the tumour.
+* ``{"rule": "fill_core"}``: voxels the predicted tumour core (TC) encloses
+  in 3D become its core label (NCR / NETC).  Not an nnU-Net rule: a glioma's
+  necrosis lies inside its enhancing rim, and a small-patch model that sees
+  the rim but not the whole core calls the inside oedema.  Only for the
+  challenges the ET rule applies to, and only kept where validation gains.
 
 Components are 26-connected (faces, edges and corners), so one tumour is not
 cut into pieces by a diagonal step.  Voxel counts are on the grid the rules
@@ -22,7 +27,7 @@ were chosen on: the model's cropped (preprocessed) grid, where prediction
 applies them too.
 
 :func:`choose` picks, greedily and one kind after another (components first,
-then ET), the rule that raises the mean per-patient Dice (mean over the
+then the core filling, then ET), the rule that raises the mean per-patient Dice (mean over the
 challenge's regions) over the folds' validation predictions, and keeps none
 of a kind unless it improves on what was chosen before.
 """
@@ -39,7 +44,7 @@ from scipy import ndimage
 from shared import challenges as challenges_lib
 from shared.challenges import Challenge
 
-RULES = ("et_to_core", "keep_largest", "drop_small")
+RULES = ("et_to_core", "keep_largest", "drop_small", "fill_core")
 CORE_KEYS = ("NCR", "NETC")  # labels ET is relabelled to
 ET_THRESHOLDS = (50, 100, 200, 300, 500, 750, 1000)  # voxels; nnU-Net's BraTS submissions used 500 at 1 mm
 COMPONENT_SIZES = (10, 50, 100, 250, 500, 1000)  # voxels
@@ -75,8 +80,8 @@ def check_rules(rules: Sequence[dict], challenge: Challenge) -> list[dict]:
         name = rule.get("rule") if isinstance(rule, dict) else None
         if name not in RULES:
             raise ValueError(f"unknown post-processing rule {rule!r}; known: {', '.join(RULES)}")
-        if name == "et_to_core" and core_class(challenge) is None:
-            raise ValueError(f"rule et_to_core does not apply to {challenge.name}: it has no enhancing tumour "
+        if name in ("et_to_core", "fill_core") and core_class(challenge) is None:
+            raise ValueError(f"rule {name} does not apply to {challenge.name}: it has no enhancing tumour "
                              "inside a tumour core with a necrotic / non-enhancing label")
         if name in ("keep_largest", "drop_small") and rule.get("region") not in challenge.regions:
             raise ValueError(f"rule {name}: {challenge.name} has no region {rule.get('region')!r}; "
@@ -103,6 +108,8 @@ def _apply_one(classes: np.ndarray, challenge: Challenge, rule: dict) -> np.ndar
             classes = classes.copy()
             classes[et_voxels] = core
         return classes
+    if name == "fill_core":
+        return _fill_core(classes, challenge)
     mask = _region_mask(classes, challenge, rule["region"])
     components, n = ndimage.label(mask, structure=_CONNECTIVITY)
     if n == 0:
@@ -118,6 +125,17 @@ def _apply_one(classes: np.ndarray, challenge: Challenge, rule: dict) -> np.ndar
         return classes
     classes = classes.copy()
     classes[drop] = 0
+    return classes
+
+
+def _fill_core(classes: np.ndarray, challenge: Challenge) -> np.ndarray:
+    """The voxels the tumour core encloses (holes through which no 6-connected path leaves it) as core."""
+    core = _region_mask(classes, challenge, "TC")
+    holes = ndimage.binary_fill_holes(core) & ~core
+    if not holes.any():
+        return classes
+    classes = classes.copy()
+    classes[holes] = core_class(challenge)[1]
     return classes
 
 
@@ -162,6 +180,7 @@ def candidates(challenge: Challenge, et_thresholds=ET_THRESHOLDS,
     kinds = [[{"rule": "keep_largest", "region": region}]
              + [{"rule": "drop_small", "region": region, "min_voxels": int(n)} for n in component_sizes]]
     if core_class(challenge) is not None:
+        kinds.append([{"rule": "fill_core"}])
         kinds.append([{"rule": "et_to_core", "max_voxels": int(n)} for n in et_thresholds])
     return kinds
 

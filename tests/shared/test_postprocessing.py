@@ -109,3 +109,43 @@ def test_rules_chosen_for_another_challenge_are_refused(tmp_path):
     post.save(str(tmp_path / "p.json"), choice)
     with pytest.raises(ValueError, match="chosen for brats2020, not brats2024_men_rt"):
         post.load(str(tmp_path / "p.json"), MEN_RT)
+
+
+def _ringed(inside: int, open_wall: bool = False):
+    """An oedema cube around a closed shell of enhancing tumour whose inside is class ``inside``
+    (``open_wall``: one face of the shell has a gap, so the inside reaches the oedema)."""
+    classes = np.zeros((30, 30, 30), np.uint8)
+    classes[4:26, 4:26, 4:26] = 2
+    classes[8:22, 8:22, 8:22] = 3
+    classes[10:20, 10:20, 10:20] = inside
+    if open_wall:
+        classes[8:10, 14, 14] = 2
+    return classes
+
+
+def test_fill_core_gives_what_the_core_encloses_to_the_core_label():
+    pred = _ringed(inside=2)  # necrosis inside the enhancing rim predicted as oedema
+    out = post.apply(pred, GLI2020, [{"rule": "fill_core"}])
+    np.testing.assert_array_equal(out, _ringed(inside=1))
+    assert (pred[10:20, 10:20, 10:20] == 2).all(), "the input is not modified"
+    # an enclosed hole of background too (then the whole tumour grows by it)
+    np.testing.assert_array_equal(post.apply(_ringed(inside=0), GLI2020, [{"rule": "fill_core"}]), _ringed(inside=1))
+    # a rim with a gap encloses nothing
+    gap = _ringed(inside=2, open_wall=True)
+    np.testing.assert_array_equal(post.apply(gap, GLI2020, [{"rule": "fill_core"}]), gap)
+    # PED: the core label is NETC (class 2) and ET class 1
+    ped = np.where(pred == 3, 1, np.where(pred == 2, 4, pred)).astype(np.uint8)
+    assert (post.apply(ped, PED, [{"rule": "fill_core"}])[10:20, 10:20, 10:20] == 2).all()
+
+
+def test_choose_fills_the_core_only_where_validation_truths_say_necrosis():
+    necrotic = [(_ringed(inside=2), _ringed(inside=1))]
+    assert post.choose(necrotic, GLI2020, et_thresholds=(5,), component_sizes=(5,)).rules == [{"rule": "fill_core"}]
+    oedema_inside = [(_ringed(inside=2), _ringed(inside=2))]
+    assert post.choose(oedema_inside, GLI2020, et_thresholds=(5,), component_sizes=(5,)).rules == []
+
+
+def test_fill_core_needs_a_core_label():
+    assert all(rule["rule"] != "fill_core" for kind in post.candidates(MEN_RT) for rule in kind)
+    with pytest.raises(ValueError, match="fill_core does not apply to brats2024_men_rt"):
+        post.apply(np.zeros((4, 4, 4), np.uint8), MEN_RT, [{"rule": "fill_core"}])
