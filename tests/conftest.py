@@ -78,6 +78,7 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
     # a softmax over the classes (tiny_cpu trains regions): the serving and evaluation tests read class
     # probabilities; region models have their own (tests/trainer/test_regions.py, the bbox_model fixture)
     cfg.target, cfg.deep_supervision = "classes", False
+    cfg.inference_choice.tta = "none,all"  # the general default (tiny_cpu skips TTA): its choice is tested on this run
     workdir = tmp_path_factory.mktemp("run")
     outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None,
                                           after_training=inference_choice.after_training)
