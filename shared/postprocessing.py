@@ -177,8 +177,9 @@ def candidates(challenge: Challenge, et_thresholds=ET_THRESHOLDS,
                component_sizes=COMPONENT_SIZES) -> list[list[dict]]:
     """The kinds of rule to try, in order; each kind a list of alternatives (at most one is kept)."""
     region = whole_region(challenge)
-    kinds = [[{"rule": "keep_largest", "region": region}]
-             + [{"rule": "drop_small", "region": region, "min_voxels": int(n)} for n in component_sizes]]
+    # least removed first, so a tie goes to it: keep-largest would also delete a true second tumour
+    kinds = [[{"rule": "drop_small", "region": region, "min_voxels": int(n)} for n in sorted(component_sizes)]
+             + [{"rule": "keep_largest", "region": region}]]
     if core_class(challenge) is not None:
         kinds.append([{"rule": "fill_core"}])
         kinds.append([{"rule": "et_to_core", "max_voxels": int(n)} for n in et_thresholds])
@@ -191,7 +192,10 @@ def choose(cases: Iterable[tuple[np.ndarray, np.ndarray]], challenge: Challenge,
 
     ``cases`` is read once per kind of rule, so it may be a re-iterable that
     loads the volumes lazily.  A rule is kept only if it strictly improves the
-    mean: on a tie, the prediction stays as the network made it.
+    mean: on a tie, the prediction stays as the network made it.  Among rules
+    of a kind that tie, the one listed first in :func:`candidates` wins: for
+    components the one that removes least (validation patients with a single
+    tumour cannot tell dropping specks from dropping a second tumour).
     """
     kinds = candidates(challenge, et_thresholds, component_sizes)
     chosen: list[dict] = []

@@ -149,3 +149,13 @@ def test_fill_core_needs_a_core_label():
     assert all(rule["rule"] != "fill_core" for kind in post.candidates(MEN_RT) for rule in kind)
     with pytest.raises(ValueError, match="fill_core does not apply to brats2024_men_rt"):
         post.apply(np.zeros((4, 4, 4), np.uint8), MEN_RT, [{"rule": "fill_core"}])
+
+
+def test_of_component_rules_that_tie_the_one_that_removes_least_is_kept():
+    # one true tumour and an 8-voxel speck: dropping components under 10 voxels and keeping the largest both
+    # score 1.0 here, but only the first would spare a second tumour that this validation patient lacks
+    truth = _tumour()
+    pred = truth.copy()
+    pred[26:28, 26:28, 26:28] = 2
+    choice = post.choose([(pred, truth)], GLI2020, et_thresholds=(10,), component_sizes=(100, 10))
+    assert choice.rules == [{"rule": "drop_small", "region": "WT", "min_voxels": 10}]
