@@ -315,13 +315,13 @@ def val_dataset(info: DatasetInfo, batch_size: int = 1) -> tf.data.Dataset:
     files = info.val_files or info.train_files
     ds = tf.data.TFRecordDataset(list(files), compression_type=manifest_lib.tf_compression_type(info.compression))
     ds = _only_patients(ds, info.val_patients)
+    # parsed with the version's static channel and class counts: under MultiWorkerMirroredStrategy a replica
+    # with no patient left gets an empty batch built from this spec
     ds = ds.map(lambda r: _image_mask(_parse_stored(info, r)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _image_mask(example):
-    """float32 (image, mask) with the version's static channel and class counts: under
-    MultiWorkerMirroredStrategy a replica with no patient left gets an empty batch built from this spec."""
     return tf.cast(example["image"], tf.float32), tf.cast(example["mask"], tf.float32)
 
 

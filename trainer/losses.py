@@ -75,11 +75,15 @@ def cross_entropy_loss(y_true, y_pred):
     return ops.mean(-ops.sum(y_true * ops.log(y_pred), axis=-1))
 
 
+# The unguarded bodies, for the losses below that combine them under one empty-batch guard of their own.
+_soft_dice, _cross_entropy = soft_dice_loss.__wrapped__, cross_entropy_loss.__wrapped__
+
+
 @_serializable
 @_zero_for_an_empty_batch
 def dice_ce_loss(y_true, y_pred):
     """Dice + CE (the default): Dice handles imbalance, CE gives smooth early gradients."""
-    return soft_dice_loss(y_true, y_pred) + cross_entropy_loss(y_true, y_pred)
+    return _soft_dice(y_true, y_pred) + _cross_entropy(y_true, y_pred)
 
 
 def _region_targets(y_true, membership):
@@ -119,7 +123,7 @@ class RegionLoss(keras.losses.Loss):
         targets = _region_targets(y_true, self.membership)
         total = 0.0
         if self.dice:
-            total = total + soft_dice_loss(targets, y_pred, include_background=True)
+            total = total + _soft_dice(targets, y_pred, include_background=True)
         if self.bce:
             total = total + _binary_cross_entropy(targets, y_pred)
         return total
