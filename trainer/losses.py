@@ -91,10 +91,28 @@ def _region_targets(y_true, membership):
     return ops.clip(ops.matmul(y_true, ops.convert_to_tensor(membership, "float32")), 0.0, 1.0)
 
 
-def _binary_cross_entropy(targets, probabilities):
-    """Mean over voxels and regions; clipped like :func:`cross_entropy_loss` (finite for a sure wrong voxel)."""
+def _weighted_mean(per_region, weights):
+    """Mean over the last axis, each region counted ``weights`` times (equal when None)."""
+    if weights is None:
+        return ops.mean(per_region)
+    w = ops.convert_to_tensor(weights, "float32")
+    return ops.sum(per_region * w) / ops.sum(w)
+
+
+def _region_dice_loss(targets, probabilities, weights, smooth: float = 1e-5):
+    """1 - the (weighted) mean over regions of the soft Dice pooled over batch and space (like soft_dice_loss)."""
+    axes = tuple(range(len(targets.shape) - 1))
+    intersection = ops.sum(targets * probabilities, axis=axes)
+    denominator = ops.sum(targets, axis=axes) + ops.sum(probabilities, axis=axes)
+    return 1.0 - _weighted_mean((2.0 * intersection + smooth) / (denominator + smooth), weights)
+
+
+def _region_bce(targets, probabilities, weights):
+    """BCE averaged over voxels per region, then the (weighted) mean over regions; clipped like
+    :func:`cross_entropy_loss` (finite for a sure wrong voxel)."""
     p = ops.clip(probabilities, EPSILON, 1.0 - EPSILON)
-    return -ops.mean(targets * ops.log(p) + (1.0 - targets) * ops.log(1.0 - p))
+    per_voxel = -(targets * ops.log(p) + (1.0 - targets) * ops.log(1.0 - p))
+    return _weighted_mean(ops.mean(per_voxel, axis=tuple(range(len(targets.shape) - 1))), weights)
 
 
 @_serializable
@@ -105,15 +123,20 @@ class RegionLoss(keras.losses.Loss):
     BCE).  The targets stay one-hot classes in the data pipeline and are
     mapped here through ``membership`` (``shared.regions.RegionDecoding``),
     so class and region models train on the same records; all regions count
-    in the Dice (they have no background channel).
+    in the Dice (they have no background channel).  ``weights`` (one per
+    region; equal when None) count a region more in both terms: the hard
+    part of a glioma is telling the tumour core from the oedema around it
+    (TC), which an equal share of the loss leaves to the last steps.
     """
 
-    def __init__(self, membership, dice: bool = True, bce: bool = True, name: str = "region_loss", **kwargs):
+    def __init__(self, membership, dice: bool = True, bce: bool = True, weights=None, name: str = "region_loss",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         if not (dice or bce):
             raise ValueError("a region loss needs dice, bce or both")
         self.membership = [[float(v) for v in row] for row in membership]
         self.dice, self.bce = bool(dice), bool(bce)
+        self.weights = check_region_weights(weights, len(self.membership[0])) if weights else None
 
     def call(self, y_true, y_pred):
         return _zero_for_an_empty_batch(self._region_loss)(y_true, y_pred)
@@ -123,19 +146,28 @@ class RegionLoss(keras.losses.Loss):
         targets = _region_targets(y_true, self.membership)
         total = 0.0
         if self.dice:
-            total = total + _soft_dice(targets, y_pred, include_background=True)
+            total = total + _region_dice_loss(targets, y_pred, self.weights)
         if self.bce:
-            total = total + _binary_cross_entropy(targets, y_pred)
+            total = total + _region_bce(targets, y_pred, self.weights)
         return total
 
     def get_config(self):
-        return {"name": self.name, "membership": self.membership, "dice": self.dice, "bce": self.bce}
+        return {"name": self.name, "membership": self.membership, "dice": self.dice, "bce": self.bce,
+                "weights": self.weights}
 
 
-def region_loss(name: str, membership) -> RegionLoss:
-    """The region version of a config loss name: "ce" (BCE), "dice" or "dice_ce"."""
+def check_region_weights(weights, regions: int) -> list[float]:
+    """``weights`` as floats, one per region, none negative and not all zero (ValueError otherwise)."""
+    values = [float(w) for w in weights]
+    if len(values) != regions or min(values) < 0 or not sum(values) > 0:
+        raise ValueError(f"region weights must be {regions} non-negative numbers, not all 0, got {list(weights)}")
+    return values
+
+
+def region_loss(name: str, membership, weights=None) -> RegionLoss:
+    """The region version of a config loss name: "ce" (BCE), "dice" or "dice_ce"; ``weights`` per region."""
     get_loss(name)  # the same names, the same error for a wrong one
-    return RegionLoss(membership, dice=name in ("dice", "dice_ce"), bce=name in ("ce", "dice_ce"))
+    return RegionLoss(membership, dice=name in ("dice", "dice_ce"), bce=name in ("ce", "dice_ce"), weights=weights)
 
 
 _LOSSES = {"ce": cross_entropy_loss, "dice": soft_dice_loss, "dice_ce": dice_ce_loss}

@@ -43,12 +43,17 @@ def model_spec(spec: model_lib.UNetSpec, target: str, challenge: Challenge) -> m
     return dataclasses.replace(spec, num_classes=len(found.names), head="sigmoid")
 
 
-def training_loss(loss_name: str, target: str, challenge: Challenge):
-    """The config's loss (ce | dice | dice_ce) for the target: CE is categorical for classes, binary for regions."""
+def training_loss(loss_name: str, target: str, challenge: Challenge, region_weights=()):
+    """The config's loss (ce | dice | dice_ce) for the target: CE is categorical for classes, binary for regions
+    (each region counted as ``region_weights`` say, in the order of the challenge's regions; equal when empty)."""
     found = decoding(target, challenge)
     if found is None:
+        if region_weights:
+            raise ValueError("region_weights weigh the regions of target='regions'; this run trains classes")
         return losses.get_loss(loss_name)
-    return losses.region_loss(loss_name, found.membership().tolist())
+    if region_weights:
+        losses.check_region_weights(region_weights, len(found.names))
+    return losses.region_loss(loss_name, found.membership().tolist(), weights=list(region_weights) or None)
 
 
 def training_metrics(target: str, challenge: Challenge) -> list:
@@ -60,14 +65,14 @@ def training_metrics(target: str, challenge: Challenge) -> list:
 
 def compiled_model(input_shape, spec: model_lib.UNetSpec, target: str, challenge: Challenge, loss_name: str,
                    optimizer, deep_supervision: bool = False, jit_compile=False,
-                   with_metrics: bool = True) -> keras.Model:
+                   with_metrics: bool = True, region_weights=()) -> keras.Model:
     """The U-Net for ``target``, compiled; deep supervision wraps it in :class:`trainer.model.DeepSupervision`.
 
     ``spec`` must already be :func:`model_spec`'s.  The model's ``save`` writes
     the one-output serving model either way.  ``with_metrics=False``: the
     step alone (benchmarks).
     """
-    loss = training_loss(loss_name, target, challenge)
+    loss = training_loss(loss_name, target, challenge, region_weights)
     check_deep_supervision(spec, deep_supervision)
     if deep_supervision:
         net = model_lib.DeepSupervision(model_lib.build_unet(input_shape, spec, deep_supervision=True), loss)

@@ -336,7 +336,8 @@ def train_and_evaluate(cfg, workdir: str, echo=print, extra_callbacks=(),
                                      challenges.get(info.challenge), cfg["loss"],
                                      _optimizer(cfg, cfg["epochs"] * cfg["steps_per_epoch"]),
                                      deep_supervision=cfg.get("deep_supervision", False),
-                                     jit_compile=cfg["jit_compile"])
+                                     jit_compile=cfg["jit_compile"],
+                                     region_weights=tuple(cfg.get("region_weights") or ()))
     cfg["num_val_patients"] = info.num_val
     cfg["challenge"] = info.challenge
     resume.trim_history(trained_run.join(scratch, trained_run.HISTORY_FILE), state.epoch)

@@ -25,6 +25,9 @@ def get_config():
 
     c.target = "classes"  # classes (softmax over labels) | regions (sigmoid per region, e.g. WT/TC/ET: nnU-Net's BraTS)
     c.loss = "dice_ce"  # ce | dice | dice_ce (with target=regions: binary CE, Dice over the regions)
+    # with target=regions: each region's share of the loss, in the challenge's region order (e.g. (1, 2, 1) counts
+    # TC twice for WT/TC/ET); () counts them equally, as nnU-Net does
+    c.region_weights = ()
     c.deep_supervision = False  # auxiliary losses at 1/2, 1/4... resolution (training only; the saved model has one output)
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd

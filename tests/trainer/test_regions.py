@@ -58,6 +58,39 @@ def test_region_loss_is_low_for_the_truths_regions_and_high_for_their_complement
         losses.region_loss("focal", d.membership().tolist())
 
 
+def _equal_weight_region_loss(targets, probabilities):
+    """nnU-Net's region dice_ce written out in numpy: 1 - mean region Dice (pooled) + BCE over voxels and regions."""
+    axes = tuple(range(targets.ndim - 1))
+    dice = (2 * (targets * probabilities).sum(axes) + 1e-5) / (targets.sum(axes) + probabilities.sum(axes) + 1e-5)
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return 1 - dice.mean() - np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+
+
+def test_region_weights_count_a_region_more_and_equal_weights_change_nothing():
+    d = regions.decoding(challenges.get("brats2020"))
+    rng = np.random.default_rng(3)
+    classes = rng.integers(0, 4, size=(2, 6, 6, 6))
+    y, truth = _one_hot(classes, 4), d.to_regions(classes).astype(np.float32)
+    wrong_tc = truth.copy()
+    wrong_tc[..., 1] = rng.uniform(size=wrong_tc.shape[:-1])  # only TC is wrong
+    plain = losses.region_loss("dice_ce", d.membership().tolist())
+    assert float(plain(y, wrong_tc)) == pytest.approx(_equal_weight_region_loss(truth, wrong_tc), rel=1e-5)
+    equal = losses.region_loss("dice_ce", d.membership().tolist(), weights=[2, 2, 2])
+    assert float(equal(y, wrong_tc)) == pytest.approx(float(plain(y, wrong_tc)), rel=1e-6)
+    tc_twice = losses.region_loss("dice_ce", d.membership().tolist(), weights=[1, 2, 1])
+    assert float(tc_twice(y, wrong_tc)) == pytest.approx(float(plain(y, wrong_tc)) * 3 * 2 / 4, rel=1e-5)
+    only_wt = losses.region_loss("dice_ce", d.membership().tolist(), weights=[1, 0, 0])
+    assert float(only_wt(y, wrong_tc)) < 1e-3  # the wrong region does not count at all
+    assert losses.RegionLoss.from_config(tc_twice.get_config()).weights == [1.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize("weights, target", [((1, 2), "regions"), ((1, -1, 1), "regions"), ((0, 0, 0), "regions"),
+                                             ((1, 2, 1), "classes")])
+def test_region_weights_that_do_not_fit_the_target_are_refused(weights, target):
+    with pytest.raises(ValueError, match="region"):
+        targets.training_loss("dice_ce", target, challenges.get("brats2020"), weights)
+
+
 @pytest.mark.parametrize("name", ["class_dice_ce", "class_ce", "class_dice", "region_dice_ce"])
 def test_every_loss_of_an_empty_batch_is_zero(name):
     # A replica whose share of the validation split ran out (MultiWorkerMirroredStrategy) scores an empty
