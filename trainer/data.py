@@ -233,26 +233,59 @@ def _block_shuffle(ds: tf.data.Dataset, size: int, seed) -> tf.data.Dataset:
     return blocks.map(lambda i, block: _permuted(block, _seed_pair(seed, i))).unbatch()
 
 
-def _one_pass(info, shard, seed, shuffle_buffer, cached, deterministic):
-    """One pass over the share, ordered by ``seed`` (a pair): all of it at once when cached, else by block.
+@dataclasses.dataclass(frozen=True)
+class DecodedCache:
+    """This pipeline's share of the training records, parsed once and held in memory (``data.cache``).
 
-    Cached, the whole share is batched and permuted, which also reads the
-    cache to its end on the first pass, so TensorFlow keeps it.
+    Parsed, not serialised: at full size a record is tens of MB, and parsing
+    it again for every 32³ patch cost more CPU than the training step itself.
+    A parsed record takes the same memory as its serialised bytes (float16
+    image, uint8 mask).  ``examples`` has been read to its end once, so every
+    later reader shares the cache; ``count`` is how many records it holds.
     """
+
+    examples: tf.data.Dataset
+    count: int
+
+
+def decoded_cache(info: DatasetInfo, shard: Shard = Shard()) -> DecodedCache:
+    """Parse this pipeline's share of the training records into memory (manifest order); see :class:`DecodedCache`."""
+    examples = _share_records(info, shard, None, True).map(
+        lambda r: _parse_stored(info, r), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    count = 0
+    for _ in examples:  # a complete read: TensorFlow keeps an in-memory cache only once it has reached the end
+        count += 1
+    return DecodedCache(examples, count)
+
+
+def _from_cache(cached: DecodedCache, seed) -> tf.data.Dataset:
+    """Every cached example once, in the order :func:`_block_shuffle` gives one block of them with ``seed``.
+
+    Each example is picked by its position, so nothing is copied: the whole
+    share is never batched and gathered as serialised records were.
+    """
+    keys = tf.random.stateless_uniform([cached.count], seed=_seed_pair(seed, 0))
+    order = tf.data.Dataset.from_tensor_slices(tf.cast(tf.argsort(keys), tf.int64))
+    return order.flat_map(lambda k: cached.examples.skip(k).take(1))
+
+
+def _one_pass(info, shard, seed, shuffle_buffer, cached, deterministic):
+    """One pass over the share, ordered by ``seed`` (a pair): all of it at once when cached, else by block."""
     if cached is not None:
-        return _block_shuffle(cached, max(info.num_train, 1), seed[0] + 1)
+        return _from_cache(cached, seed[0] + 1)
     records = _share_records(info, shard, seed, deterministic)
     return _block_shuffle(records, shuffle_buffer, seed[0] + 2)
 
 
 def epoch_records(info: DatasetInfo, epoch, seed: int = 0, shard: Shard = Shard(), samples: int | None = None,
-                  shuffle_buffer: int = 16, cached: tf.data.Dataset | None = None,
+                  shuffle_buffer: int = 16, cached: DecodedCache | None = None,
                   deterministic: bool = False) -> tf.data.Dataset:
-    """The serialised records one pipeline trains on in ``epoch``: ``samples`` of them (None: one pass).
+    """The serialised records one pipeline trains on in ``epoch`` (parsed examples when ``cached``):
+    ``samples`` of them (None: one pass).
 
     Everything random here is drawn from :func:`epoch_seed` and the pass
     number within the epoch, so each pass of each epoch has its own order.
-    ``cached``: this share's records held in memory (``data.cache``).
+    ``cached``: this share's records parsed in memory (:func:`decoded_cache`, ``data.cache``).
     """
     check_shard(info, shard)
     e_seed = epoch_seed(seed, epoch)
@@ -292,13 +325,15 @@ def train_dataset(info: DatasetInfo, batch_size: int, aug: AugmentConfig, seed: 
     per epoch from this pipeline, so epochs and training epochs line up.
     """
     check_patch_fits(aug.patch_size, info.volume_shape)
-    # serialised records (float16): about half the decoded size
-    cached = _share_records(info, shard, None, True).cache() if cache else None
+    cached = decoded_cache(info, shard) if cache else None
+
+    def example(record):
+        return record if cached is not None else _parse_stored(info, record)
 
     def one_epoch(epoch):
         records = epoch_records(info, epoch, seed, shard, samples_per_epoch, shuffle_buffer, cached, deterministic)
         return records.enumerate().map(
-            lambda i, r: augment(_parse_stored(info, r), _sample_seed(epoch, i, seed), aug),
+            lambda i, r: augment(example(r), _sample_seed(epoch, i, seed), aug),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
     ds = tf.data.Dataset.counter(start=first_epoch).flat_map(one_epoch)

@@ -398,10 +398,47 @@ def test_two_workers_read_disjoint_shares_that_cover_each_epoch(tiny_dataset, tm
         shares = [_patient_ids(data.epoch_records(info, epoch, seed=5, shard=data.Shard(2, w))) for w in (0, 1)]
         assert not set(shares[0]) & set(shares[1]), shares
         assert sorted(shares[0] + shares[1]) == everyone
-        cached = [_patient_ids(data.epoch_records(info, epoch, seed=5, shard=data.Shard(2, w),
-                                                  cached=data._share_records(info, data.Shard(2, w), None, True)))
+        cached = [[e["patient_id"].numpy().decode() for e in data.epoch_records(
+                      info, epoch, seed=5, shard=data.Shard(2, w), cached=data.decoded_cache(info, data.Shard(2, w)))]
                   for w in (0, 1)]
         assert sorted(cached[0]) == sorted(shares[0]) and sorted(cached[1]) == sorted(shares[1])
+
+
+def test_the_decoded_cache_keeps_the_order_the_serialised_cache_had(tiny_dataset):
+    # data.cache once held serialised records and shuffled each pass by batching and permuting all of them;
+    # the parsed cache picks records by position instead, and must give runs the same samples as before
+    info = data.open_dataset(tiny_dataset.dataset_dir)
+    cached = data.decoded_cache(info)
+    serialised = data._share_records(info, data.Shard(), None, True)
+    for seed in (0, 7, 123):
+        before = _patient_ids(data._block_shuffle(serialised, info.num_train, seed))
+        after = [e["patient_id"].numpy().decode() for e in data._from_cache(cached, seed)]
+        assert after == before and len(set(after)) == info.num_train == cached.count
+
+
+def test_a_cached_stream_parses_each_record_once(tiny_dataset, monkeypatch):
+    # Parsing a full-size record for every patch cost more CPU than the training step (BUILD_NOTES): with
+    # data.cache each record is parsed once, however many patches are cut from it
+    info = data.open_dataset(tiny_dataset.dataset_dir)
+    parsed = tf.Variable(0, dtype=tf.int64)
+    parse = data._parse_stored
+
+    def counting(info_, serialized):
+        with tf.control_dependencies([parsed.assign_add(1)]):
+            return {k: tf.identity(v) for k, v in parse(info_, serialized).items()}
+
+    monkeypatch.setattr(data, "_parse_stored", counting)
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), xla=False)
+    samples = 6 * info.num_train  # 3 epochs of 2 passes over the records, 2 samples a batch
+    for cache in (True, False):
+        parsed.assign(0)
+        stream = data.train_dataset(info, 2, aug, cache=cache, samples_per_epoch=2 * info.num_train)
+        for _ in stream.take(samples // 2):
+            pass
+        if cache:
+            assert int(parsed.numpy()) == info.num_train
+        else:  # the stream without a cache parses every sample (and may read ahead)
+            assert int(parsed.numpy()) >= samples
 
 
 def test_a_stream_started_at_epoch_k_is_the_tail_of_the_stream_from_epoch_0(tiny_dataset):
