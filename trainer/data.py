@@ -228,9 +228,10 @@ def _share_records(info: DatasetInfo, shard: Shard, file_seed, deterministic: bo
 
 
 def _block_shuffle(ds: tf.data.Dataset, size: int, seed) -> tf.data.Dataset:
-    """Shuffle within consecutive blocks of ``size`` records, each block with its own stateless draw."""
+    """Shuffle within consecutive blocks of ``size`` records, each block with its own stateless draw from
+    ``seed`` (a pair)."""
     blocks = ds.batch(size).enumerate()
-    return blocks.map(lambda i, block: _permuted(block, _seed_pair(seed, i))).unbatch()
+    return blocks.map(lambda i, block: _permuted(block, tf.random.experimental.stateless_fold_in(seed, i))).unbatch()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,12 +260,12 @@ def decoded_cache(info: DatasetInfo, shard: Shard = Shard()) -> DecodedCache:
 
 
 def _from_cache(cached: DecodedCache, seed) -> tf.data.Dataset:
-    """Every cached example once, in the order :func:`_block_shuffle` gives one block of them with ``seed``.
+    """Every cached example once, in an order drawn from ``seed`` (a pair: each pass its own order).
 
     Each example is picked by its position, so nothing is copied: the whole
     share is never batched and gathered as serialised records were.
     """
-    keys = tf.random.stateless_uniform([cached.count], seed=_seed_pair(seed, 0))
+    keys = tf.random.stateless_uniform([cached.count], seed=seed)
     order = tf.data.Dataset.from_tensor_slices(tf.cast(tf.argsort(keys), tf.int64))
     return order.flat_map(lambda k: cached.examples.skip(k).take(1))
 
@@ -272,9 +273,9 @@ def _from_cache(cached: DecodedCache, seed) -> tf.data.Dataset:
 def _one_pass(info, shard, seed, shuffle_buffer, cached, deterministic):
     """One pass over the share, ordered by ``seed`` (a pair): all of it at once when cached, else by block."""
     if cached is not None:
-        return _from_cache(cached, seed[0] + 1)
+        return _from_cache(cached, _seed_pair(seed[0] + 1, seed[1]))
     records = _share_records(info, shard, seed, deterministic)
-    return _block_shuffle(records, shuffle_buffer, seed[0] + 2)
+    return _block_shuffle(records, shuffle_buffer, _seed_pair(seed[0] + 2, seed[1]))
 
 
 def epoch_records(info: DatasetInfo, epoch, seed: int = 0, shard: Shard = Shard(), samples: int | None = None,

@@ -404,16 +404,23 @@ def test_two_workers_read_disjoint_shares_that_cover_each_epoch(tiny_dataset, tm
         assert sorted(cached[0]) == sorted(shares[0]) and sorted(cached[1]) == sorted(shares[1])
 
 
-def test_the_decoded_cache_keeps_the_order_the_serialised_cache_had(tiny_dataset):
-    # data.cache once held serialised records and shuffled each pass by batching and permuting all of them;
-    # the parsed cache picks records by position instead, and must give runs the same samples as before
+@pytest.mark.parametrize("cache", [True, False])
+def test_each_pass_has_its_own_order(tiny_dataset, cache):
+    # Passes over the cache (and over a single shard file) drew one order per epoch and repeated it in every
+    # pass (they kept only the epoch's seed); epoch_records promises each pass of each epoch its own order
     info = data.open_dataset(tiny_dataset.dataset_dir)
-    cached = data.decoded_cache(info)
-    serialised = data._share_records(info, data.Shard(), None, True)
-    for seed in (0, 7, 123):
-        before = _patient_ids(data._block_shuffle(serialised, info.num_train, seed))
-        after = [e["patient_id"].numpy().decode() for e in data._from_cache(cached, seed)]
-        assert after == before and len(set(after)) == info.num_train == cached.count
+    assert len(info.train_files) == 1  # file order cannot vary: the records' order within the file must
+    cached = data.decoded_cache(info) if cache else None
+
+    def patient(e):
+        return (e["patient_id"] if cache else schema.parse_tf(e)["patient_id"]).numpy().decode()
+
+    ids = [patient(e) for e in data.epoch_records(info, 0, seed=3, samples=8 * info.num_train, cached=cached)]
+    passes = [tuple(ids[i:i + info.num_train]) for i in range(0, len(ids), info.num_train)]
+    assert all(sorted(p) == sorted(passes[0]) and len(set(p)) == info.num_train for p in passes)
+    assert len(set(passes)) > 1, passes
+    again = [patient(e) for e in data.epoch_records(info, 0, seed=3, samples=8 * info.num_train, cached=cached)]
+    assert again == ids  # drawn from (seed, epoch, pass) only
 
 
 def test_a_cached_stream_parses_each_record_once(tiny_dataset, monkeypatch):
