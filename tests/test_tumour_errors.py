@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
+import pytest
 
 from shared import challenges
 from tests.helpers import ROOT
@@ -29,3 +30,17 @@ def test_errors_name_the_missed_core_the_false_positive_and_what_filling_recover
     assert out["missed_core_as"] == {"ED": 8 ** 3}
     assert out["tc_dice"] < 1.0 and out["tc_dice_core_filled"] == 1.0
     assert tumour_errors.patient_errors(truth, None, challenges.get("brats2020")) == {"truth_wt_components": [4096]}
+
+
+def test_core_contrast_measures_the_core_against_the_oedema_in_oedema_deviations():
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[2:18, 2:18, 2:18] = 2
+    truth[6:14, 6:14, 6:14] = 1  # a core without enhancing tumour (a low-grade glioma's)
+    rng = np.random.default_rng(0)
+    oedema_like = rng.normal(100.0, 10.0, truth.shape)
+    darker = oedema_like - 25.0 * (truth == 1)
+    out = tumour_errors.patient_errors(truth, None, challenges.get("brats2020"),
+                                       {"flair": oedema_like, "t1": darker})
+    assert out["et_share_of_tc"] == 0.0
+    assert abs(out["core_contrast"]["flair"]) < 0.2  # nothing tells this core from oedema
+    assert out["core_contrast"]["t1"] == pytest.approx(-2.5, abs=0.2)
