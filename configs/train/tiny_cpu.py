@@ -10,7 +10,8 @@ nnU-Net's region targets (WT/TC/ET sigmoids) with deep supervision, and the
 time whole-volume validation took every epoch and test-time augmentation
 took in the end-of-training choice spent on 8x the steps instead (it
 validates at the end, and the choice compares windows without TTA), with
-nnU-Net's random rotations and scaling.
+nnU-Net's random rotations and scaling; then twice those steps again, for
+the CPU that parsing each full-size record once (``data.cache``) saved.
 """
 
 from configs.train import unet3d

@@ -75,5 +75,5 @@ def get_config():
 
     c.data = ml_collections.ConfigDict()
     c.data.shuffle_buffer = 16
-    c.data.cache = False  # keep serialised records in memory after the first epoch
+    c.data.cache = False  # parse the training records once and keep them in memory (small cohorts: ~40 MB a full-size patient)
     return c
