@@ -124,9 +124,10 @@ class RegionLoss(keras.losses.Loss):
     mapped here through ``membership`` (``shared.regions.RegionDecoding``),
     so class and region models train on the same records; all regions count
     in the Dice (they have no background channel).  ``weights`` (one per
-    region; equal when None) count a region more in both terms: the hard
-    part of a glioma is telling the tumour core from the oedema around it
-    (TC), which an equal share of the loss leaves to the last steps.
+    region; equal when None, as nnU-Net has them) count a region more in both
+    terms: a knob for a region the model finds hard.  Counting TC twice did
+    not raise TC on the hard synthetic cohort (BUILD_NOTES.md, issue 23's
+    fourth session), so no config sets it.
     """
 
     def __init__(self, membership, dice: bool = True, bce: bool = True, weights=None, name: str = "region_loss",
