@@ -87,7 +87,8 @@ def serialised_cache_stream(data, info, aug, batch_size: int, seed: int, samples
     """The training stream as ``data.cache`` built it before it held parsed records (the baseline).
 
     Serialised records in memory; each pass batched the whole share, permuted it and unbatched it, and every
-    sample parsed its record again before the patch was cut.  The same patches and augmentation (its passes within an epoch repeated one order).
+    sample parsed its record again before the patch was cut.  The same patches and augmentation as now; its
+    passes within an epoch repeated one order, as they did then.
     """
     import tensorflow as tf
 

@@ -84,14 +84,14 @@ def patient_errors(truth: np.ndarray, pred: np.ndarray | None, challenge, scans:
     """The error summary of one patient (class volumes; ``scans`` by name for :func:`core_contrast`)."""
     regions = challenge.region_classes()
     wt = np.isin(truth, regions["WT"])
+    tc = np.isin(truth, regions["TC"])
     out = {"truth_wt_components": _components(wt)}
     if scans:
-        tc_voxels = int(np.isin(truth, regions["TC"]).sum())
-        out["et_share_of_tc"] = round(int(np.isin(truth, regions["ET"]).sum()) / tc_voxels, 3) if tc_voxels else None
+        out["et_share_of_tc"] = round(int(np.isin(truth, regions["ET"]).sum()) / int(tc.sum()), 3) if tc.any() else None
         out["core_contrast"] = core_contrast(truth, scans, challenge)
     if pred is None:
         return out
-    tc, tc_pred = np.isin(truth, regions["TC"]), np.isin(pred, regions["TC"])
+    tc_pred = np.isin(pred, regions["TC"])
     keys = labels.class_keys(challenge.label_convention)
     missed = pred[tc & ~tc_pred]
     filled = postprocessing.apply(pred, challenge, [{"rule": "fill_core"}])

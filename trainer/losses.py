@@ -55,11 +55,15 @@ def soft_dice_loss(y_true, y_pred, smooth: float = 1e-5, include_background: boo
     y_true, y_pred = _as_float32(y_true, y_pred)
     if not include_background:
         y_true, y_pred = y_true[..., 1:], y_pred[..., 1:]
-    axes = tuple(range(len(y_true.shape) - 1))  # all but the class axis
+    return 1.0 - ops.mean(_pooled_dice(y_true, y_pred, smooth))
+
+
+def _pooled_dice(y_true, y_pred, smooth: float = 1e-5):
+    """Soft Dice of each channel (last axis), pooled over batch and space."""
+    axes = tuple(range(len(y_true.shape) - 1))  # all but the channel axis
     intersection = ops.sum(y_true * y_pred, axis=axes)
     denominator = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
-    dice = (2.0 * intersection + smooth) / (denominator + smooth)
-    return 1.0 - ops.mean(dice)
+    return (2.0 * intersection + smooth) / (denominator + smooth)
 
 
 @_serializable
@@ -99,12 +103,9 @@ def _weighted_mean(per_region, weights):
     return ops.sum(per_region * w) / ops.sum(w)
 
 
-def _region_dice_loss(targets, probabilities, weights, smooth: float = 1e-5):
+def _region_dice_loss(targets, probabilities, weights):
     """1 - the (weighted) mean over regions of the soft Dice pooled over batch and space (like soft_dice_loss)."""
-    axes = tuple(range(len(targets.shape) - 1))
-    intersection = ops.sum(targets * probabilities, axis=axes)
-    denominator = ops.sum(targets, axis=axes) + ops.sum(probabilities, axis=axes)
-    return 1.0 - _weighted_mean((2.0 * intersection + smooth) / (denominator + smooth), weights)
+    return 1.0 - _weighted_mean(_pooled_dice(targets, probabilities), weights)
 
 
 def _region_bce(targets, probabilities, weights):
@@ -137,7 +138,7 @@ class RegionLoss(keras.losses.Loss):
             raise ValueError("a region loss needs dice, bce or both")
         self.membership = [[float(v) for v in row] for row in membership]
         self.dice, self.bce = bool(dice), bool(bce)
-        self.weights = check_region_weights(weights, len(self.membership[0])) if weights else None
+        self.weights = _check_region_weights(weights, len(self.membership[0])) if weights else None
 
     def call(self, y_true, y_pred):
         return _zero_for_an_empty_batch(self._region_loss)(y_true, y_pred)
@@ -157,7 +158,7 @@ class RegionLoss(keras.losses.Loss):
                 "weights": self.weights}
 
 
-def check_region_weights(weights, regions: int) -> list[float]:
+def _check_region_weights(weights, regions: int) -> list[float]:
     """``weights`` as floats, one per region, none negative and not all zero (ValueError otherwise)."""
     values = [float(w) for w in weights]
     if len(values) != regions or min(values) < 0 or not sum(values) > 0:

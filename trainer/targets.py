@@ -51,8 +51,6 @@ def training_loss(loss_name: str, target: str, challenge: Challenge, region_weig
         if region_weights:
             raise ValueError("region_weights weigh the regions of target='regions'; this run trains classes")
         return losses.get_loss(loss_name)
-    if region_weights:
-        losses.check_region_weights(region_weights, len(found.names))
     return losses.region_loss(loss_name, found.membership().tolist(), weights=list(region_weights) or None)
 
 
