@@ -57,7 +57,7 @@ demo: venv  ## synthetic cohort -> versioned TFRecord dataset -> a few minutes o
 	$(PY) -m beam_pipeline.verify --data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/)
 	$(PY) -m beam_pipeline.versions --output_dir=$(DEMO)/datasets
 	$(PY) -m trainer.train --config=configs/train/tiny_cpu.py --workdir=$(DEMO)/runs/tiny \
-	    --data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/) --config.steps_per_epoch=100  # half the recipe's steps: 64^3 volumes, a 5-minute demo
+	    --data_dir=$$(ls -d $(DEMO)/datasets/synthetic/*/) --config.steps_per_epoch=100  # a seventh of the recipe's steps: 64^3 volumes, a 5-minute demo
 	$(PY) -m evaluation.evaluate --model=$(DEMO)/runs/tiny/model.keras --split=val
 	$(PY) -m serving.predict --model=$(DEMO)/runs/tiny/model.keras --output_dir=$(DEMO)/predictions \
 	    --input=$(DEMO)/cohort/$$($(PY) -c "import json,glob; print(json.load(open(glob.glob('$(DEMO)/datasets/synthetic/*/manifest.json')[0]))['splits']['val']['patients'][0])")

@@ -71,6 +71,23 @@ def test_variants_build_and_run(overrides):
     assert tuple(y.shape) == (1, 16, 16, 16, 4)
 
 
+def _conv_names(net):
+    return [layer.name for layer in net.layers if isinstance(layer, keras.layers.Conv3D)
+            and not isinstance(layer, keras.layers.Conv3DTranspose) and not layer.name.endswith("logits")]
+
+
+def test_one_full_resolution_conv_drops_only_the_second_unit_of_the_full_resolution_blocks():
+    two = model.build_unet((16, 16, 16, 4), model.preset("tiny"))
+    one = model.build_unet((16, 16, 16, 4), model.spec_from_config({"preset": "tiny", "full_resolution_convs": 1}))
+    dropped = set(_conv_names(two)) - set(_conv_names(one))
+    assert dropped == {"enc0_b_conv", "dec0_b_conv"}
+    assert set(_conv_names(one)) < set(_conv_names(two))
+    y = np.asarray(one(np.zeros((1, 16, 16, 16, 4), np.float32)))
+    assert y.shape == (1, 16, 16, 16, 4)
+    with pytest.raises(ValueError, match="full_resolution_convs"):
+        model.UNetSpec(full_resolution_convs=3)
+
+
 def test_group_norm_uses_at_most_eight_dividing_groups():
     spec = model.spec_from_config({"preset": "tiny", "base_filters": 4, "normalization": "group"})
     net = model.build_unet((16, 16, 16, 3), spec)
