@@ -259,6 +259,14 @@ def test_cli_refuses_a_missing_model_with_a_clear_message(tiny_cohort, tmp_path)
     assert "nope.keras does not exist" in result.stderr
 
 
+def _tiny_cpu_spec():
+    """The network of ``tiny_cpu.py`` (and so of the tiny_model fixture), softmax over four classes."""
+    from configs.train import tiny_cpu
+    from trainer import model as model_lib
+
+    return model_lib.spec_from_config(tiny_cpu.get_config().model)
+
+
 def _mixed_float16_twin(model):
     """The same network and weights, built under mixed_float16 as ``precision=auto`` does on a GPU."""
     import keras
@@ -267,7 +275,7 @@ def _mixed_float16_twin(model):
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        twin = model_lib.build_unet((None, None, None, model.input_shape[-1]), model_lib.preset("tiny"))
+        twin = model_lib.build_unet((None, None, None, model.input_shape[-1]), _tiny_cpu_spec())
     finally:
         keras.mixed_precision.set_global_policy("float32")
     twin.set_weights(model.get_weights())
@@ -305,7 +313,7 @@ def test_the_serving_precision_can_keep_the_saved_policies(tmp_path):
     from trainer import model as model_lib
 
     path = tmp_path / "mixed.keras"
-    _mixed_float16_twin(model_lib.build_unet((None, None, None, 4), model_lib.preset("tiny"))).save(path)
+    _mixed_float16_twin(model_lib.build_unet((None, None, None, 4), _tiny_cpu_spec())).save(path)
     kept = models.load_model(str(path), precision="as_trained")
     assert kept.get_layer("enc0_a_conv").dtype_policy.name == "mixed_float16"
     assert models.load_model(str(path), precision="float32").get_layer("enc0_a_conv").dtype_policy.name == "float32"
