@@ -20,7 +20,7 @@ import tensorflow as tf
 from shared import manifest as manifest_lib
 from shared import schema
 from shared.spec import PreprocessingSpec
-from trainer.augment import AugmentConfig, augment
+from trainer.augment import AugmentConfig, augment, tumour_index
 
 
 class DatasetError(Exception):
@@ -249,10 +249,19 @@ class DecodedCache:
     count: int
 
 
-def decoded_cache(info: DatasetInfo, shard: Shard = Shard()) -> DecodedCache:
-    """Parse this pipeline's share of the training records into memory (manifest order); see :class:`DecodedCache`."""
+def decoded_cache(info: DatasetInfo, shard: Shard = Shard(), pick: str | None = None) -> DecodedCache:
+    """Parse this pipeline's share of the training records into memory (manifest order); see :class:`DecodedCache`.
+
+    ``pick``: how foreground patches are centred (``augment.foreground_pick``); each record then also
+    keeps its tumour voxels listed that way (:func:`trainer.augment.tumour_index`), so no patch scans
+    the whole volume for them.
+    """
+    def parsed(serialized):
+        example = _parse_stored(info, serialized)
+        return example if pick is None else {**example, **tumour_index(example["mask"], pick)}
+
     examples = _share_records(info, shard, None, True).map(
-        lambda r: _parse_stored(info, r), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+        parsed, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     count = 0
     for _ in examples:  # a complete read: TensorFlow keeps an in-memory cache only once it has reached the end
         count += 1
@@ -326,7 +335,8 @@ def train_dataset(info: DatasetInfo, batch_size: int, aug: AugmentConfig, seed: 
     per epoch from this pipeline, so epochs and training epochs line up.
     """
     check_patch_fits(aug.patch_size, info.volume_shape)
-    cached = decoded_cache(info, shard) if cache else None
+    pick = aug.foreground_pick if aug.foreground_share > 0 else None
+    cached = decoded_cache(info, shard, pick) if cache else None
 
     def example(record):
         return record if cached is not None else _parse_stored(info, record)

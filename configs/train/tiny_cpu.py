@@ -39,6 +39,9 @@ def get_config():
     # TTA's 8 mirrored passes of each whole brain cost about what 8x100 steps did, and 2 patients (what the
     # earlier recipe afforded with TTA) let one patient's large false positive choose keep-largest
     c.inference_choice.tta = "none"
+    # the whole-record window is not a candidate: these 32^3-patch models lost with it in every full-size run
+    # (20 of 20, by 0.1 to 0.5 Dice) and on the demo, and scoring it cost a quarter of the choice (BUILD_NOTES)
+    c.inference_choice.windows = "patch"
     # nnU-Net's rotation (up to 30 degrees) and scaling (0.7-1.4) stay on, at its rates (0.2): on the tuning
     # cohort they raised every region's Dice at no measurable CPU cost; the rest is off (BUILD_NOTES)
     for name in ("elastic_p", "noise_p", "blur_p", "brightness_p", "contrast_p", "lowres_p", "gamma_p"):

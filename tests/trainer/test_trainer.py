@@ -448,6 +448,27 @@ def test_a_cached_stream_parses_each_record_once(tiny_dataset, monkeypatch):
             assert int(parsed.numpy()) >= samples
 
 
+@pytest.mark.parametrize("pick", ["voxel", "class"])
+def test_a_cached_stream_lists_each_records_tumour_once(tiny_dataset, monkeypatch, pick):
+    # A foreground patch listed every tumour voxel of its whole record (a class pick cost more CPU than the
+    # patch's training step at full size); the cache lists them once per record, as the pick needs them
+    info = data.open_dataset(tiny_dataset.dataset_dir)
+    scans = []
+    scan = augment_lib._tumour_voxels
+    monkeypatch.setattr(augment_lib, "_tumour_voxels", lambda *a: scans.append(a) or scan(*a))
+    aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), xla=False, foreground_share=1.0, foreground_pick=pick)
+    for cache in (True, False):
+        scans.clear()
+        for _ in data.train_dataset(info, 2, aug, cache=cache, samples_per_epoch=4).take(2):
+            pass
+        assert bool(scans) == (not cache), cache
+    cached = data.decoded_cache(info, pick=pick)
+    for example in cached.examples:
+        listed = augment_lib.tumour_index(example["mask"], pick)
+        assert example[augment_lib.TUMOUR_VOXELS].numpy().tolist() == listed[augment_lib.TUMOUR_VOXELS].numpy().tolist()
+        assert example[augment_lib.TUMOUR_VOXELS].shape[0] > 0
+
+
 def test_a_stream_started_at_epoch_k_is_the_tail_of_the_stream_from_epoch_0(tiny_dataset):
     info = data.open_dataset(tiny_dataset.dataset_dir)
     aug = augment_lib.AugmentConfig(patch_size=(16, 16, 16), xla=False)
