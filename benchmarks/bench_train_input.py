@@ -3,6 +3,7 @@ r"""Seconds per batch of the training input pipeline of a training config on a d
     python benchmarks/bench_train_input.py --data_dir=demo_data/datasets/synthetic/<version_id>
     python benchmarks/bench_train_input.py --data_dir=... --config=configs/train/unet3d.py --batches=20
     python benchmarks/bench_train_input.py --data_dir=... --compare_serialised_cache
+    python benchmarks/bench_train_input.py --data_dir=... --compare_scan
 
 Only the ``tf.data`` pipeline runs (``trainer.data.train_dataset`` as the
 trainer builds it: cache, patch, augmentation, batching), no model: what the
@@ -13,6 +14,11 @@ is reported apart.
 trainer had before (``data.cache`` holding serialised records: every pass
 batched and permuted the whole share, and every patch parsed its record
 again) and prints the ratio: what parsing once saves at full size.
+``--compare_scan`` times, in the same run, the cache without each record's
+tumour-voxel index (every foreground patch listed the tumour voxels of its
+whole record, as before ``trainer.augment.tumour_index``) and prints the ratio
+of the second of two alternating rounds (the first round, also printed, is
+slowed by whichever stream the process builds first).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=75, help="timed batches after the first (default 75)")
     parser.add_argument("--compare_serialised_cache", action="store_true",
                         help="also time the earlier cache of serialised records (same config) and print the ratio")
+    parser.add_argument("--compare_scan", action="store_true",
+                        help="also time the cache without the tumour-voxel index (a whole-record scan per "
+                             "foreground patch) and print the ratio")
     args = parser.parse_args(argv)
 
     from trainer import augment as augment_lib, data
@@ -64,8 +73,31 @@ def main(argv=None) -> int:
         result["serialised_cache"] = before
         result["cpu_ratio_serialised_over_this"] = round(before["cpu_seconds_per_batch"]
                                                          / result["cpu_seconds_per_batch"], 2)
+    if args.compare_scan:  # a second round of both: the process's first stream runs slow for hundreds of batches
+        before = time_batches(scanning_stream(data, info, aug, cfg, samples), args.batches)
+        now = time_batches(data.train_dataset(info, int(cfg.batch_size), aug, seed=int(cfg.seed), cache=True,
+                                              samples_per_epoch=samples), args.batches)
+        result.update(first_round=dict(result), **now)
+        for key in ("benchmark", "config", "data_dir", "batch_size", "patch_size", "xla", "cache", "timed_batches"):
+            result["first_round"].pop(key)
+        result["first_round"]["scan_per_patch"] = before
+        result["scan_per_patch"] = time_batches(scanning_stream(data, info, aug, cfg, samples), args.batches)
+        result["cpu_ratio_scan_over_this"] = round(result["scan_per_patch"]["cpu_seconds_per_batch"]
+                                                   / result["cpu_seconds_per_batch"], 2)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def scanning_stream(data, info, aug, cfg, samples: int):
+    """The training stream as it was before cached records carried their tumour voxels (the baseline):
+    the same patches (the index draws the scan's centres), each foreground one found by a whole-record scan."""
+    original = data.decoded_cache
+    data.decoded_cache = lambda info_, shard=data.Shard(), pick=None: original(info_, shard)
+    try:  # the cache is filled inside train_dataset, so the patch only needs to last this call
+        return data.train_dataset(info, int(cfg.batch_size), aug, seed=int(cfg.seed), cache=True,
+                                  samples_per_epoch=samples)
+    finally:
+        data.decoded_cache = original
 
 
 def time_batches(ds, count: int) -> dict:

@@ -44,6 +44,7 @@ from serving import inference, prediction, predictor as predictor_lib
 
 WINDOWS = ("patch", "volume")
 TTA_MODES = ("none", "all")
+PREDICTION_TTA_FIELD = "inference_choice.prediction_tta"
 MAX_PATIENTS = 4  # validation patients scored: enough to rank windows, and the cost stays a share of training
 METRIC = "mean over validation patients of each patient's mean Dice over {regions} (cropped grid)"
 _REUSE_BUDGET_BYTES = 1 << 30  # identity-pass predictions kept for the TTA pass
@@ -104,13 +105,17 @@ def _labelled_records(predictor, run: TrainedRun, max_patients: int) -> list:
 
 def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequence[str] = TTA_MODES,
            overlap: float = 0.5, data_dir: str | None = None, echo: Callable[[str], None] = print,
-           max_patients: int = MAX_PATIENTS, postprocess: bool = True
+           max_patients: int = MAX_PATIENTS, postprocess: bool = True, prediction_tta: str | None = None
            ) -> tuple[dict, postprocessing.Choice | None]:
     """Score windows without TTA, then TTA on the best window: (the record
     :func:`shared.trained_run.write_inference` saves, the post-processing chosen on the best candidate's
     predictions when ``postprocess``; the record holds it too, under ``postprocessing``).  FileNotFoundError
     when the run has no lineage.json or validation patients, or its dataset
     is not reachable.
+
+    ``prediction_tta``: the TTA mode recorded for prediction whatever was scored (``tta_set_by`` says
+    so), for a recipe that cannot afford to score TTA's passes yet predicts with them, as nnU-Net always
+    mirrors; the post-processing stays the one chosen on the scored, unmirrored predictions.
     """
     run = trained_run.run_of_model(model_path)
     if run is None:
@@ -168,6 +173,10 @@ def choose(model_path: str, windows: Sequence[str] = WINDOWS, tta_modes: Sequenc
         choice["postprocessing"] = picked.to_json()
         echo(f"Post-processing with it: {', '.join(str(r) for r in picked.rules) or 'none'} (mean Dice "
              f"{picked.mean_dice_before:.4f} -> {picked.mean_dice_after:.4f})")
+    if prediction_tta and prediction_tta != choice["tta"]:
+        choice.update(tta=prediction_tta, tta_set_by=PREDICTION_TTA_FIELD)
+        echo(f"Prediction uses TTA {prediction_tta}: set by the config's {PREDICTION_TTA_FIELD}, not scored "
+             f"here (the scores above are TTA {best['tta']})")
     return choice, picked
 
 
@@ -207,7 +216,21 @@ def after_training(cfg: dict, model_path: str, echo: Callable[[str], None] = pri
         return None
     _, choice = choose_and_write(
         model_path, echo=echo, windows=[w for w in options.get("windows", "patch,volume").split(",") if w],
-        tta_modes=[t for t in options.get("tta", "none").split(",") if t],
-        max_patients=int(options.get("max_patients", MAX_PATIENTS)),
-        postprocess=bool(options.get("postprocessing", True)))
+        tta_modes=_tta_candidates(options), max_patients=int(options.get("max_patients", MAX_PATIENTS)),
+        postprocess=bool(options.get("postprocessing", True)), prediction_tta=options.get("prediction_tta") or None)
     return choice
+
+
+def _tta_candidates(options) -> list[str]:
+    return [t for t in str(options.get("tta", "none")).split(",") if t]
+
+
+def check_options(cfg) -> None:
+    """ValueError naming the ``inference_choice`` field whose TTA mode does not exist; called before training,
+    so a typo costs seconds rather than a training run."""
+    options = cfg.get("inference_choice") or {}
+    for field, modes in (("tta", _tta_candidates(options)), ("prediction_tta", [options.get("prediction_tta") or "none"])):
+        unknown = [m for m in modes if m not in inference.TTA_MODES]
+        if unknown:
+            raise ValueError(f"inference_choice.{field}: unknown TTA mode(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(inference.TTA_MODES)}")

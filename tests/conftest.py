@@ -54,6 +54,7 @@ def bbox_model(bbox_dataset, tmp_path_factory) -> pathlib.Path:
     cfg = tiny_cpu.get_config()
     cfg.data_dir = bbox_dataset.dataset_dir
     cfg.epochs, cfg.steps_per_epoch = 1, 3
+    cfg.inference_choice.windows = "patch,volume"  # both windows scored on records of every shape
     workdir = tmp_path_factory.mktemp("bbox_run")
     outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None,
                                           after_training=inference_choice.after_training)
@@ -78,7 +79,10 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> pathlib.Path:
     # a softmax over the classes (tiny_cpu trains regions): the serving and evaluation tests read class
     # probabilities; region models have their own (tests/trainer/test_regions.py, the bbox_model fixture)
     cfg.target, cfg.deep_supervision = "classes", False
-    cfg.inference_choice.tta = "none,all"  # the general default (tiny_cpu skips TTA): its choice is tested on this run
+    # the general default (tiny_cpu scores the patch window only, without TTA, and predicts with TTA all):
+    # its choice is tested on this run
+    cfg.inference_choice.windows, cfg.inference_choice.tta, cfg.inference_choice.prediction_tta = (
+        "patch,volume", "none,all", "")
     workdir = tmp_path_factory.mktemp("run")
     outcome = training.train_and_evaluate(cfg, str(workdir), echo=lambda *_: None,
                                           after_training=inference_choice.after_training)

@@ -28,6 +28,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.set_config_field(_CONFIG.value, "data_dir", _DATA_DIR.value)
     try:
+        inference_choice.check_options(_CONFIG.value)
+    except ValueError as exc:
+        cli.fail(exc)
+    try:
         outcome = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                                after_training=inference_choice.after_training)
     except training.LaunchError as exc:

@@ -48,6 +48,9 @@ def get_config():
     c.inference_choice.enabled = True
     c.inference_choice.windows = "patch,volume"
     c.inference_choice.tta = "none,all"  # of none | axes | all; TTA is tried on the best window only
+    # a TTA mode (none | axes | all) prediction uses whatever was scored, recorded as set (tta_set_by);
+    # "": the choice's
+    c.inference_choice.prediction_tta = ""
     c.inference_choice.max_patients = 4  # validation patients scored (the first in manifest order)
     c.inference_choice.postprocessing = True  # choose component / small-ET rules too (postprocessing.json)
 

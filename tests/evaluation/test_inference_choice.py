@@ -154,3 +154,39 @@ def test_the_tta_pass_replays_the_identity_predictions_of_the_no_tta_pass():
     replayed = inference.sliding_window(reuse.replay(8), image, (8, 8, 8), tta="all")
     assert len(calls) - first == 7 * first  # the identity pass came from the no-TTA pass
     np.testing.assert_allclose(replayed, inference.sliding_window(predict, image, (8, 8, 8), tta="all"), atol=1e-6)
+
+
+def test_a_recipe_may_set_the_tta_prediction_uses_without_scoring_it(tiny_dataset, tmp_path):
+    # tiny_cpu scores its choice without TTA (8 mirrored passes of 4 validation brains cost a sixth of its
+    # training at full size) yet predicts with every mirror, as nnU-Net does: the record must say which
+    # TTA prediction uses and that it was set, not measured
+    from configs.train import tiny_cpu
+    from evaluation import inference_choice
+    from trainer import training
+
+    cfg = tiny_cpu.get_config()
+    assert (cfg.inference_choice.tta, cfg.inference_choice.prediction_tta) == ("none", "all")
+    cfg.data_dir = tiny_dataset.dataset_dir
+    cfg.patch_size, cfg.epochs, cfg.steps_per_epoch = (16, 16, 16), 1, 1
+    said = []
+    outcome = training.train_and_evaluate(cfg, str(tmp_path), echo=said.append,
+                                          after_training=inference_choice.after_training)
+    recorded = json.loads((tmp_path / trained_run.INFERENCE_FILE).read_text())
+    assert [c["tta"] for c in recorded["candidates"]] == ["none"]  # scored without TTA, patch window only
+    assert (recorded["window"], recorded["tta"]) == ("patch", "all")
+    assert recorded["tta_set_by"] == "inference_choice.prediction_tta"
+    assert any("TTA all" in line and "prediction_tta" in line for line in said), said
+    settings = predictor_lib.inference_settings(outcome.model_path)
+    assert (settings.window, settings.tta) == ("patch", "all")
+
+
+def test_a_tta_mode_that_does_not_exist_is_refused_before_training(tmp_path):
+    from configs.train import tiny_cpu
+    from evaluation import inference_choice
+
+    for field, value in (("prediction_tta", "mirrors"), ("tta", "none,flip")):
+        cfg = tiny_cpu.get_config()
+        cfg.inference_choice[field] = value
+        with pytest.raises(ValueError, match=f"inference_choice.{field}.*none, axes, all"):
+            inference_choice.check_options(cfg)
+    inference_choice.check_options(tiny_cpu.get_config())
