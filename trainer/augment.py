@@ -47,8 +47,8 @@ def _tumour_voxels(mask, pick: str, seed):
 
 
 # The tumour voxels of a record, listed once (trainer.data's cache keeps them beside the record): listing
-# them for every patch scanned the whole volume each time, ~7 ms CPU per patch at 160x192x160 for
-# ``voxel`` and ~47 for ``class`` (benchmarks/bench_patch_centre.py).
+# them for every patch scanned the whole volume each time, ~6 ms CPU per patch at 160x192x160 for
+# ``voxel`` and ~43 for ``class`` (benchmarks/bench_patch_centre.py).
 TUMOUR_VOXELS = "tumour_voxels"  # int32 (n, 3): row-major, grouped by class for ``class``
 TUMOUR_CLASS_COUNTS = "tumour_class_counts"  # int32: voxels per group (one group for ``voxel``)
 

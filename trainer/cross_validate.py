@@ -43,6 +43,7 @@ def main(argv):
     cli.set_config_field(_CONFIG.value, "data_dir", _DATA_DIR.value)
     try:
         if _TRAIN.value:
+            inference_choice.check_options(_CONFIG.value)
             folds = [int(k) for k in _FOLDS.value] if _FOLDS.value else None
             cross_validation.train_folds(_CONFIG.value, _WORKDIR.value, folds,
                                          after_training=inference_choice.after_training)

@@ -299,7 +299,7 @@ def _random_tumour(shape, seed):
 @pytest.mark.parametrize("shape", [(20, 18, 22), (12, 18, 9)], ids=["holds_the_patch", "padded_to_it"])
 def test_a_patch_centre_from_the_cached_index_is_the_one_the_full_scan_draws(pick, shape):
     # Centring a patch on a tumour voxel listed every tumour voxel of the whole volume for every patch
-    # (a class pick: ~47 ms CPU per patch at 160x192x160); a cached record lists them once. Same draws, same
+    # (a class pick: ~43 ms CPU per patch at 160x192x160); a cached record lists them once. Same draws, same
     # centres, so runs trained before the index sample exactly as they did -- padded volumes included
     patch = (16, 16, 16)
     for seed_of_mask in (0, 1):

@@ -1,4 +1,4 @@
-"""trainer.train's --data_dir: the command's spelling of --config.data_dir (one TensorFlow import per case)."""
+"""trainer.train's command line: --data_dir (its spelling of --config.data_dir) and the checks before training (one TensorFlow import per case)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,11 @@ def test_data_dir_reaches_the_training_config(tmp_path):
     done = _train(tmp_path, f"--data_dir={tmp_path / 'empty'}")
     assert done.returncode == 2 and "error: " in done.stderr
     assert str(tmp_path / "empty") in done.stderr
+
+
+def test_a_tta_mode_that_does_not_exist_is_an_error_exit_before_training(tmp_path):
+    (tmp_path / "empty").mkdir()  # never read: the TTA mode is checked first
+    done = _train(tmp_path, f"--data_dir={tmp_path / 'empty'}", "--config.inference_choice.prediction_tta=mirrors")
+    assert done.returncode == 2
+    assert "error: inference_choice.prediction_tta: unknown TTA mode(s) mirrors" in done.stderr
+    assert not (tmp_path / "run").exists()
