@@ -46,20 +46,15 @@ def _tumour_voxels(mask, pick: str, seed):
     return tf.cond(count > 0, of_one_class, lambda: tf.zeros([0, 3], tf.int64))
 
 
-# The tumour voxels of a record, listed once (trainer.data's cache keeps them beside the record): listing
-# them for every patch scanned the whole volume each time, ~6 ms CPU per patch at 160x192x160 for
-# ``voxel`` and ~43 for ``class`` (benchmarks/bench_patch_centre.py).
+# A record's tumour voxels listed once, kept by trainer.data's cache (benchmarks/bench_patch_centre.py)
 TUMOUR_VOXELS = "tumour_voxels"  # int32 (n, 3): row-major, grouped by class for ``class``
 TUMOUR_CLASS_COUNTS = "tumour_class_counts"  # int32: voxels per group (one group for ``voxel``)
 
 
 def tumour_index(mask, pick: str) -> dict:
-    """What :func:`_tumour_voxels` lists, for every draw at once: ``voxel``, the tumour voxels in the
-    order ``tf.where`` gives them; ``class``, each tumour class's voxels in that order, class after class.
-
-    Picking the k-th voxel of a group is then the voxel the scan's k-th would have been, so a patch is
-    centred where it was before (:func:`_patch_start`); ``mask`` is the unpadded one-hot record mask.
-    """
+    """What :func:`_tumour_voxels` lists for any draw, listed once (a whole-record scan per patch cost ~6 ms
+    CPU at 160x192x160, ~43 for ``class``): ``voxel``, the tumour voxels in ``tf.where``'s order; ``class``,
+    each class's in that order, class after class, so the k-th of a group is the scan's k-th voxel."""
     if pick == "voxel":
         voxels = [tf.where(mask[..., 0] == 0)]
     else:
@@ -92,9 +87,8 @@ def _indexed_tumour_voxel(index: dict, seed):
 
 
 def _patch_start(mask, patch, foreground_share, seed, pick: str = "voxel", index: dict | None = None):
-    """Start corner of a patch; with probability ``foreground_share`` centred on a tumour voxel
-    (chosen as ``pick`` says: :func:`_tumour_voxels`, or from ``index``, its list made once:
-    :func:`tumour_index`, shifted to ``mask``'s padding)."""
+    """Start corner of a patch; with probability ``foreground_share`` centred on a tumour voxel (chosen as
+    ``pick`` says: :func:`_tumour_voxels`, or from ``index``, :func:`tumour_index` shifted to the padding)."""
     shape = tf.shape(mask)[:3]
     patch = tf.constant(patch, tf.int32)
     coin = tf.random.stateless_uniform([], seed=seed)
