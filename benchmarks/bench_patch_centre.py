@@ -97,7 +97,8 @@ def main(argv=None) -> None:
     for repeat in range(args.repeats):
         for name, fn in fns.items():
             rows[name].append(time_one(fn, args.patches, repeat + 1))
-        log(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{n} {r[-1]['cpu_ms']:.2f} ms" for n, r in rows.items()))
+        measured = ", ".join(f"{n} {r[-1]['cpu_ms']:.2f} ms" for n, r in rows.items())
+        log(f"repeat {repeat + 1}/{args.repeats}: {measured}")
     results = {name: {key: round(statistics.median(r[key] for r in runs), 3) for key in ("cpu_ms", "wall_ms")}
                for name, runs in rows.items()}
     for pick in ("voxel", "class"):

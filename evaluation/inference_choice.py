@@ -229,7 +229,8 @@ def check_options(cfg) -> None:
     """ValueError naming the ``inference_choice`` field whose TTA mode does not exist; called before training,
     so a typo costs seconds rather than a training run."""
     options = cfg.get("inference_choice") or {}
-    for field, modes in (("tta", _tta_candidates(options)), ("prediction_tta", [options.get("prediction_tta") or "none"])):
+    prediction = [options.get("prediction_tta") or "none"]
+    for field, modes in (("tta", _tta_candidates(options)), ("prediction_tta", prediction)):
         unknown = [m for m in modes if m not in inference.TTA_MODES]
         if unknown:
             raise ValueError(f"inference_choice.{field}: unknown TTA mode(s) {', '.join(unknown)}; "
