@@ -64,9 +64,10 @@ def main(argv=None) -> int:
     samples = int(cfg.steps_per_epoch) * int(cfg.batch_size)
     ds = data.train_dataset(info, int(cfg.batch_size), aug, seed=int(cfg.seed), cache=bool(cfg.data.cache),
                             samples_per_epoch=samples)
+    timing = time_batches(ds, args.batches)
     result = {"benchmark": "bench_train_input", "config": args.config, "data_dir": args.data_dir,
               "batch_size": int(cfg.batch_size), "patch_size": list(aug.patch_size), "xla": aug.xla,
-              "cache": bool(cfg.data.cache), "timed_batches": args.batches, **time_batches(ds, args.batches)}
+              "cache": bool(cfg.data.cache), "timed_batches": args.batches, **timing}
     if args.compare_serialised_cache:
         before = time_batches(serialised_cache_stream(data, info, aug, int(cfg.batch_size), int(cfg.seed), samples),
                               args.batches)
@@ -74,13 +75,10 @@ def main(argv=None) -> int:
         result["cpu_ratio_serialised_over_this"] = round(before["cpu_seconds_per_batch"]
                                                          / result["cpu_seconds_per_batch"], 2)
     if args.compare_scan:  # a second round of both: the process's first stream runs slow for hundreds of batches
-        before = time_batches(scanning_stream(data, info, aug, cfg, samples), args.batches)
-        now = time_batches(data.train_dataset(info, int(cfg.batch_size), aug, seed=int(cfg.seed), cache=True,
-                                              samples_per_epoch=samples), args.batches)
-        result.update(first_round=dict(result), **now)
-        for key in ("benchmark", "config", "data_dir", "batch_size", "patch_size", "xla", "cache", "timed_batches"):
-            result["first_round"].pop(key)
-        result["first_round"]["scan_per_patch"] = before
+        scanned = time_batches(scanning_stream(data, info, aug, cfg, samples), args.batches)
+        result["first_round"] = {**timing, "scan_per_patch": scanned}
+        result.update(time_batches(data.train_dataset(info, int(cfg.batch_size), aug, seed=int(cfg.seed), cache=True,
+                                                      samples_per_epoch=samples), args.batches))
         result["scan_per_patch"] = time_batches(scanning_stream(data, info, aug, cfg, samples), args.batches)
         result["cpu_ratio_scan_over_this"] = round(result["scan_per_patch"]["cpu_seconds_per_batch"]
                                                    / result["cpu_seconds_per_batch"], 2)

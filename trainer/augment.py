@@ -49,6 +49,7 @@ def _tumour_voxels(mask, pick: str, seed):
 # A record's tumour voxels listed once, kept by trainer.data's cache (benchmarks/bench_patch_centre.py)
 TUMOUR_VOXELS = "tumour_voxels"  # int32 (n, 3): row-major, grouped by class for ``class``
 TUMOUR_CLASS_COUNTS = "tumour_class_counts"  # int32: voxels per group (one group for ``voxel``)
+_PAD_OFFSET = "pad_offset"  # not stored: int32 (3,), how far pad_to_patch moved the record (shift_index)
 
 
 def tumour_index(mask, pick: str) -> dict:
@@ -64,9 +65,10 @@ def tumour_index(mask, pick: str) -> dict:
 
 
 def shift_index(index: dict, mask, patch) -> dict:
-    """``index`` of an unpadded ``mask`` moved to the volume :func:`pad_to_patch` makes of it."""
+    """``index`` of an unpadded ``mask`` for the volume :func:`pad_to_patch` makes of it: the voxel drawn
+    moves by the padding (the list itself is not copied for every patch)."""
     offset = tf.maximum(tf.constant(patch, tf.int32) - tf.shape(mask, out_type=tf.int32)[:3], 0) // 2
-    return {**index, TUMOUR_VOXELS: index[TUMOUR_VOXELS] + offset}
+    return {TUMOUR_VOXELS: index[TUMOUR_VOXELS], TUMOUR_CLASS_COUNTS: index[TUMOUR_CLASS_COUNTS], _PAD_OFFSET: offset}
 
 
 def _indexed_tumour_voxel(index: dict, seed):
@@ -83,7 +85,7 @@ def _indexed_tumour_voxel(index: dict, seed):
     n = counts[group]
     k = tf.random.stateless_uniform([], seed=seed + 1, maxval=tf.maximum(n, 1), dtype=tf.int32)
     voxel = tf.cond(n > 0, lambda: index[TUMOUR_VOXELS][starts[group] + k], lambda: tf.zeros([3], tf.int32))
-    return voxel, n > 0
+    return voxel + index.get(_PAD_OFFSET, 0), n > 0
 
 
 def _patch_start(mask, patch, foreground_share, seed, pick: str = "voxel", index: dict | None = None):
@@ -461,10 +463,8 @@ def augment(example, seed, aug: AugmentConfig, mask_dtype=tf.float32):
     """
     patch = tuple(int(p) for p in aug.patch_size)
     image, mask = pad_to_patch(example["image"], example["mask"], patch)
-    index = ({TUMOUR_VOXELS: example[TUMOUR_VOXELS], TUMOUR_CLASS_COUNTS: example[TUMOUR_CLASS_COUNTS]}
-             if TUMOUR_VOXELS in example else None)  # a cached record's (trainer.data.decoded_cache)
-    if index is not None:
-        index = shift_index(index, example["mask"], patch)
+    # a cached record carries its tumour voxels (trainer.data.decoded_cache)
+    index = shift_index(example, example["mask"], patch) if TUMOUR_VOXELS in example else None
     start = _patch_start(mask, patch, aug.foreground_share, seed, aug.foreground_pick, index)
     flip = _flip_coins(seed + 3) if aug.flips else tf.zeros([3], tf.bool)
     channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[-1]
