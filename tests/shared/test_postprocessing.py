@@ -151,11 +151,30 @@ def test_fill_core_needs_a_core_label():
         post.apply(np.zeros((4, 4, 4), np.uint8), MEN_RT, [{"rule": "fill_core"}])
 
 
-def test_of_component_rules_that_tie_the_one_that_removes_least_is_kept():
-    # one true tumour and an 8-voxel speck: dropping components under 10 voxels and keeping the largest both
-    # score 1.0 here, but only the first would spare a second tumour that this validation patient lacks
+def test_of_component_rules_that_tie_the_largest_drop_threshold_is_kept():
+    # one true tumour and an 8-voxel speck: dropping components under 10, under 100 voxels and keeping the
+    # largest all score 1.0 here.  Validation shows that nothing under 100 voxels beside the tumour is worth
+    # keeping, so the rule drops up to that (a test patient's 50-voxel false positive goes too), and it stops
+    # short of keep-largest, which would also drop a second tumour that this validation patient lacks
     truth = _tumour()
     pred = truth.copy()
     pred[26:28, 26:28, 26:28] = 2
-    choice = post.choose([(pred, truth)], GLI2020, et_thresholds=(10,), component_sizes=(100, 10))
-    assert choice.rules == [{"rule": "drop_small", "region": "WT", "min_voxels": 10}]
+    choice = post.choose([(pred, truth)], GLI2020, et_thresholds=(10,), component_sizes=(10, 100))
+    assert choice.rules == [{"rule": "drop_small", "region": "WT", "min_voxels": 100}]
+
+
+def test_keep_largest_is_kept_when_it_beats_every_drop_threshold():
+    truth = _tumour()
+    pred = truth.copy()
+    pred[24:29, 24:29, 24:29] = 2  # a 125-voxel false positive: only keep-largest removes it
+    choice = post.choose([(pred, truth)], GLI2020, et_thresholds=(10,), component_sizes=(10, 100))
+    assert choice.rules == [{"rule": "keep_largest", "region": "WT"}]
+
+
+def test_a_drop_threshold_that_would_cost_a_true_second_tumour_is_not_kept():
+    truth = _tumour()
+    truth[24:29, 24:29, 24:29] = 2  # a true 125-voxel second tumour
+    pred = truth.copy()
+    pred[1:3, 26:28, 26:28] = 2  # and an 8-voxel speck
+    choice = post.choose([(pred, truth)], GLI2020, et_thresholds=(10,), component_sizes=(10, 100, 1000))
+    assert choice.rules == [{"rule": "drop_small", "region": "WT", "min_voxels": 100}]
