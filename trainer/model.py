@@ -139,6 +139,9 @@ def spec_from_config(cfg) -> UNetSpec:
     unknown = sorted(set(items) - fields)
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}; known: ['preset'] + {sorted(fields)}")
+    # a field a config leaves None (an ml_collections placeholder, so a flag can set it) keeps the preset's;
+    # dropout None has always meant none
+    items = {k: v for k, v in items.items() if v is not None or k == "dropout"}
     if "dropout" in items:
         items["dropout"] = tuple(float(r) for r in (items["dropout"] or ()))
     return dataclasses.replace(base, **items)

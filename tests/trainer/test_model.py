@@ -138,15 +138,16 @@ def test_spec_from_config_accepts_config_dict():
     assert model.spec_from_config(cfg).upsampling == "upsample_conv"
 
 
-def test_the_cpu_recipes_depth_can_be_set_from_the_command_line_and_is_the_tiny_presets():
+def test_the_cpu_recipes_depth_can_be_set_from_the_command_line_and_is_the_presets_otherwise():
     """configs/train/tiny_cpu.py names the depth, so the locked config a flag override writes to has the field
-    (BUILD_NOTES' depth-4 probe: --config.model.depth=4); left alone it is the tiny preset's own."""
+    (BUILD_NOTES' depth-4 probe: --config.model.depth=4); left alone it is the preset's own, whichever preset."""
     import dataclasses
 
     from configs.train import tiny_cpu
 
     cfg = tiny_cpu.get_config()
     assert model.spec_from_config(cfg.model) == dataclasses.replace(model.preset("tiny"), full_resolution_convs=1)
+    assert model.spec_from_config({**cfg.model.to_dict(), "preset": "nnunet"}).depth == model.preset("nnunet").depth
     cfg.lock()  # as config_flags hands it to overrides: a field the file lacks cannot be set
     cfg.model.depth = 4
     deeper = model.spec_from_config(cfg.model)
