@@ -18,15 +18,12 @@ mirrors every axis (TTA ``all``, set rather than scored: scoring it would
 add 7 passes over each validation brain to the end of training).
 """
 
-import ml_collections
-
 from configs.train import unet3d
 
 
 def get_config():
     c = unet3d.get_config()
     c.model.preset = "tiny"
-    c.model.depth = ml_collections.config_dict.placeholder(int)  # None: the preset's (3); --config.model.depth=4 sets it
     c.model.full_resolution_convs = 1  # a third less CPU per step on 2 cores, spent on steps (BUILD_NOTES)
     c.patch_size = (32, 32, 32)
     c.batch_size = 2

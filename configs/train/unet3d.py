@@ -16,6 +16,7 @@ def get_config():
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "nnunet"  # seed | nnunet | tiny (trainer/model.py); other model fields override it
+    c.model.depth = ml_collections.config_dict.placeholder(int)  # unset: the preset's; e.g. --config.model.depth=4
     c.patch_size = (128, 128, 128)  # each side divisible by 2**(depth-1)
     c.batch_size = 2
     c.epochs = 300

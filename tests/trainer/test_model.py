@@ -139,8 +139,9 @@ def test_spec_from_config_accepts_config_dict():
 
 
 def test_the_cpu_recipes_depth_can_be_set_from_the_command_line_and_is_the_presets_otherwise():
-    """configs/train/tiny_cpu.py names the depth, so the locked config a flag override writes to has the field
-    (BUILD_NOTES' depth-4 probe: --config.model.depth=4); left alone it is the preset's own, whichever preset."""
+    """The recipes' base config (unet3d.py) names the depth, so the locked config a flag override writes to has
+    the field (BUILD_NOTES' depth-4 probe: --config.model.depth=4); left alone it is the preset's own, whichever
+    preset."""
     import dataclasses
 
     from configs.train import tiny_cpu
